@@ -1,0 +1,92 @@
+"""Backend choice (numba CPU or CuPy GPU) and dispatch of kernels on the chunk type.
+
+``--backend`` only decides where data is loaded (NumPy or CuPy chunks); the kernel that
+runs on a chunk is picked from the chunk's type (``dask_array._meta``), so a graph built
+once runs on either backend. CuPy is imported only when a GPU is asked for or seen.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Callable, Literal
+
+import numpy as np
+import xarray as xr
+
+log = logging.getLogger("gpu_risk")
+Backend = Literal["auto", "cpu", "gpu"]
+
+
+@functools.cache
+def gpu_available() -> tuple[bool, str]:
+    """(available, reason): whether CuPy imports and sees at least one CUDA device."""
+    try:
+        import cupy  # noqa: PLC0415
+    except Exception as exc:  # ImportError, or a CUDA library failing to load
+        return False, f"CuPy not importable ({type(exc).__name__}: {exc})"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return False, f"no CUDA device visible ({exc})"
+    if n < 1:
+        return False, "no CUDA device visible"
+    name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
+    name = name.decode() if isinstance(name, bytes) else name
+    return True, f"{n} CUDA device(s), {name}"
+
+
+def choose_backend(requested: Backend = "auto") -> tuple[str, str]:
+    """Resolve ``auto|cpu|gpu`` to ``cpu`` or ``gpu`` and say why."""
+    if requested not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"backend must be auto, cpu or gpu, not {requested!r}")
+    if requested == "cpu":
+        return "cpu", "numba CPU kernels (asked for)"
+    ok, why = gpu_available()
+    if requested == "gpu":
+        if not ok:
+            raise RuntimeError(f"--backend gpu asked for, but {why}")
+        return "gpu", f"CuPy GPU kernels on {why}"
+    if ok:
+        return "gpu", f"CuPy GPU kernels: auto found {why}"
+    return "cpu", f"numba CPU kernels: auto found {why}"
+
+
+def is_cupy(array: Any) -> bool:
+    """Whether an array, or a Dask array's chunks (its ``_meta``), live on the GPU."""
+    meta = getattr(array, "_meta", array)
+    return type(meta).__module__.split(".")[0] == "cupy"
+
+
+def dispatch(cpu_kernel: Callable, gpu_kernel: Callable) -> Callable:
+    """A function that runs ``gpu_kernel`` on CuPy arrays and ``cpu_kernel`` otherwise."""
+
+    def run(first, *args, **kwargs):
+        return (gpu_kernel if is_cupy(first) else cpu_kernel)(first, *args, **kwargs)
+
+    run.__name__ = getattr(cpu_kernel, "__name__", "kernel").removesuffix("_cpu")
+    return run
+
+
+def empty_like_backend(template: Any, shape, dtype=np.float64):
+    """An uninitialised array on the same backend as ``template``."""
+    if is_cupy(template):
+        import cupy  # noqa: PLC0415
+
+        return cupy.empty(shape, dtype=dtype)
+    return np.empty(shape, dtype=dtype)
+
+
+def to_backend(ds: xr.Dataset, backend: str) -> xr.Dataset:
+    """Move a Dask-backed dataset's float and bool chunks to the GPU (``gpu``) or leave
+    them on the host (``cpu``); lazily."""
+    if backend == "cpu":
+        return ds
+    import cupy  # noqa: PLC0415
+
+    out = ds.copy()
+    for name, var in ds.data_vars.items():
+        if var.chunks is not None and var.dtype.kind in "fb":
+            out[name] = var.copy(data=var.data.map_blocks(cupy.asarray, dtype=var.dtype,
+                                                          meta=cupy.empty((0,) * var.ndim, var.dtype)))
+    return out

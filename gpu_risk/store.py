@@ -1,0 +1,551 @@
+"""Zarr 3 stores: book, positions, market and results.
+
+Layout (every leaf group is one xarray Dataset):
+
+    book.zarr/<instrument>/<YYYY-MM-DD>/   bid_price, ask_price, bid_size, ask_size (time, level)
+    positions.zarr/<YYYY-MM-DD>/           balance, position, entry_price, margin_mode, isolated_margin
+    market.zarr/<YYYY-MM-DD>/              price, haircut, beta (asset); kind, ... (instrument); brackets
+    results.zarr/<YYYY-MM-DD>/<family>/    one group per result family
+
+Each day is its own group rather than an append along ``time`` (Zarr 3 append pitfalls,
+see docs/operations.md). A day group carries the attribute ``gpu_risk_complete``: it is
+written ``False`` first and set ``True`` only after every array of the day is written,
+so a killed writer never leaves a day that looks complete; readers skip incomplete days
+and writers overwrite them. Arrays are not sharded and Dask write chunks equal Zarr
+chunks, so parallel writes never share a chunk.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+import yaml
+import zarr
+
+from .errors import InputError, SchemaError
+from .schema import (
+    BOOK_VARS,
+    MARKET_ASSET_VARS,
+    MARKET_BRACKET_VARS,
+    MARKET_INSTRUMENT_VARS,
+    POSITION_VARS,
+    as_str,
+    describe,
+)
+from .validate import OnBadRows, validate_book_dataset, validate_market, validate_positions
+
+COMPLETE = "gpu_risk_complete"
+STORE_KIND = "gpu_risk_store"
+SCHEMA_VERSION = 1
+BOOK_CHUNK_ROWS = 262_144  # ~21 MB per float64 variable at 10 levels: Dask tasks of ~100 MB
+ACCOUNT_CHUNK_ROWS = 262_144
+TIME_ENCODING = {"units": "nanoseconds since 1970-01-01", "calendar": "proleptic_gregorian",
+                 "dtype": "int64"}
+
+PathLike = str | os.PathLike
+
+
+def day_key(date: Any) -> str:
+    """'YYYY-MM-DD' for a date, datetime, numpy datetime64 or string."""
+    return pd.Timestamp(date).strftime("%Y-%m-%d")
+
+
+def _zarr_kwargs() -> dict:
+    return {"zarr_format": 3, "consolidated": False}
+
+
+# ------------------------------------------------------------------ generic helpers
+
+
+def init_store(path: PathLike, kind: str) -> zarr.Group:
+    """Open (creating if absent) a store's root group and check it is a ``kind`` store."""
+    path = str(path)
+    if Path(path).exists():
+        root = zarr.open_group(path, mode="r+", zarr_format=3)
+        found = root.attrs.get(STORE_KIND)
+        if found not in (None, kind):
+            raise SchemaError(f"{path!r} is a {found} store, not a {kind} store", store=path)
+        if found is None:
+            root.attrs.update({STORE_KIND: kind, "schema_version": SCHEMA_VERSION})
+        return root
+    root = zarr.open_group(path, mode="w", zarr_format=3)
+    root.attrs.update({STORE_KIND: kind, "schema_version": SCHEMA_VERSION})
+    return root
+
+
+def _open_root(path: PathLike, kind: str) -> zarr.Group:
+    path = str(path)
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no {kind} store at {path!r}")
+    try:
+        root = zarr.open_group(path, mode="r", zarr_format=3)
+    except Exception as exc:  # zarr raises several types for a non-store directory
+        raise SchemaError(f"{path!r} is not a Zarr 3 group ({exc})", store=path) from exc
+    found = root.attrs.get(STORE_KIND)
+    if found != kind:
+        raise SchemaError(f"{path!r} is a {found or 'foreign'} store, not a {kind} store", store=path)
+    return root
+
+
+def child_groups(path: PathLike, group: str = "") -> list[str]:
+    """Sorted names of the child groups of ``group``."""
+    root = zarr.open_group(str(path), mode="r", zarr_format=3)
+    node = root[group] if group else root
+    return sorted(name for name, _ in node.groups())
+
+
+def is_complete(path: PathLike, group: str) -> bool:
+    try:
+        node = zarr.open_group(str(path), path=group, mode="r", zarr_format=3)
+    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, ValueError):
+        return False
+    return bool(node.attrs.get(COMPLETE, False))
+
+
+def mark_complete(path: PathLike, group: str) -> None:
+    zarr.open_group(str(path), path=group, mode="r+", zarr_format=3).attrs[COMPLETE] = True
+
+
+def complete_days(path: PathLike, group: str = "") -> list[str]:
+    """Names of the complete day groups under ``group``."""
+    return [d for d in child_groups(path, group) if is_complete(path, f"{group}/{d}".strip("/"))]
+
+
+def _encoding(ds: xr.Dataset, chunk_dims: dict[str, int]) -> dict:
+    enc: dict[str, dict] = {}
+    for name, var in ds.variables.items():
+        e: dict[str, Any] = {}
+        if np.issubdtype(var.dtype, np.datetime64):
+            e.update(TIME_ENCODING)
+        if var.dims and name not in ds.dims:
+            e["chunks"] = tuple(min(chunk_dims.get(d, var.sizes[d]), var.sizes[d]) or 1
+                                for d in var.dims)
+        if e:
+            enc[name] = e
+    return enc
+
+
+def _prepare(ds: xr.Dataset) -> xr.Dataset:
+    """Strings as variable-length UTF-8 (the Zarr 3 `string` type: fixed-width is unstable);
+    datetimes as int64 nanoseconds since the epoch."""
+    out = ds.copy()
+    for name, var in ds.variables.items():
+        if var.dtype.kind in "UT" and var.chunks is None:
+            out[name] = var.copy(data=np.asarray(var.values).astype(object))
+        elif var.dtype.kind == "M" and var.dtype != np.dtype("datetime64[ns]"):
+            # xarray keeps s/ms/us resolutions, which a fixed ns encoding would turn into NaT
+            out[name] = var.astype("datetime64[ns]")
+    for var in out.variables.values():
+        var.encoding = {}
+    return out
+
+
+def write_day_dataset(
+    ds: xr.Dataset, path: PathLike, group: str, chunk_dims: dict[str, int] | None = None
+) -> None:
+    """Write ``ds`` to ``group`` atomically: incomplete until every array is written.
+
+    ``ds`` may be Dask-backed: its chunks are rechunked to the Zarr chunks first so that
+    no two tasks write one Zarr chunk.
+    """
+    chunk_dims = chunk_dims or {}
+    ds = _prepare(ds)
+    enc = _encoding(ds, chunk_dims)
+    ds = ds.chunk({d: c for d, c in chunk_dims.items() if d in ds.dims}) if any(
+        v.chunks is not None for v in ds.variables.values()) else ds
+    ds.attrs[COMPLETE] = False
+    ds.to_zarr(str(path), group=group, mode="w", encoding=enc, **_zarr_kwargs())
+    mark_complete(path, group)
+
+
+class RegionWriter:
+    """Write a large dataset one slab of ``dim`` at a time, never holding all of it.
+
+    ``template`` holds the coordinates (written at once) and, for each data variable,
+    a lazy array of the final shape; slabs are then written into Zarr regions aligned
+    to the chunks, and the group is marked complete on :meth:`close`.
+    """
+
+    def __init__(self, template: xr.Dataset, path: PathLike, group: str, dim: str, chunk: int,
+                 chunk_dims: dict[str, int] | None = None):
+        self.path, self.group, self.dim, self.chunk = str(path), group, dim, chunk
+        chunk_dims = dict(chunk_dims or {})
+        chunk_dims[dim] = chunk
+        template = _prepare(template)
+        template.attrs[COMPLETE] = False
+        enc = _encoding(template, chunk_dims)
+        template.to_zarr(self.path, group=group, mode="w", compute=False, encoding=enc,
+                         **_zarr_kwargs())
+        self.size = template.sizes[dim]
+        self._static = [n for n, v in template.variables.items() if dim not in v.dims]
+
+    def write(self, start: int, slab: xr.Dataset) -> None:
+        if start % self.chunk:
+            raise ValueError(f"region start {start} not aligned to chunk {self.chunk}")
+        stop = start + slab.sizes[self.dim]
+        slab = _prepare(slab.drop_vars([n for n in self._static if n in slab.variables]))
+        slab.to_zarr(self.path, group=self.group, region={self.dim: slice(start, stop)},
+                     mode="r+", **_zarr_kwargs())
+
+    def close(self) -> None:
+        mark_complete(self.path, self.group)
+
+
+def _lazy_template(coords: dict, variables: dict[str, tuple[tuple[str, ...], np.dtype, dict]],
+                   sizes: dict[str, int], chunk_dims: dict[str, int]) -> xr.Dataset:
+    import dask.array as da
+
+    data_vars = {}
+    for name, (dims, dtype, attrs) in variables.items():
+        shape = tuple(sizes[d] for d in dims)
+        chunks = tuple(min(chunk_dims.get(d, sizes[d]), sizes[d]) or 1 for d in dims)
+        data_vars[name] = xr.Variable(dims, da.empty(shape, dtype=dtype, chunks=chunks), attrs)
+    return xr.Dataset(data_vars, coords=coords)
+
+
+def open_day_dataset(path: PathLike, group: str, chunks: Any = None) -> xr.Dataset:
+    ds = xr.open_zarr(str(path), group=group, chunks={} if chunks is None else chunks,
+                      **_zarr_kwargs())
+    # Variable-length strings come back as numpy StringDType; plain `str` labels index best.
+    for name in list(ds.coords):
+        if ds[name].dtype.kind in "TO":
+            ds = ds.assign_coords({name: as_str(ds[name].values)})
+    ds.attrs.pop(COMPLETE, None)
+    return ds
+
+
+# --------------------------------------------------------------------------- book
+
+
+def _check_instrument_name(name: str) -> None:
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"instrument name {name!r} must be non-empty, without '/' or leading '.'")
+
+
+def _book_attrs(ds: xr.Dataset) -> xr.Dataset:
+    ds = ds.copy()
+    for name, var in BOOK_VARS.items():
+        if name in ds:
+            ds[name].attrs.update(describe(var))
+    return ds
+
+
+def write_book(ds: xr.Dataset, path: PathLike, instrument: str,
+               chunk_rows: int = BOOK_CHUNK_ROWS) -> list[str]:
+    """Write one instrument's snapshots, split into one complete group per UTC day.
+
+    Returns the days written. The dataset must pass :func:`validate_book_dataset`.
+    """
+    _check_instrument_name(instrument)
+    validate_book_dataset(ds, store=str(path), instrument=instrument)
+    init_store(path, "book")
+    day = ds["time"].values.astype("datetime64[D]")
+    written = []
+    for d in np.unique(day):
+        part = _book_attrs(ds.isel(time=np.flatnonzero(day == d)))
+        key = day_key(d)
+        part.attrs.update(instrument=instrument, date=key)
+        write_day_dataset(part, path, f"{instrument}/{key}", {"time": chunk_rows})
+        written.append(key)
+    return written
+
+
+def book_writer(path: PathLike, instrument: str, date: Any, time: np.ndarray, levels: int,
+                chunk_rows: int = BOOK_CHUNK_ROWS, extra_attrs: dict | None = None) -> RegionWriter:
+    """A :class:`RegionWriter` for one instrument-day whose snapshot times are known."""
+    _check_instrument_name(instrument)
+    init_store(path, "book")
+    key = day_key(date)
+    sizes = {"time": len(time), "level": levels}
+    variables = {name: (var.dims, np.dtype("float64"), describe(var))
+                 for name, var in BOOK_VARS.items()}
+    coords = {"time": ("time", np.asarray(time, dtype="datetime64[ns]")),
+              "level": ("level", np.arange(1, levels + 1, dtype=np.int16))}
+    template = _lazy_template(coords, variables, sizes, {"time": chunk_rows})
+    template.attrs.update(instrument=instrument, date=key, **(extra_attrs or {}))
+    return RegionWriter(template, path, f"{instrument}/{key}", "time", chunk_rows)
+
+
+def book_instruments(path: PathLike) -> list[str]:
+    _open_root(path, "book")
+    return child_groups(path)
+
+
+def book_days(path: PathLike) -> dict[str, list[str]]:
+    """Complete days per instrument."""
+    return {inst: complete_days(path, inst) for inst in book_instruments(path)}
+
+
+def _select_days(days: Iterable[str], start: Any, end: Any) -> list[str]:
+    lo = day_key(start) if start is not None else None
+    hi = day_key(end) if end is not None else None
+    return [d for d in days if (lo is None or d >= lo) and (hi is None or d <= hi)]
+
+
+def open_book_instrument(path: PathLike, instrument: str, start: Any = None, end: Any = None,
+                         *, validate: bool = True, on_bad_rows: OnBadRows = "raise",
+                         chunks: Any = None) -> xr.Dataset:
+    """One instrument's book over the complete days in [start, end], lazily (Dask)."""
+    _open_root(path, "book")
+    if instrument not in child_groups(path):
+        raise InputError("instrument not in the book store", store=str(path), instrument=instrument)
+    days = _select_days(complete_days(path, instrument), start, end)
+    if not days:
+        raise InputError(f"no complete day in [{start}, {end}]", store=str(path), instrument=instrument)
+    parts = [open_day_dataset(path, f"{instrument}/{d}", chunks) for d in days]
+    ds = parts[0] if len(parts) == 1 else xr.concat(
+        parts, dim="time", data_vars="minimal", coords="minimal", compat="override", join="exact")
+    ds.attrs = {"instrument": instrument, "days": days, "store": str(path)}
+    if validate:
+        ds = validate_book_dataset(ds, store=str(path), instrument=instrument, on_bad_rows=on_bad_rows)
+    return ds
+
+
+def open_book(path: PathLike, instruments: Iterable[str] | None = None, start: Any = None,
+              end: Any = None, *, validate: bool = True, on_bad_rows: OnBadRows = "raise",
+              chunks: Any = None) -> xr.DataTree:
+    """Open a book store as a :class:`xarray.DataTree` with one node per instrument.
+
+    Each node holds that instrument's snapshots (dims ``time``, ``level``) over the
+    complete days in ``[start, end]`` (inclusive; all days by default), Dask-backed with
+    the on-disk chunks. ``validate`` checks the SPEC's bad-input rules: an
+    :class:`~gpu_risk.errors.InputError` under ``on_bad_rows="raise"``, ``qc_*``
+    variables under ``"flag"``.
+    """
+    names = list(instruments) if instruments is not None else book_instruments(path)
+    nodes = {}
+    for inst in names:
+        nodes[f"/{inst}"] = open_book_instrument(path, inst, start, end, validate=validate,
+                                                 on_bad_rows=on_bad_rows, chunks=chunks)
+    tree = xr.DataTree.from_dict(nodes)
+    tree.attrs = {"store": str(path)}
+    return tree
+
+
+# ---------------------------------------------------------------------- positions
+
+
+def _positions_attrs(ds: xr.Dataset) -> xr.Dataset:
+    ds = ds.copy()
+    for name, var in POSITION_VARS.items():
+        if name in ds:
+            ds[name].attrs.update(describe(var))
+    return ds
+
+
+def write_positions(ds: xr.Dataset, path: PathLike, date: Any,
+                    chunk_rows: int = ACCOUNT_CHUNK_ROWS) -> str:
+    """Write one as-of date of positions as a complete group (validated first)."""
+    validate_positions(ds, store=str(path))
+    init_store(path, "positions")
+    key = day_key(date)
+    ds = _positions_attrs(ds)
+    ds.attrs["date"] = key
+    write_day_dataset(ds, path, key, {"account": chunk_rows})
+    return key
+
+
+def positions_writer(path: PathLike, date: Any, accounts: np.ndarray, assets: list[str],
+                     instruments: list[str], chunk_rows: int = ACCOUNT_CHUNK_ROWS) -> RegionWriter:
+    """A :class:`RegionWriter` for one as-of date, written account slab by account slab."""
+    init_store(path, "positions")
+    key = day_key(date)
+    sizes = {"account": len(accounts), "asset": len(assets), "instrument": len(instruments)}
+    variables = {}
+    for name, var in POSITION_VARS.items():
+        dtype = np.dtypes.StringDType() if name == "margin_mode" else np.dtype("float64")
+        variables[name] = (var.dims, dtype, describe(var))
+    coords = {"account": ("account", np.asarray(accounts, dtype=np.int64)),
+              "asset": ("asset", np.asarray(assets, dtype=object)),
+              "instrument": ("instrument", np.asarray(instruments, dtype=object))}
+    template = _lazy_template(coords, variables, sizes, {"account": chunk_rows})
+    template.attrs["date"] = key
+    return RegionWriter(template, path, key, "account", chunk_rows)
+
+
+def positions_dates(path: PathLike) -> list[str]:
+    _open_root(path, "positions")
+    return complete_days(path)
+
+
+def _pick_date(path: PathLike, dates: list[str], date: Any, kind: str) -> str:
+    if not dates:
+        raise InputError(f"no complete as-of date in the {kind} store", store=str(path))
+    if date is None:
+        return dates[-1]
+    key = day_key(date)
+    if key not in dates:
+        raise InputError(f"as-of date {key} not in the {kind} store (have {dates[0]}..{dates[-1]})",
+                         store=str(path))
+    return key
+
+
+def open_positions(path: PathLike, date: Any = None, *, market: xr.Dataset | None = None,
+                   validate: bool = True, on_bad_rows: OnBadRows = "raise",
+                   chunks: Any = None) -> xr.Dataset:
+    """Open the positions of one as-of date (the latest by default), lazily.
+
+    With ``market`` given, unknown instruments and assets are checked too.
+    """
+    key = _pick_date(path, positions_dates(path), date, "positions")
+    ds = open_day_dataset(path, key, chunks)
+    ds.attrs.update(date=key, store=str(path))
+    if validate:
+        ds = validate_positions(ds, market, store=str(path), on_bad_rows=on_bad_rows)
+    return ds
+
+
+# ------------------------------------------------------------------------- market
+
+
+def write_market(ds: xr.Dataset, path: PathLike, date: Any) -> str:
+    """Write one as-of date of market parameters as a complete group (validated first)."""
+    validate_market(ds, store=str(path))
+    init_store(path, "market")
+    key = day_key(date)
+    ds = ds.copy()
+    for spec in (MARKET_ASSET_VARS, MARKET_INSTRUMENT_VARS, MARKET_BRACKET_VARS):
+        for name, var in spec.items():
+            if name in ds:
+                ds[name].attrs.update(describe(var))
+    ds.attrs["date"] = key
+    write_day_dataset(ds, path, key)
+    return key
+
+
+def market_dates(path: PathLike) -> list[str]:
+    _open_root(path, "market")
+    return complete_days(path)
+
+
+def market_from_dict(spec: dict, *, source: str | None = None) -> xr.Dataset:
+    """Build a market Dataset from a mapping (the YAML/TOML layout of docs/data.md)::
+
+        date: 2026-01-02
+        assets: {USDT: {price: 1, haircut: 0, beta: 0}, BTC: {price: 60000, haircut: 0.05}}
+        instruments:
+          BTCUSDT: {kind: linear, underlying: BTC, mark_price: 60000,
+                    brackets: [[0, 0.004, 0], [50000, 0.005, 50]]}
+          BTC-C-70000: {kind: option, underlying: BTC, mark_price: 1234.5, strike: 70000,
+                        expiry: 2026-03-27, call_put: call, implied_vol: 0.55}
+    """
+    try:
+        assets = spec["assets"]
+        instruments = spec["instruments"]
+    except KeyError as exc:
+        raise SchemaError(f"market spec lacks the section {exc.args[0]!r}", store=source) from exc
+    asset_names = list(assets)
+    inst_names = list(instruments)
+    n_brackets = max([len(v.get("brackets", [])) for v in instruments.values()] + [1])
+    floor = np.full((len(inst_names), n_brackets), np.nan)
+    mmr = np.full_like(floor, np.nan)
+    amount = np.full_like(floor, np.nan)
+    for i, name in enumerate(inst_names):
+        for j, row in enumerate(instruments[name].get("brackets", [])):
+            floor[i, j], mmr[i, j] = float(row[0]), float(row[1])
+            amount[i, j] = float(row[2]) if len(row) > 2 else np.nan
+    get = lambda table, names, key, default: [table[n].get(key, default) for n in names]  # noqa: E731
+    ds = xr.Dataset(
+        {
+            "price": ("asset", np.array(get(assets, asset_names, "price", np.nan), dtype=float)),
+            "haircut": ("asset", np.array(get(assets, asset_names, "haircut", 0.0), dtype=float)),
+            "beta": ("asset", np.array(get(assets, asset_names, "beta", 1.0), dtype=float)),
+            "kind": ("instrument", np.array(get(instruments, inst_names, "kind", ""), dtype=str)),
+            "underlying": ("instrument", np.array(get(instruments, inst_names, "underlying", ""), dtype=str)),
+            "mark_price": ("instrument", np.array(get(instruments, inst_names, "mark_price", np.nan), dtype=float)),
+            "strike": ("instrument", np.array(get(instruments, inst_names, "strike", np.nan), dtype=float)),
+            "expiry": ("instrument", np.array([np.datetime64(pd.Timestamp(e)) if e is not None else np.datetime64("NaT")
+                                                for e in get(instruments, inst_names, "expiry", None)], dtype="datetime64[ns]")),
+            "call_put": ("instrument", np.array(get(instruments, inst_names, "call_put", ""), dtype=str)),
+            "implied_vol": ("instrument", np.array(get(instruments, inst_names, "implied_vol", np.nan), dtype=float)),
+            "notional_floor": (("instrument", "bracket"), floor),
+            "mmr": (("instrument", "bracket"), mmr),
+            "maintenance_amount": (("instrument", "bracket"), amount),
+        },
+        coords={"asset": np.array(asset_names, dtype=str), "instrument": np.array(inst_names, dtype=str),
+                "bracket": np.arange(n_brackets)},
+    )
+    if "date" in spec:
+        ds.attrs["date"] = day_key(spec["date"])
+    return ds
+
+
+def open_market(path: PathLike, date: Any = None, *, validate: bool = True) -> xr.Dataset:
+    """Open market parameters: a Zarr market store (one as-of date; the latest by default)
+    or a YAML/TOML file in the layout of :func:`market_from_dict`. Loaded in memory (small)."""
+    p = Path(path)
+    if p.suffix.lower() in (".yaml", ".yml", ".toml"):
+        text = p.read_text()
+        try:
+            spec = tomllib.loads(text) if p.suffix.lower() == ".toml" else yaml.safe_load(text)
+        except Exception as exc:
+            raise SchemaError(f"cannot parse market file: {exc}", store=str(path)) from exc
+        ds = market_from_dict(spec, source=str(path))
+    else:
+        key = _pick_date(path, market_dates(path), date, "market")
+        ds = open_day_dataset(path, key).load()
+        for name in ("kind", "underlying", "call_put"):
+            if name in ds:
+                ds[name] = ds[name].copy(data=as_str(ds[name].values))
+        ds.attrs.update(date=key)
+    ds.attrs["store"] = str(path)
+    if validate:
+        validate_market(ds, store=str(path))
+    return ds
+
+
+# ------------------------------------------------------------------------ results
+
+
+def results_days(path: PathLike) -> list[str]:
+    if not Path(str(path)).exists():
+        return []
+    _open_root(path, "results")
+    return complete_days(path)
+
+
+def write_results_day(path: PathLike, date: Any, families: dict[str, xr.Dataset]) -> None:
+    """Write one day's results, one group per family; the day becomes visible (complete)
+    only after every family is written. A partial day from a killed run is overwritten."""
+    init_store(path, "results")
+    key = day_key(date)
+    day = zarr.open_group(str(path), path=key, mode="w", zarr_format=3)
+    day.attrs.update({COMPLETE: False, "date": key})
+    for family, ds in families.items():
+        write_day_dataset(ds, path, f"{key}/{family}")
+    _crash_point("after-families")
+    mark_complete(path, key)
+
+
+def open_results(path: PathLike, families: Iterable[str] | None = None) -> xr.DataTree:
+    """The complete days of a results store as a DataTree ``/<date>/<family>``."""
+    nodes: dict[str, xr.Dataset] = {}
+    for key in results_days(path):
+        for family in child_groups(path, key):
+            if families is None or family in families:
+                nodes[f"/{key}/{family}"] = open_day_dataset(path, f"{key}/{family}")
+    tree = xr.DataTree.from_dict(nodes)
+    tree.attrs = {"store": str(path)}
+    return tree
+
+
+def _crash_point(name: str) -> None:
+    """Test hook: GPU_RISK_CRASH_AT=<name>[:<n>] kills the process at the n-th visit of a
+    named point (used by the kill-and-resume tests; never set in production)."""
+    target = os.environ.get("GPU_RISK_CRASH_AT")
+    if not target:
+        return
+    point, _, count = target.partition(":")
+    if point != name:
+        return
+    seen = int(os.environ.get("_GPU_RISK_CRASH_SEEN", "0")) + 1
+    os.environ["_GPU_RISK_CRASH_SEEN"] = str(seen)
+    if seen >= int(count or 1):
+        os._exit(17)

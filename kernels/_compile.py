@@ -1,0 +1,19 @@
+"""One place that compiles kernels: numba for the CPU, CuPy (imported lazily) for the GPU.
+
+CPU kernels are single-threaded ``nogil`` loops: Dask runs one per chunk in its thread or
+process pool, so the machine's cores are used by Dask and never by a second, nested
+thread pool inside numba (which oversubscribes or crashes inside Dask workers).
+"""
+
+from __future__ import annotations
+
+import numba
+
+cpu_kernel = numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
+
+
+def cupy_module():
+    """Import CuPy on first use, so that importing gpu_risk never imports it."""
+    import cupy  # noqa: PLC0415
+
+    return cupy
