@@ -1,0 +1,67 @@
+"""Where the Dask graph runs: ``sync``, ``threads``, ``local`` (a LocalCluster on this
+machine, LocalCUDACluster when computing on GPUs) or the ADDRESS of a running scheduler."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Iterator
+
+import dask
+
+log = logging.getLogger("gpu_risk")
+
+
+def _local_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def dask_scheduler(spec: str = "local", *, backend: str = "cpu", memory_limit: str | None = None,
+                   n_workers: int | None = None) -> Iterator[str]:
+    """Run the enclosed Dask computations on ``spec``; yields a one-line description.
+
+    ``local`` starts one single-threaded worker process per core (kernels are single-
+    threaded numba loops, so processes avoid the GIL and nested thread pools), each with
+    ``memory_limit`` (Dask spills to disk above it); with ``backend="gpu"`` and dask-cuda
+    installed it starts one worker per GPU instead.
+    """
+    if spec == "sync":
+        with dask.config.set(scheduler="synchronous"):
+            yield "Dask synchronous scheduler (one thread)"
+        return
+    if spec == "threads":
+        with dask.config.set(scheduler="threads"):
+            yield f"Dask threaded scheduler ({_local_workers()} threads)"
+        return
+    from distributed import Client, LocalCluster  # noqa: PLC0415
+
+    if spec == "local":
+        cluster = None
+        if backend == "gpu":
+            try:
+                from dask_cuda import LocalCUDACluster  # noqa: PLC0415
+
+                cluster = LocalCUDACluster(memory_limit=memory_limit or "auto",
+                                           dashboard_address=None)
+                what = "LocalCUDACluster"
+            except ImportError:
+                log.warning("dask-cuda not installed: using a CPU LocalCluster with GPU kernels")
+        if cluster is None:
+            workers = n_workers or _local_workers()
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   memory_limit=memory_limit or "auto", dashboard_address=None)
+            what = f"LocalCluster ({workers} worker processes x 1 thread)"
+        try:
+            with Client(cluster) as client:
+                yield f"{what} at {client.scheduler.address}"
+        finally:
+            cluster.close()
+        return
+    with Client(spec, timeout="30s") as client:
+        n = len(client.scheduler_info().get("workers", {}))
+        yield f"Dask scheduler at {spec} ({n} workers)"

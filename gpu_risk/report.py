@@ -1,0 +1,128 @@
+"""The HTML report: one self-contained file (tables, and plots as embedded PNGs)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import xarray as xr  # noqa: E402
+
+from . import store  # noqa: E402
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
+.meta{color:#555;font-size:.9em} img{max-width:100%}
+"""
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
+
+
+def _table(df: pd.DataFrame, floatfmt: str = "{:,.2f}") -> str:
+    def fmt(v):
+        if isinstance(v, (float, np.floating)):
+            return "" if np.isnan(v) else floatfmt.format(v)
+        if isinstance(v, (int, np.integer)):
+            return f"{v:,}"
+        return html.escape(str(v))
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [df.index.name or ""] + list(df.columns))
+    rows = "".join("<tr>" + f"<td>{html.escape(str(i))}</td>" + "".join(f"<td>{fmt(v)}</td>" for v in r)
+                   + "</tr>" for i, r in zip(df.index, df.itertuples(index=False)))
+    return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+def _summary_section(results: xr.DataTree, days: list[str]) -> str:
+    parts = ["<h2>Datasets</h2>"]
+    book_rows, pos_rows, oi = [], [], {}
+    for day in days:
+        node = results[day]
+        if "book_summary" in node.children:
+            b = node["book_summary"].to_dataset().load()
+            for inst in b.instrument.values:
+                r = b.sel(instrument=inst)
+                book_rows.append({"date": day, "instrument": str(inst),
+                                  "snapshots": int(r.n_snapshots), "open": float(r.open_mid),
+                                  "high": float(r.high_mid), "low": float(r.low_mid),
+                                  "close": float(r.close_mid),
+                                  "spread (bps)": float(r.mean_spread_bps)})
+        if "positions_summary" in node.children:
+            p = node["positions_summary"].to_dataset().load()
+            pos_rows.append({"date": day, "accounts": int(p.n_accounts), "isolated": int(p.n_isolated),
+                             "borrowing": int(p.n_borrowing), "excluded (qc)": int(p.n_excluded),
+                             "long OI (USD)": float(p.long_open_interest.sum()),
+                             "short OI (USD)": float(p.short_open_interest.sum())})
+            oi[day] = p[["long_open_interest", "short_open_interest", "oi_imbalance"]]
+    if book_rows:
+        df = pd.DataFrame(book_rows).set_index("date")
+        n_inst = df["instrument"].nunique()
+        parts.append(f"<p>{n_inst} instruments over {len(days)} days, "
+                     f"{df['snapshots'].sum():,} book snapshots.</p>")
+        parts.append("<h3>Books by day</h3>" + _table(df, "{:,.4g}"))
+        fig, ax = plt.subplots(figsize=(9, 3.2))
+        for inst, g in df.groupby("instrument"):
+            ax.plot(pd.to_datetime(g.index), g["close"] / g["open"].iloc[0] - 1, marker="o", label=inst)
+        ax.set_ylabel("close / first open - 1")
+        ax.set_title("Daily close of the mid, relative to the first open")
+        ax.legend(fontsize=8)
+        parts.append(_png(fig))
+    if pos_rows:
+        parts.append("<h3>Accounts by as-of date</h3>" + _table(pd.DataFrame(pos_rows).set_index("date"),
+                                                                  "{:,.0f}"))
+        last = list(oi)[-1]
+        o = oi[last]
+        df = pd.DataFrame({"long OI (USD)": o.long_open_interest.values,
+                           "short OI (USD)": o.short_open_interest.values,
+                           "imbalance (L-S)/(L+S)": o.oi_imbalance.values},
+                          index=pd.Index([str(i) for i in o.instrument.values], name="instrument"))
+        parts.append(f"<h3>Open interest by instrument, {last}</h3>" + _table(df, "{:,.3f}"))
+        fig, ax = plt.subplots(figsize=(9, 3.2))
+        x = np.arange(len(df))
+        ax.bar(x - 0.2, df["long OI (USD)"] / 1e6, 0.4, label="long")
+        ax.bar(x + 0.2, df["short OI (USD)"] / 1e6, 0.4, label="short")
+        ax.set_xticks(x, df.index, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("USD millions")
+        ax.set_title(f"Open interest by instrument, {last}")
+        ax.legend()
+        parts.append(_png(fig))
+    return "\n".join(parts)
+
+
+def write_report(results_path, out_path, *, title: str = "gpu_risk report", meta: dict | None = None) -> Path:
+    """Write the HTML report of every complete day in ``results_path``; returns its path."""
+    out_path = Path(out_path)
+    days = store.results_days(results_path)
+    results = store.open_results(results_path)
+    body = [f"<h1>{html.escape(title)}</h1>",
+            f"<p class='meta'>Written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} from "
+            f"{html.escape(str(results_path))}; {len(days)} complete day(s): "
+            f"{html.escape(', '.join(days))}.</p>"]
+    for key, value in (meta or {}).items():
+        body.append(f"<p class='meta'><b>{html.escape(key)}</b>: {html.escape(str(value))}</p>")
+    if days:
+        body.append(_summary_section(results, days))
+    else:
+        body.append("<p>No complete day in the results store yet.</p>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_suffix(out_path.suffix + ".tmp")
+    tmp.write_text(page)
+    tmp.replace(out_path)  # atomic: a reader never sees half a report
+    return out_path
