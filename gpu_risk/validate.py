@@ -199,12 +199,12 @@ def validate_market(ds: xr.Dataset, *, store: str | None = None) -> xr.Dataset:
             bad(problem, name, np.argmax(wrong), assets, count=int(wrong.sum()))
 
     kind = as_str(ds["kind"].values)
-    for i, k in enumerate(kind):
+    for i, k in enumerate(kind.tolist()):
         if k not in INSTRUMENT_KINDS:
             bad(f"unknown instrument kind {k!r} (expected one of {INSTRUMENT_KINDS})", "kind", i,
                 instruments, instrument=instruments[i])
     underlying = as_str(ds["underlying"].values)
-    for i, u in enumerate(underlying):
+    for i, u in enumerate(underlying.tolist()):
         if u not in assets:
             bad(f"underlying asset {u!r} is not in the market's assets", "underlying", i,
                 instruments, instrument=instruments[i])
@@ -234,7 +234,7 @@ def validate_market(ds: xr.Dataset, *, store: str | None = None) -> xr.Dataset:
             if np.isnat(expiry[i]):
                 bad("option expiry is NaT", "expiry", i, instruments, instrument=inst)
             if right[i] not in OPTION_RIGHTS:
-                bad(f"call_put is {right[i]!r}, expected 'call' or 'put'", "call_put", i,
+                bad(f"call_put is {str(right[i])!r}, expected 'call' or 'put'", "call_put", i,
                     instruments, instrument=inst)
 
     floor = ds["notional_floor"].values.astype(float)
