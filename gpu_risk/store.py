@@ -537,8 +537,9 @@ def open_results(path: PathLike, families: Iterable[str] | None = None) -> xr.Da
 
 
 def _crash_point(name: str) -> None:
-    """Test hook: GPU_RISK_CRASH_AT=<name>[:<n>] kills the process at the n-th visit of a
-    named point (used by the kill-and-resume tests; never set in production)."""
+    """Test hook: GPU_RISK_CRASH_AT=<name>[:<n>] sends SIGKILL to this process at the n-th
+    visit of a named point, so the kill-and-resume tests kill a run mid-write at a known
+    place (never set in production)."""
     target = os.environ.get("GPU_RISK_CRASH_AT")
     if not target:
         return
@@ -548,4 +549,6 @@ def _crash_point(name: str) -> None:
     seen = int(os.environ.get("_GPU_RISK_CRASH_SEEN", "0")) + 1
     os.environ["_GPU_RISK_CRASH_SEEN"] = str(seen)
     if seen >= int(count or 1):
-        os._exit(17)
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -70,9 +70,9 @@ def make_positions(n=20, seed=1) -> xr.Dataset:
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
-    """A synthetic dataset of 2 days x 3 instruments x 3000 accounts (written once)."""
+    """A synthetic dataset of 2 days x 4 instruments x 3000 accounts (written once)."""
     from gpu_risk.synth import SynthConfig, synth
 
     out = tmp_path_factory.mktemp("synth")
-    return synth(SynthConfig(out=str(out), days=2, instruments=3, accounts=3000, levels=5,
+    return synth(SynthConfig(out=str(out), days=2, instruments=4, accounts=3000, levels=5,
                              snapshots_per_day=6000, book_chunk_rows=2048, account_chunk_rows=1024))
