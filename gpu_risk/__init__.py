@@ -1,1 +1,35 @@
-"""gpu_risk."""
+"""gpu_risk: GPU-accelerated batch risk over order books and positions stored in Zarr.
+
+Public API (SPEC): ``open_book``, ``open_positions``, ``open_market`` and the writers;
+the risk families (``imbalance_grid``, ``liquidation``, ``stress_surface``, ``cascade``)
+land with their issues.
+"""
+
+from .errors import InputError, SchemaError
+from .store import (
+    open_book,
+    open_market,
+    open_positions,
+    open_results,
+    write_book,
+    write_market,
+    write_positions,
+)
+from .validate import validate_book_dataset, validate_market, validate_positions
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "InputError",
+    "SchemaError",
+    "open_book",
+    "open_market",
+    "open_positions",
+    "open_results",
+    "write_book",
+    "write_market",
+    "write_positions",
+    "validate_book_dataset",
+    "validate_market",
+    "validate_positions",
+]

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .errors import InputError
@@ -25,7 +26,7 @@ def _progress() -> Progress:
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/red] {exc}")
+    console.print(f"[red]error:[/red] {escape(str(exc))}")  # errors contain [...] locations
     raise typer.Exit(2)
 
 
@@ -150,7 +151,7 @@ def validate(
     if as_json:
         print(json.dumps(checked))
     else:
-        console.print(f"[green]valid[/green]: {checked}")
+        console.print(f"[green]valid[/green]: {escape(str(checked))}")
 
 
 def main() -> None:  # pragma: no cover
