@@ -229,11 +229,13 @@ def _check_instrument_name(name: str) -> None:
         raise ValueError(f"instrument name {name!r} must be non-empty, without '/' or leading '.'")
 
 
-def _book_attrs(ds: xr.Dataset) -> xr.Dataset:
+def _with_attrs(ds: xr.Dataset, *specs: dict) -> xr.Dataset:
+    """A copy of ``ds`` whose variables carry the schema's ``units`` and ``long_name``."""
     ds = ds.copy()
-    for name, var in BOOK_VARS.items():
-        if name in ds:
-            ds[name].attrs.update(describe(var))
+    for spec in specs:
+        for name, var in spec.items():
+            if name in ds:
+                ds[name].attrs.update(describe(var))
     return ds
 
 
@@ -249,7 +251,7 @@ def write_book(ds: xr.Dataset, path: PathLike, instrument: str,
     day = ds["time"].values.astype("datetime64[D]")
     written = []
     for d in np.unique(day):
-        part = _book_attrs(ds.isel(time=np.flatnonzero(day == d)))
+        part = _with_attrs(ds.isel(time=np.flatnonzero(day == d)), BOOK_VARS)
         key = day_key(d)
         part.attrs.update(instrument=instrument, date=key)
         write_day_dataset(part, path, f"{instrument}/{key}", {"time": chunk_rows})
@@ -332,21 +334,13 @@ def open_book(path: PathLike, instruments: Iterable[str] | None = None, start: A
 # ---------------------------------------------------------------------- positions
 
 
-def _positions_attrs(ds: xr.Dataset) -> xr.Dataset:
-    ds = ds.copy()
-    for name, var in POSITION_VARS.items():
-        if name in ds:
-            ds[name].attrs.update(describe(var))
-    return ds
-
-
 def write_positions(ds: xr.Dataset, path: PathLike, date: Any,
                     chunk_rows: int = ACCOUNT_CHUNK_ROWS) -> str:
     """Write one as-of date of positions as a complete group (validated first)."""
     validate_positions(ds, store=str(path))
     init_store(path, "positions")
     key = day_key(date)
-    ds = _positions_attrs(ds)
+    ds = _with_attrs(ds, POSITION_VARS)
     ds.attrs["date"] = key
     write_day_dataset(ds, path, key, {"account": chunk_rows})
     return key
@@ -410,11 +404,7 @@ def write_market(ds: xr.Dataset, path: PathLike, date: Any) -> str:
     validate_market(ds, store=str(path))
     init_store(path, "market")
     key = day_key(date)
-    ds = ds.copy()
-    for spec in (MARKET_ASSET_VARS, MARKET_INSTRUMENT_VARS, MARKET_BRACKET_VARS):
-        for name, var in spec.items():
-            if name in ds:
-                ds[name].attrs.update(describe(var))
+    ds = _with_attrs(ds, MARKET_ASSET_VARS, MARKET_INSTRUMENT_VARS, MARKET_BRACKET_VARS)
     ds.attrs["date"] = key
     write_day_dataset(ds, path, key)
     return key

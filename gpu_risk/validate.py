@@ -291,28 +291,20 @@ def validate_positions(
     position, balance = ds["position"], ds["balance"]
     isolated_margin = ds["isolated_margin"]
     if market is not None:
-        known_inst = set(str(i) for i in market["instrument"].values)
-        known_asset = set(str(a) for a in market["asset"].values)
-        inst_labels = [str(i) for i in ds["instrument"].values]
-        asset_labels = [str(a) for a in ds["asset"].values]
-        unknown_inst = [i for i, name in enumerate(inst_labels) if name not in known_inst]
-        unknown_asset = [i for i, name in enumerate(asset_labels) if name not in known_asset]
-        if unknown_inst:
+        for dim, variable, rule, what in (("instrument", "position", "qc_unknown_instrument",
+                                           "position in an instrument"),
+                                          ("asset", "balance", "qc_unknown_asset", "balance in an asset")):
+            known = set(as_str(market[dim].values).tolist())
+            labels = as_str(ds[dim].values).tolist()
+            unknown = [i for i, name in enumerate(labels) if name not in known]
+            if not unknown:
+                continue
             if on_bad_rows == "raise":
-                i = unknown_inst[0]
-                raise InputError("position in an instrument absent from the market", store=store,
-                                 variable="position", instrument=inst_labels[i], index=i,
-                                 label=f"instrument {inst_labels[i]!r}", count=len(unknown_inst))
-            flags[("qc_unknown_instrument", "position")] = (
-                position.isel(instrument=unknown_inst) != 0).any("instrument")
-        if unknown_asset:
-            if on_bad_rows == "raise":
-                i = unknown_asset[0]
-                raise InputError("balance in an asset absent from the market", store=store,
-                                 variable="balance", instrument=asset_labels[i], index=i,
-                                 label=f"asset {asset_labels[i]!r}", count=len(unknown_asset))
-            flags[("qc_unknown_asset", "balance")] = (
-                balance.isel(asset=unknown_asset) != 0).any("asset")
+                i = unknown[0]
+                raise InputError(f"{what} absent from the market", store=store, variable=variable,
+                                 instrument=labels[i], index=i, label=f"{dim} {labels[i]!r}",
+                                 count=len(unknown))
+            flags[(rule, variable)] = (ds[variable].isel({dim: unknown}) != 0).any(dim)
     flags[("qc_nan_value", "balance")] = balance.isnull().any("asset")
     flags[("qc_nan_value", "position")] = position.isnull().any("instrument")
     flags[("qc_nan_value", "isolated_margin")] = isolated_margin.isnull().any("instrument")
