@@ -34,10 +34,21 @@ def _png(fig) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
 
 
-def _table(df: pd.DataFrame, floatfmt: str = "{:,.2f}") -> str:
+def _number(v: float) -> str:
+    """Readable at any magnitude: 60,123.40 / 3.0721 / 0.02705."""
+    if np.isnan(v):
+        return ""
+    if abs(v) >= 100:
+        return f"{v:,.2f}"
+    if abs(v) >= 1:
+        return f"{v:,.4f}"
+    return f"{v:.4g}"
+
+
+def _table(df: pd.DataFrame) -> str:
     def fmt(v):
         if isinstance(v, (float, np.floating)):
-            return "" if np.isnan(v) else floatfmt.format(v)
+            return _number(float(v))
         if isinstance(v, (int, np.integer)):
             return f"{v:,}"
         return html.escape(str(v))
@@ -74,7 +85,7 @@ def _summary_section(results: xr.DataTree, days: list[str]) -> str:
         n_inst = df["instrument"].nunique()
         parts.append(f"<p>{n_inst} instruments over {len(days)} days, "
                      f"{df['snapshots'].sum():,} book snapshots.</p>")
-        parts.append("<h3>Books by day</h3>" + _table(df, "{:,.4g}"))
+        parts.append("<h3>Books by day</h3>" + _table(df))
         fig, ax = plt.subplots(figsize=(9, 3.2))
         for inst, g in df.groupby("instrument"):
             ax.plot(pd.to_datetime(g.index), g["close"] / g["open"].iloc[0] - 1, marker="o", label=inst)
@@ -83,15 +94,14 @@ def _summary_section(results: xr.DataTree, days: list[str]) -> str:
         ax.legend(fontsize=8)
         parts.append(_png(fig))
     if pos_rows:
-        parts.append("<h3>Accounts by as-of date</h3>" + _table(pd.DataFrame(pos_rows).set_index("date"),
-                                                                  "{:,.0f}"))
+        parts.append("<h3>Accounts by as-of date</h3>" + _table(pd.DataFrame(pos_rows).set_index("date")))
         last = list(oi)[-1]
         o = oi[last]
         df = pd.DataFrame({"long OI (USD)": o.long_open_interest.values,
                            "short OI (USD)": o.short_open_interest.values,
                            "imbalance (L-S)/(L+S)": o.oi_imbalance.values},
                           index=pd.Index([str(i) for i in o.instrument.values], name="instrument"))
-        parts.append(f"<h3>Open interest by instrument, {last}</h3>" + _table(df, "{:,.3f}"))
+        parts.append(f"<h3>Open interest by instrument, {last}</h3>" + _table(df))
         fig, ax = plt.subplots(figsize=(9, 3.2))
         x = np.arange(len(df))
         ax.bar(x - 0.2, df["long OI (USD)"] / 1e6, 0.4, label="long")
