@@ -1,0 +1,248 @@
+"""Imbalance grids for one block of one instrument's snapshots (SPEC section 1).
+
+Inputs (one block of consecutive snapshots, n rows x L levels, float64, C order):
+``bid_price``, ``ask_price``, ``bid_size``, ``ask_size``; the snapshot just before the block
+(``prev_*``, length L) when ``has_prev``; ``bucket`` (n,) the bucket of each snapshot
+counted from the block's first output bucket (non-decreasing, ``bucket[0] == 0``);
+``band_bps`` (B,). Output: ``out`` (n_out, 2L + B + 4), one row per time bucket, columns
+
+    [0, L)            ofi[k]              sum over the bucket's snapshots of e[n, k]
+    [L, 2L)           depth_imbalance[k]  at the bucket's last snapshot
+    2L, 2L+1, 2L+2    mid_price, spread, microprice
+    [2L+3, 2L+3+B)    band_imbalance[b]
+    2L+3+B            n_updates
+
+e[n,k] = qb[n,k] 1{Pb[n,k] >= Pb[n-1,k]} - qb[n-1,k] 1{Pb[n,k] <= Pb[n-1,k]}
+       - qa[n,k] 1{Pa[n,k] <= Pa[n-1,k]} + qa[n-1,k] 1{Pa[n,k] >= Pa[n-1,k]}
+(Cont, Kukanov & Stoikov 2014 at k = 1; Xu, Gould & Howison 2018 multi-level OFI), with an
+empty bid level (NaN price) compared as -inf and an empty ask level as +inf. Buckets with no
+snapshot get ofi 0, n_updates 0 and the state of the last snapshot before them. The
+caller splits blocks at bucket boundaries, so every bucket is summed by one call, in time
+order: results do not depend on how the time axis is chunked.
+
+The numba kernel makes one row-major pass; the CUDA kernels (CuPy RawKernel, source
+below) run one thread per (bucket, level) for OFI, summing the bucket's snapshots in the
+same order, and one thread per bucket for the state variables.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._compile import cpu_kernel, cupy_module
+
+
+def n_columns(levels: int, bands: int) -> int:
+    return 2 * levels + bands + 4
+
+
+@cpu_kernel
+def _state_row(bid_price, ask_price, bid_size, ask_size, n, band_bps, out, row):
+    """Write the state variables of snapshot n into out[row] (columns L .. end-1)."""
+    levels = bid_price.shape[1]
+    bands = band_bps.shape[0]
+    cum_bid = 0.0
+    cum_ask = 0.0
+    for k in range(levels):
+        cum_bid += bid_size[n, k]
+        cum_ask += ask_size[n, k]
+        out[row, levels + k] = (cum_bid - cum_ask) / (cum_bid + cum_ask)
+    pb1 = bid_price[n, 0]
+    pa1 = ask_price[n, 0]
+    qb1 = bid_size[n, 0]
+    qa1 = ask_size[n, 0]
+    mid = (pb1 + pa1) / 2
+    out[row, 2 * levels] = mid
+    out[row, 2 * levels + 1] = pa1 - pb1
+    out[row, 2 * levels + 2] = (pb1 * qa1 + pa1 * qb1) / (qa1 + qb1)
+    for j in range(bands):
+        low = mid * (1 - band_bps[j] / 1e4)
+        high = mid * (1 + band_bps[j] / 1e4)
+        b = 0.0
+        a = 0.0
+        for k in range(levels):
+            if bid_price[n, k] >= low:  # False for NaN prices and a NaN mid
+                b += bid_size[n, k]
+            if ask_price[n, k] <= high:
+                a += ask_size[n, k]
+        out[row, 2 * levels + 3 + j] = (b - a) / (b + a)
+
+
+@cpu_kernel
+def imbalance_block_cpu(bid_price, ask_price, bid_size, ask_size, prev_bid_price, prev_ask_price,
+                        prev_bid_size, prev_ask_size, has_prev, bucket, band_bps, out):
+    """numba: one row-major pass over the block (see the module docstring)."""
+    n_rows, levels = bid_price.shape
+    n_out, n_cols = out.shape
+    count_col = n_cols - 1
+    for r in range(n_out):
+        for c in range(levels):
+            out[r, c] = 0.0
+        out[r, count_col] = 0.0
+    for n in range(n_rows):
+        r = bucket[n]
+        if n > 0 or has_prev:
+            for k in range(levels):
+                if n > 0:
+                    pb0 = bid_price[n - 1, k]
+                    pa0 = ask_price[n - 1, k]
+                    qb0 = bid_size[n - 1, k]
+                    qa0 = ask_size[n - 1, k]
+                else:
+                    pb0 = prev_bid_price[k]
+                    pa0 = prev_ask_price[k]
+                    qb0 = prev_bid_size[k]
+                    qa0 = prev_ask_size[k]
+                pb = bid_price[n, k]
+                pa = ask_price[n, k]
+                if math.isnan(pb):
+                    pb = -np.inf
+                if math.isnan(pb0):
+                    pb0 = -np.inf
+                if math.isnan(pa):
+                    pa = np.inf
+                if math.isnan(pa0):
+                    pa0 = np.inf
+                e = 0.0
+                if pb >= pb0:
+                    e += bid_size[n, k]
+                if pb <= pb0:
+                    e -= qb0
+                if pa <= pa0:
+                    e -= ask_size[n, k]
+                if pa >= pa0:
+                    e += qa0
+                out[r, k] += e
+        out[r, count_col] += 1.0
+        if n == n_rows - 1 or bucket[n + 1] != r:
+            _state_row(bid_price, ask_price, bid_size, ask_size, n, band_bps, out, r)
+    # empty buckets carry the state of the last snapshot before them
+    for r in range(1, n_out):
+        if out[r, count_col] == 0.0:
+            for c in range(levels, count_col):
+                out[r, c] = out[r - 1, c]
+    return out
+
+
+# ----------------------------------------------------------------------------- CUDA
+
+CUDA_SOURCE = r"""
+// One block of one instrument's snapshots; see kernels/imbalance.py for the layout.
+// first[r] / last[r]: the block's snapshots [first[r], last[r]) fall in output bucket r;
+// src[r]: the last snapshot at or before bucket r (its state is the bucket's state).
+
+__device__ __forceinline__ double bid_or_neg_inf(double p) { return isnan(p) ? -CUDART_INF : p; }
+__device__ __forceinline__ double ask_or_pos_inf(double p) { return isnan(p) ? CUDART_INF : p; }
+
+extern "C" __global__ void imbalance_ofi(
+    const double* __restrict__ bid_price, const double* __restrict__ ask_price,
+    const double* __restrict__ bid_size, const double* __restrict__ ask_size,
+    const double* __restrict__ prev, int has_prev,      // prev: 4 x L (bid_p, ask_p, bid_s, ask_s)
+    const long long* __restrict__ first, const long long* __restrict__ last,
+    int n_out, int levels, int n_cols, double* __restrict__ out)
+{
+    long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (tid >= (long long)n_out * levels) return;
+    int r = (int)(tid / levels), k = (int)(tid % levels);
+    double sum = 0.0;
+    for (long long n = first[r]; n < last[r]; ++n) {
+        double pb0, pa0, qb0, qa0;
+        if (n > 0) {
+            long long p = (n - 1) * levels + k;
+            pb0 = bid_price[p]; pa0 = ask_price[p]; qb0 = bid_size[p]; qa0 = ask_size[p];
+        } else if (has_prev) {
+            pb0 = prev[k]; pa0 = prev[levels + k]; qb0 = prev[2 * levels + k]; qa0 = prev[3 * levels + k];
+        } else {
+            continue;  // the instrument's very first snapshot contributes 0
+        }
+        long long i = n * levels + k;
+        double pb = bid_or_neg_inf(bid_price[i]), pa = ask_or_pos_inf(ask_price[i]);
+        pb0 = bid_or_neg_inf(pb0); pa0 = ask_or_pos_inf(pa0);
+        double e = 0.0;
+        if (pb >= pb0) e += bid_size[i];
+        if (pb <= pb0) e -= qb0;
+        if (pa <= pa0) e -= ask_size[i];
+        if (pa >= pa0) e += qa0;
+        sum += e;
+    }
+    out[(long long)r * n_cols + k] = sum;
+    if (k == 0) out[(long long)r * n_cols + n_cols - 1] = (double)(last[r] - first[r]);
+}
+
+extern "C" __global__ void imbalance_state(
+    const double* __restrict__ bid_price, const double* __restrict__ ask_price,
+    const double* __restrict__ bid_size, const double* __restrict__ ask_size,
+    const long long* __restrict__ src, const double* __restrict__ band_bps,
+    int n_out, int levels, int bands, int n_cols, double* __restrict__ out)
+{
+    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= n_out) return;
+    long long n = src[r];
+    const double* pb = bid_price + n * levels;
+    const double* pa = ask_price + n * levels;
+    const double* qb = bid_size + n * levels;
+    const double* qa = ask_size + n * levels;
+    double* row = out + (long long)r * n_cols;
+    double cum_bid = 0.0, cum_ask = 0.0;
+    for (int k = 0; k < levels; ++k) {
+        cum_bid += qb[k]; cum_ask += qa[k];
+        row[levels + k] = (cum_bid - cum_ask) / (cum_bid + cum_ask);
+    }
+    double mid = (pb[0] + pa[0]) / 2;
+    row[2 * levels] = mid;
+    row[2 * levels + 1] = pa[0] - pb[0];
+    row[2 * levels + 2] = (pb[0] * qa[0] + pa[0] * qb[0]) / (qa[0] + qb[0]);
+    for (int j = 0; j < bands; ++j) {
+        double low = mid * (1 - band_bps[j] / 1e4), high = mid * (1 + band_bps[j] / 1e4);
+        double b = 0.0, a = 0.0;
+        for (int k = 0; k < levels; ++k) {
+            if (pb[k] >= low) b += qb[k];
+            if (pa[k] <= high) a += qa[k];
+        }
+        row[2 * levels + 3 + j] = (b - a) / (b + a);
+    }
+}
+"""
+
+# --fmad=false: no fused multiply-adds, so the GPU rounds like the CPU kernel
+CUDA_OPTIONS = ("--fmad=false",)
+
+
+def _cuda_module():
+    cp = cupy_module()
+    return cp.RawModule(code="#include <math_constants.h>\n" + CUDA_SOURCE, options=CUDA_OPTIONS)
+
+
+_MODULE = None
+
+
+def imbalance_block_gpu(bid_price, ask_price, bid_size, ask_size, prev_bid_price, prev_ask_price,
+                        prev_bid_size, prev_ask_size, has_prev, bucket, band_bps, out):
+    """CuPy: the same block on the device (arguments are CuPy arrays, ``out`` included)."""
+    global _MODULE
+    cp = cupy_module()
+    if _MODULE is None:
+        _MODULE = _cuda_module()
+    n_out, n_cols = out.shape
+    levels = bid_price.shape[1]
+    bands = band_bps.shape[0]
+    arrays = [cp.ascontiguousarray(a, dtype=cp.float64) for a in (bid_price, ask_price, bid_size, ask_size)]
+    prev = cp.ascontiguousarray(cp.stack([cp.asarray(p, dtype=cp.float64) for p in (
+        prev_bid_price, prev_ask_price, prev_bid_size, prev_ask_size)]))
+    bucket = cp.asarray(bucket, dtype=cp.int64)
+    r = cp.arange(n_out, dtype=cp.int64)
+    first = cp.searchsorted(bucket, r, side="left").astype(cp.int64)
+    last = cp.searchsorted(bucket, r, side="right").astype(cp.int64)
+    src = last - 1  # the block's first bucket always holds its first snapshot, so src >= 0
+    threads = 256
+    ofi = _MODULE.get_function("imbalance_ofi")
+    ofi(((n_out * levels + threads - 1) // threads,), (threads,),
+        (*arrays, prev, np.int32(bool(has_prev)), first, last, np.int32(n_out), np.int32(levels),
+         np.int32(n_cols), out))
+    state = _MODULE.get_function("imbalance_state")
+    state(((n_out + threads - 1) // threads,), (threads,),
+          (*arrays, src, cp.asarray(band_bps, dtype=cp.float64), np.int32(n_out), np.int32(levels),
+           np.int32(bands), np.int32(n_cols), out))
+    return out
