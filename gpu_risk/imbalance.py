@@ -131,7 +131,7 @@ def _empty_buckets(n: int, levels: int, n_cols: int, meta) -> da.Array:
 
 def imbalance_grid(book: xr.DataTree | xr.Dataset, bucket="1s", levels: int | None = None,
                    bands_bps: Sequence[float] = (5, 10, 25, 50, 100),
-                   instruments: Iterable[str] | None = None, start=None) -> xr.Dataset:
+                   instruments: Iterable[str] | None = None, start=None, end=None) -> xr.Dataset:
     """Order-book imbalance grids per instrument x time bucket x depth (SPEC section 1).
 
     Parameters
@@ -147,6 +147,9 @@ def imbalance_grid(book: xr.DataTree | xr.Dataset, bucket="1s", levels: int | No
         snapshots before it serve only as the OFI predecessor and carried state of the
         first buckets (pass the previous day's last snapshot to grid one day exactly as
         the whole history would).
+    end : optional time; the grid then runs to the bucket ending at ``end`` (carrying
+        the state forward) and leaves out snapshots at or after it. With ``start`` and
+        ``end`` at consecutive midnights, day grids tile the history's grid exactly.
 
     Returns a Dataset with dims (instrument, time, level) and (instrument, time, band):
     ``ofi`` and ``depth_imbalance`` [base units; 1], ``mid_price``, ``spread``,
@@ -180,6 +183,14 @@ def imbalance_grid(book: xr.DataTree | xr.Dataset, bucket="1s", levels: int | No
         start_ns = pd.Timestamp(start).value
         firsts = [max(min(firsts), start_ns)]
         lasts = [max(max(lasts), start_ns)]
+    if end is not None:
+        end_ns = pd.Timestamp(end).value
+        if end_ns <= min(firsts):
+            raise ValueError(f"end {end} is not after the grid's first snapshot or start")
+        lasts = [end_ns - 1]
+        datasets = {name: ds.isel(time=slice(0, int(np.searchsorted(
+            ds["time"].values.astype("datetime64[ns]").view(np.int64), end_ns, side="left"))))
+            for name, ds in datasets.items()}
     midnight = (min(firsts) // DAY_NS) * DAY_NS  # buckets are aligned to midnight UTC
     # the axis starts at the bucket holding the first snapshot (all instruments together)
     origin_ns = midnight + ((min(firsts) - midnight) // bucket_ns) * bucket_ns

@@ -114,6 +114,71 @@ def _summary_section(results: xr.DataTree, days: list[str]) -> str:
     return "\n".join(parts)
 
 
+def _duration(td: pd.Timedelta) -> str:
+    seconds = td.total_seconds()
+    return f"{seconds:g} s" if seconds < 60 else f"{seconds / 60:g} min"
+
+
+def ofi_regression(grid: xr.Dataset, instrument: str, every: int) -> dict:
+    """Least squares of the mid-price change on level-1 OFI over windows of ``every``
+    buckets (Cont, Kukanov & Stoikov 2014, eq. 3): slope, intercept, R^2, windows used."""
+    g = grid.sel(instrument=instrument)
+    n = g.sizes["time"] // every * every
+    ofi = g.ofi.isel(level=0).values[:n].reshape(-1, every).sum(axis=1)
+    mid = g.mid_price.values[:n].reshape(-1, every)[:, -1]
+    prev_mid = np.concatenate([[np.nan], mid[:-1]])
+    dmid = mid - prev_mid
+    ok = np.isfinite(ofi) & np.isfinite(dmid)
+    x, y = ofi[ok], dmid[ok]
+    if x.size < 3 or np.var(x) == 0:
+        return {"slope": np.nan, "intercept": np.nan, "r2": np.nan, "n": int(x.size), "x": x, "y": y}
+    slope, intercept = np.polyfit(x, y, 1)
+    resid = y - (slope * x + intercept)
+    r2 = 1 - resid.var() / y.var() if y.var() > 0 else np.nan
+    return {"slope": slope, "intercept": intercept, "r2": r2, "n": int(x.size), "x": x, "y": y}
+
+
+def _imbalance_section(results: xr.DataTree, days: list[str]) -> str:
+    day = [d for d in days if "imbalance" in results[d].children]
+    if not day:
+        return ""
+    day = day[-1]
+    grid = results[day]["imbalance"].to_dataset()
+    bucket = pd.Timedelta(grid.attrs.get("bucket", "1s"))
+    every = max(1, int(pd.Timedelta("1min") / bucket))
+    parts = [f"<h2>Imbalance grids, {day}</h2>",
+             f"<p>Buckets of {_duration(bucket)}; {grid.sizes['time']:,} buckets x {grid.sizes['level']} levels "
+             f"per instrument. Depth imbalance (bid - ask)/(bid + ask) over levels 1..k; "
+             f"order-flow imbalance of Cont, Kukanov & Stoikov (2014) at level 1.</p>"]
+    rows = []
+    for inst in grid.instrument.values:
+        g = grid.sel(instrument=inst).load()
+        step = max(1, g.sizes["time"] // 720)
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [2, 1]})
+        im = ax1.imshow(g.depth_imbalance.values[::step].T, aspect="auto", cmap="RdBu", vmin=-1, vmax=1,
+                        origin="lower", extent=[0, 24 * g.sizes["time"] * bucket / pd.Timedelta("1D"),
+                                                0.5, g.sizes["level"] + 0.5])
+        ax1.set_xlabel("hour (UTC)")
+        ax1.set_ylabel("levels 1..k")
+        ax1.set_title(f"{inst}: depth imbalance")
+        fig.colorbar(im, ax=ax1)
+        reg = ofi_regression(grid, str(inst), every)
+        ax2.scatter(reg["x"], reg["y"], s=3, alpha=0.4)
+        if np.isfinite(reg["slope"]):
+            xs = np.linspace(np.min(reg["x"]), np.max(reg["x"]), 10)
+            ax2.plot(xs, reg["slope"] * xs + reg["intercept"], color="k")
+        ax2.set_xlabel(f"level-1 OFI per {_duration(every * bucket)}")
+        ax2.set_ylabel("mid change")
+        ax2.set_title(f"R^2 {reg['r2']:.2f}")
+        parts.append(_png(fig))
+        rows.append({"instrument": str(inst), "windows": reg["n"], "slope (price per unit OFI)": reg["slope"],
+                     "R^2": reg["r2"], "mean |queue imbalance|": float(np.abs(g.depth_imbalance.isel(level=0)).mean()),
+                     "updates": int(g.n_updates.sum())})
+    parts.append("<h3>Mid-price change on level-1 OFI</h3>" +
+                 _table(pd.DataFrame(rows).set_index("instrument")))
+    return "\n".join(parts)
+
+
 def write_report(results_path, out_path, *, title: str = "gpu_risk report", meta: dict | None = None) -> Path:
     """Write the HTML report of every complete day in ``results_path``; returns its path."""
     out_path = Path(out_path)
@@ -127,6 +192,7 @@ def write_report(results_path, out_path, *, title: str = "gpu_risk report", meta
         body.append(f"<p class='meta'><b>{html.escape(key)}</b>: {html.escape(str(value))}</p>")
     if days:
         body.append(_summary_section(results, days))
+        body.append(_imbalance_section(results, days))
     else:
         body.append("<p>No complete day in the results store yet.</p>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

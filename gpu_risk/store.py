@@ -158,8 +158,9 @@ def write_day_dataset(
     chunk_dims = chunk_dims or {}
     ds = _prepare(ds)
     enc = _encoding(ds, chunk_dims)
-    ds = ds.chunk({d: c for d, c in chunk_dims.items() if d in ds.dims}) if any(
-        v.chunks is not None for v in ds.variables.values()) else ds
+    if any(v.chunks is not None for v in ds.variables.values()):
+        # one Dask chunk per Zarr chunk: no two tasks ever write the same Zarr chunk
+        ds = ds.chunk({d: chunk_dims.get(d, -1) for d in ds.dims})
     ds.attrs[COMPLETE] = False
     ds.to_zarr(str(path), group=group, mode="w", encoding=enc, **_zarr_kwargs())
     mark_complete(path, group)
@@ -501,15 +502,18 @@ def results_days(path: PathLike) -> list[str]:
     return complete_days(path)
 
 
-def write_results_day(path: PathLike, date: Any, families: dict[str, xr.Dataset]) -> None:
-    """Write one day's results, one group per family; the day becomes visible (complete)
-    only after every family is written. A partial day from a killed run is overwritten."""
+def write_results_day(path: PathLike, date: Any, families: dict[str, xr.Dataset],
+                      chunks: dict[str, dict[str, int]] | None = None) -> None:
+    """Write one day's results, one group per family (``chunks[family]``: Zarr chunk sizes
+    by dim; one chunk by default); the day becomes visible (complete) only after every
+    family is written. A partial day from a killed run is overwritten. Lazy datasets are
+    computed here, on the active Dask scheduler."""
     init_store(path, "results")
     key = day_key(date)
     day = zarr.open_group(str(path), path=key, mode="w", zarr_format=3)
     day.attrs.update({COMPLETE: False, "date": key})
     for family, ds in families.items():
-        write_day_dataset(ds, path, f"{key}/{family}")
+        write_day_dataset(ds, path, f"{key}/{family}", (chunks or {}).get(family))
     _crash_point("after-families")
     mark_complete(path, key)
 

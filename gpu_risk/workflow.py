@@ -13,18 +13,29 @@ import time
 from pathlib import Path
 from typing import Callable, Literal
 
+import numpy as np
+import xarray as xr
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from . import store
 from .backend import choose_backend, to_backend
 from .cluster import dask_scheduler
+from .imbalance import imbalance_grid
 from .summary import book_summary, positions_summary
 
 log = logging.getLogger("gpu_risk")
 
-AVAILABLE_FAMILIES = ("summary",)
-PLANNED_FAMILIES = ("imbalance", "liquidation", "stress", "cascade")
+AVAILABLE_FAMILIES = ("summary", "imbalance")
+PLANNED_FAMILIES = ("liquidation", "stress", "cascade")
+RESULT_CHUNKS = {"imbalance": {"instrument": 1, "time": 65_536}}
+
+
+class ImbalanceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bucket: str = "1s"
+    levels: int | None = None
+    bands_bps: list[float] = [5, 10, 25, 50, 100]
 
 
 class Stores(BaseModel):
@@ -44,6 +55,7 @@ class WorkflowConfig(BaseModel):
     end: dt.date | None = Field(None, description="last as-of date (default: last book day)")
     dates: list[dt.date] | None = Field(None, description="explicit as-of dates (instead of start/end)")
     families: list[str] = ["summary"]
+    imbalance: ImbalanceConfig = ImbalanceConfig()
     output: Path
     report: Path | None = None
     backend: Literal["auto", "cpu", "gpu"] = "auto"
@@ -100,12 +112,43 @@ def compute_day(cfg: WorkflowConfig, date: str, backend: str) -> dict:
     positions = to_backend(positions, backend)
     book = book.map_over_datasets(lambda ds: to_backend(ds, backend))
     results = {}
+    if "imbalance" in cfg.families:
+        results["imbalance"] = day_imbalance_grid(cfg, date, instruments, book, backend)
     if "summary" in cfg.families:
         results["book_summary"] = book_summary(book)
         results["positions_summary"] = positions_summary(positions, market)
     for ds in results.values():
         ds.attrs.update(date=date, workflow=cfg.name)
     return results
+
+
+def _without_flagged_rows(ds: xr.Dataset) -> xr.Dataset:
+    """Drop the rows marked by the qc flags, and the flags."""
+    if "qc_row_excluded" in ds:
+        ds = ds.isel(time=np.flatnonzero(~np.asarray(ds["qc_row_excluded"].values)))
+    return ds.drop_vars([v for v in ds.data_vars if v.startswith("qc_")])
+
+
+def day_imbalance_grid(cfg: WorkflowConfig, date: str, instruments: list[str], book: xr.DataTree,
+                       backend: str) -> xr.Dataset:
+    """The day's grid, with the previous day's last snapshot as each instrument's OFI
+    predecessor, so that day-by-day grids equal the grid of the whole history."""
+    nodes = {}
+    for inst in instruments:
+        ds = _without_flagged_rows(book[inst].to_dataset())
+        earlier = [d for d in store.complete_days(cfg.stores.book, inst) if d < date]
+        if earlier:
+            prev = _without_flagged_rows(store.open_book_instrument(
+                cfg.stores.book, inst, earlier[-1], earlier[-1], on_bad_rows="flag"))
+            if prev.sizes["time"]:
+                prev = to_backend(prev.isel(time=[-1]), backend)
+                ds = xr.concat([prev, ds], "time", data_vars="minimal", coords="minimal",
+                               compat="override", join="override")
+        nodes[f"/{inst}"] = ds
+    c = cfg.imbalance
+    return imbalance_grid(xr.DataTree.from_dict(nodes), bucket=c.bucket, levels=c.levels,
+                          bands_bps=c.bands_bps, start=date,
+                          end=np.datetime64(date) + np.timedelta64(1, "D"))
 
 
 def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] | None = None) -> dict:
@@ -126,7 +169,7 @@ def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] |
             for date in todo:
                 t0 = time.perf_counter()
                 results = compute_day(cfg, date, backend)
-                store.write_results_day(cfg.output, date, results)
+                store.write_results_day(cfg.output, date, results, RESULT_CHUNKS)
                 timings[date] = time.perf_counter() - t0
                 emit("day", {"date": date, "seconds": timings[date]})
     report = None

@@ -118,6 +118,12 @@ def test_across_days_in_a_store_and_day_by_day(tmp_path):
     part = imbalance_grid(xr.DataTree.from_dict({"/A": lead}), "1s", start="2026-01-06").compute()
     expected = whole.compute().sel(time=slice(np.datetime64("2026-01-06T00:00:00.000000001"), None))
     xr.testing.assert_identical(part.drop_attrs(), expected.drop_attrs())
+    # day 1 gridded up to midnight tiles with day 2: together they are the whole grid
+    day1 = store.open_book(tmp_path / "b.zarr", end="2026-01-05")["A"].to_dataset()
+    first = imbalance_grid(xr.DataTree.from_dict({"/A": day1}), "1s", end="2026-01-06").compute()
+    assert first.time.values[-1] == np.datetime64("2026-01-06T00:00:00", "ns")
+    xr.testing.assert_identical(xr.concat([first, part], "time").drop_attrs(),
+                                whole.compute().drop_attrs())
 
 
 def test_flagged_rows_are_left_out():

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import xarray as xr
 import yaml
@@ -20,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def write_config(tmp_path, data, **overrides) -> Path:
     cfg = {"name": "test", "stores": {k: data[k] for k in ("book", "positions", "market")},
-           "families": ["summary"], "output": str(tmp_path / "results.zarr"),
+           "families": ["summary", "imbalance"], "imbalance": {"bucket": "10s"},
+           "output": str(tmp_path / "results.zarr"),
            "report": str(tmp_path / "report.html"), "scheduler": "sync", "backend": "cpu"}
     cfg.update(overrides)
     path = tmp_path / "workflow.yaml"
@@ -52,7 +54,7 @@ def reference(tiny_dataset, tmp_path_factory):
 
 def test_config_is_validated(tiny_dataset, tmp_path):
     base = yaml.safe_load(write_config(tmp_path, tiny_dataset).read_text())
-    for bad, match in (({"families": ["imbalance"]}, "not implemented yet"),
+    for bad, match in (({"families": ["cascade"]}, "not implemented yet"),
                        ({"families": ["risk"]}, "unknown family"),
                        ({"scheduler": "sync", "typo": 1}, "Extra inputs"),
                        ({"dates": ["2026-01-05"], "start": "2026-01-05"}, "either dates or start"),
@@ -69,6 +71,21 @@ def test_report_and_rerun_skips_complete_days(reference, tiny_dataset, tmp_path)
     for inst in tiny_dataset["instruments"]:
         assert inst in page
     assert "Open interest by instrument" in page and "data:image/png;base64" in page
+    assert "Imbalance grids" in page and "Mid-price change on level-1 OFI" in page
+
+
+def test_day_by_day_grids_tile_the_history_grid(reference, tiny_dataset):
+    """The workflow grids each day with the previous day's last snapshot as predecessor:
+    concatenated, the days equal one grid of the whole store."""
+    from gpu_risk.imbalance import imbalance_grid
+
+    results = results_of(reference)
+    days = xr.concat([results[f"{d}/imbalance"] for d in tiny_dataset["days"]], "time")
+    whole = imbalance_grid(store.open_book(tiny_dataset["book"]), "10s",
+                           end=np.datetime64(tiny_dataset["days"][-1]) + np.timedelta64(1, "D")).compute()
+    whole = whole.sel(time=slice(np.datetime64(tiny_dataset["days"][0]) + np.timedelta64(1, "ns"), None))
+    days = days.drop_attrs().reindex(time=whole.time)  # the first day's axis starts at midnight
+    xr.testing.assert_identical(days, whole.drop_attrs())
 
 
 def test_date_selection(tiny_dataset, tmp_path):
