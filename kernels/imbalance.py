@@ -62,12 +62,21 @@ def _state_row(bid_price, ask_price, bid_size, ask_size, n, band_bps, out, row):
         high = mid * (1 + band_bps[j] / 1e4)
         b = 0.0
         a = 0.0
-        for k in range(levels):
-            if bid_price[n, k] >= low:  # False for NaN prices and a NaN mid
-                b += bid_size[n, k]
-            if ask_price[n, k] <= high:
-                a += ask_size[n, k]
+        for k in range(levels):  # branch-free; a comparison with NaN is False
+            b += bid_size[n, k] * (bid_price[n, k] >= low)
+            a += ask_size[n, k] * (ask_price[n, k] <= high)
         out[row, 2 * levels + 3 + j] = (b - a) / (b + a)
+
+
+@cpu_kernel
+def _order_flow(pb, pa, qb, qa, pb0, pa0, qb0, qa0):
+    """e of one level: an empty bid level (NaN) compares as -inf, an empty ask level as +inf.
+    Branch-free (selects, not jumps), so LLVM can vectorise the loop over levels."""
+    pb = -np.inf if pb != pb else pb
+    pa = np.inf if pa != pa else pa
+    pb0 = -np.inf if pb0 != pb0 else pb0
+    pa0 = np.inf if pa0 != pa0 else pa0
+    return qb * (pb >= pb0) - qb0 * (pb <= pb0) - qa * (pa <= pa0) + qa0 * (pa >= pa0)
 
 
 @cpu_kernel
@@ -81,42 +90,27 @@ def imbalance_block_cpu(bid_price, ask_price, bid_size, ask_size, prev_bid_price
         for c in range(levels):
             out[r, c] = 0.0
         out[r, count_col] = 0.0
+    acc = np.zeros(levels)  # the current bucket's OFI, written out when the bucket closes
+    count = 0.0
     for n in range(n_rows):
         r = bucket[n]
-        if n > 0 or has_prev:
+        if n > 0:
             for k in range(levels):
-                if n > 0:
-                    pb0 = bid_price[n - 1, k]
-                    pa0 = ask_price[n - 1, k]
-                    qb0 = bid_size[n - 1, k]
-                    qa0 = ask_size[n - 1, k]
-                else:
-                    pb0 = prev_bid_price[k]
-                    pa0 = prev_ask_price[k]
-                    qb0 = prev_bid_size[k]
-                    qa0 = prev_ask_size[k]
-                pb = bid_price[n, k]
-                pa = ask_price[n, k]
-                if math.isnan(pb):
-                    pb = -np.inf
-                if math.isnan(pb0):
-                    pb0 = -np.inf
-                if math.isnan(pa):
-                    pa = np.inf
-                if math.isnan(pa0):
-                    pa0 = np.inf
-                e = 0.0
-                if pb >= pb0:
-                    e += bid_size[n, k]
-                if pb <= pb0:
-                    e -= qb0
-                if pa <= pa0:
-                    e -= ask_size[n, k]
-                if pa >= pa0:
-                    e += qa0
-                out[r, k] += e
-        out[r, count_col] += 1.0
+                acc[k] += _order_flow(bid_price[n, k], ask_price[n, k], bid_size[n, k], ask_size[n, k],
+                                      bid_price[n - 1, k], ask_price[n - 1, k], bid_size[n - 1, k],
+                                      ask_size[n - 1, k])
+        elif has_prev:
+            for k in range(levels):
+                acc[k] += _order_flow(bid_price[0, k], ask_price[0, k], bid_size[0, k], ask_size[0, k],
+                                      prev_bid_price[k], prev_ask_price[k], prev_bid_size[k],
+                                      prev_ask_size[k])
+        count += 1.0
         if n == n_rows - 1 or bucket[n + 1] != r:
+            for k in range(levels):
+                out[r, k] = acc[k]
+                acc[k] = 0.0
+            out[r, count_col] = count
+            count = 0.0
             _state_row(bid_price, ask_price, bid_size, ask_size, n, band_bps, out, r)
     # empty buckets carry the state of the last snapshot before them
     for r in range(1, n_out):
