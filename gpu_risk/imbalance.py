@@ -47,8 +47,9 @@ def _block_bounds(bucket_index: np.ndarray, chunk_starts: Iterable[int]) -> list
     return starts + [n]
 
 
-def _run_block(arrays, prev, bucket, bands, n_out, levels, lead_in=False):
+def _run_block(arrays, prev, runs, bands, n_out, levels, lead_in=False):
     bid_price, ask_price, bid_size, ask_size = arrays
+    bucket = np.repeat(*runs)
     xp = np
     if is_cupy(bid_price):
         import cupy as xp  # noqa: PLC0415
@@ -107,9 +108,13 @@ def _instrument_grid(ds: xr.Dataset, origin_ns: int, bucket_ns: int, n_buckets: 
         start, stop = bounds[i], bounds[i + 1]
         b0 = int(bucket_index[start])
         b1 = int(bucket_index[stop]) if stop < t.size else n_buckets
-        rel = (bucket_index[start:stop] - b0).astype(np.int64)
+        # run-length encoded (bucket, count) pairs keep the graph small: one pair per bucket
+        rel = bucket_index[start:stop] - b0
+        change = np.flatnonzero(np.diff(rel)) + 1
+        runs = (rel[np.concatenate([[0], change])].astype(np.int64),
+                np.diff(np.concatenate([[0], change, [rel.size]])).astype(np.int64))
         prev = [blk[i - 1] for blk in blocks] if i > 0 else None
-        task = run([blk[i] for blk in blocks], prev, rel, bands, b1 - b0, levels, lead_in and i == 0)
+        task = run([blk[i] for blk in blocks], prev, runs, bands, b1 - b0, levels, lead_in and i == 0)
         pieces.append(da.from_delayed(task, shape=(b1 - b0, n_cols), dtype=np.float64, meta=meta))
     return da.concatenate(pieces, axis=0)
 
