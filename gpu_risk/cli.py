@@ -111,6 +111,33 @@ def run(
         print(json.dumps(summary))
 
 
+import_app = typer.Typer(no_args_is_help=True, help="Import real order-book data into a book store.")
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("lobster")
+def import_lobster_cmd(
+    orderbook_csv: Path = typer.Argument(..., exists=True, dir_okay=False),
+    message_csv: Path = typer.Argument(..., exists=True, dir_okay=False),
+    date: str = typer.Option(..., help="trading day YYYY-MM-DD (times are New York local)"),
+    instrument: str = typer.Option(..., help="instrument name in the store"),
+    out: Path = typer.Option(..., help="book store to write or extend"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
+):
+    """LOBSTER orderbook + message files (any level count) into a book store."""
+    from .importers.lobster import import_lobster
+
+    try:
+        summary = import_lobster(orderbook_csv, message_csv, date, instrument, out)
+    except (InputError, ValueError) as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        console.print(f"imported {summary['snapshots']:,} snapshots x {summary['levels']} levels "
+                      f"of {instrument} on {date} into {out}")
+
+
 @app.command()
 def report(
     results: Path = typer.Argument(..., help="results store written by `gpu-risk run`"),
