@@ -39,10 +39,12 @@ def n_columns(levels: int, bands: int) -> int:
 
 
 @cpu_kernel
-def _state_row(bid_price, ask_price, bid_size, ask_size, n, band_bps, out, row):
-    """Write the state variables of snapshot n into out[row] (columns L .. end-1)."""
+def _state_row(bid_price, ask_price, bid_size, ask_size, n, band_factors, out, row):
+    """Write the state variables of snapshot n into out[row] (columns L .. end-1).
+    ``band_factors`` (2, B) holds 1 - b/10^4 and 1 + b/10^4, computed once per block (the
+    same operations as inline, so the same bits, without 2 B divisions per bucket)."""
     levels = bid_price.shape[1]
-    bands = band_bps.shape[0]
+    bands = band_factors.shape[1]
     cum_bid = 0.0
     cum_ask = 0.0
     for k in range(levels):
@@ -58,8 +60,8 @@ def _state_row(bid_price, ask_price, bid_size, ask_size, n, band_bps, out, row):
     out[row, 2 * levels + 1] = pa1 - pb1
     out[row, 2 * levels + 2] = (pb1 * qa1 + pa1 * qb1) / (qa1 + qb1)
     for j in range(bands):
-        low = mid * (1 - band_bps[j] / 1e4)
-        high = mid * (1 + band_bps[j] / 1e4)
+        low = mid * band_factors[0, j]
+        high = mid * band_factors[1, j]
         b = 0.0
         a = 0.0
         for k in range(levels):  # branch-free; a comparison with NaN is False
@@ -91,6 +93,10 @@ def imbalance_block_cpu(bid_price, ask_price, bid_size, ask_size, prev_bid_price
             out[r, c] = 0.0
         out[r, count_col] = 0.0
     acc = np.zeros(levels)  # the current bucket's OFI, written out when the bucket closes
+    band_factors = np.empty((2, band_bps.shape[0]))
+    for j in range(band_bps.shape[0]):
+        band_factors[0, j] = 1 - band_bps[j] / 1e4
+        band_factors[1, j] = 1 + band_bps[j] / 1e4
     count = 0.0
     for n in range(n_rows):
         r = bucket[n]
@@ -111,7 +117,7 @@ def imbalance_block_cpu(bid_price, ask_price, bid_size, ask_size, prev_bid_price
                 acc[k] = 0.0
             out[r, count_col] = count
             count = 0.0
-            _state_row(bid_price, ask_price, bid_size, ask_size, n, band_bps, out, r)
+            _state_row(bid_price, ask_price, bid_size, ask_size, n, band_factors, out, r)
     # empty buckets carry the state of the last snapshot before them
     for r in range(1, n_out):
         if out[r, count_col] == 0.0:
