@@ -138,6 +138,34 @@ def import_lobster_cmd(
                       f"of {instrument} on {date} into {out}")
 
 
+@import_app.command("binance")
+def import_binance_cmd(
+    files: list[Path] = typer.Argument(..., exists=True, dir_okay=False,
+                                       help="recorded depth streams of one instrument, in order"),
+    levels: int = typer.Option(..., help="levels per side to store"),
+    out: Path = typer.Option(..., help="book store to write or extend"),
+    instrument: Optional[str] = typer.Option(None, help="name in the store (default: the symbol; "
+                                             "spot gets a _SPOT suffix)"),
+    as_json: bool = typer.Option(False, "--json", help="print the import report as JSON"),
+):
+    """Binance depth streams (REST snapshot + depthUpdate diffs) into a book store."""
+    from .importers.binance import import_binance
+
+    try:
+        summary = import_binance([str(f) for f in files], levels, out, instrument)
+    except (InputError, ValueError) as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        console.print(f"{summary['instrument']} ({summary['market']}): {summary['snapshots']:,} snapshots "
+                      f"over {', '.join(summary['days'])}; {summary['stale_diffs']} stale diffs; "
+                      f"bookTicker agreement {summary['bookticker_agree']}/{summary['bookticker_compared']}")
+    if summary["gaps"]:
+        console.print(f"[yellow]{summary['gaps']} sequence gap(s); first at "
+                      f"{escape(summary['first_gap'])}; no snapshot was written while the book was unknown[/yellow]")
+
+
 @app.command()
 def report(
     results: Path = typer.Argument(..., help="results store written by `gpu-risk run`"),

@@ -1,0 +1,138 @@
+"""The Binance depth-stream importer on the real captures in ../shared/data/real."""
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpu_risk import store
+from gpu_risk.errors import InputError
+from gpu_risk.importers.binance import import_binance
+
+FEED = Path(__file__).resolve().parents[2] / "shared/data/real/binance_hftbacktest_feed"
+SETS = {"usdm_btc": ["usdm/btcusdt_20240808.gz"], "usdm_eth": ["usdm/ethusdt_20240808.gz"],
+        "spot_btc": ["spot/btcusdt_20240808.gz", "spot/btcusdt_20240809.gz"],
+        "coinm_btc": ["cm/btcusd_perp_20240808.gz", "cm/btcusd_perp_20240809.gz"]}
+
+
+def paths(name):
+    files = [FEED / f for f in SETS[name]]
+    if not all(f.exists() for f in files):
+        pytest.skip("shared Binance captures not present")
+    return files
+
+
+def reference_books(files, levels, at=None):
+    """Plain reference: dicts, Binance's documented rule, books sorted when asked for
+    (at the applied-diff indices in ``at``; None for every one). Returns (count, books)."""
+    msgs = [json.loads(line.split(" ", 1)[1]) for f in files for line in gzip.open(f, "rt")]
+    snap = next(m for m in msgs if "lastUpdateId" in m)
+    diffs = [m["data"] for m in msgs if m.get("data", {}).get("e") == "depthUpdate"]
+    futures = "pu" in diffs[0]
+    sid = snap["lastUpdateId"]
+    bids = {float(p): float(q) for p, q in snap["bids"]}
+    asks = {float(p): float(q) for p, q in snap["asks"]}
+    books, last, applied = {}, None, 0
+    for d in diffs:
+        if last is None:
+            if d["u"] < sid or (not futures and d["u"] == sid):
+                continue
+        elif d["u"] <= last:
+            continue
+        for side, key in ((bids, "b"), (asks, "a")):
+            for p, q in d[key]:
+                if float(q) == 0:
+                    side.pop(float(p), None)
+                else:
+                    side[float(p)] = float(q)
+        last = d["u"]
+        if at is None or applied in at:
+            top_b = sorted(bids, reverse=True)[:levels]
+            top_a = sorted(asks)[:levels]
+            books[applied] = (d["E"], top_b, [bids[p] for p in top_b], top_a, [asks[p] for p in top_a])
+        applied += 1
+    return applied, books
+
+
+@pytest.mark.parametrize("name", list(SETS))
+def test_import_matches_reference_and_bookticker(tmp_path, name):
+    files = paths(name)
+    report = import_binance(files, 10, tmp_path / "b.zarr", chunk_rows=2048)
+    assert report["gaps"] == 0 and report["first_gap"] is None
+    assert report["bookticker_compared"] > 300
+    assert report["bookticker_agree"] == report["bookticker_compared"], report["first_disagreement"]
+    ds = store.open_book(tmp_path / "b.zarr")[report["instrument"]].to_dataset()  # validates
+    n = report["snapshots"]
+    count, ref = reference_books(files, 10, at={0, n // 2, n - 1})
+    assert ds.sizes["time"] == n == report["diffs_applied"] == count
+    scale = 100.0 if name == "coinm_btc" else 1.0  # COIN-M contracts of 100 USD, stored in USD
+    for i in (0, n // 2, n - 1):
+        e_ms, bp, bq, ap, aq = ref[i]
+        row = ds.isel(time=i).load()
+        assert row.time.values == np.datetime64(e_ms, "ms").astype("datetime64[ns]")
+        np.testing.assert_array_equal(row.bid_price.values[:len(bp)], bp)
+        np.testing.assert_array_equal(row.ask_price.values[:len(ap)], ap)
+        np.testing.assert_array_equal(row.bid_size.values[:len(bq)], np.array(bq) * scale)
+        np.testing.assert_array_equal(row.ask_size.values[:len(aq)], np.array(aq) * scale)
+
+
+@pytest.mark.parametrize("name", ["spot_btc", "coinm_btc"])
+def test_files_across_midnight_continue_one_book(tmp_path, name):
+    files = paths(name)
+    whole = import_binance(files, 5, tmp_path / "both.zarr")
+    first = import_binance(files[:1], 5, tmp_path / "first.zarr")
+    assert whole["days"] == ["2024-08-08", "2024-08-09"]
+    ds = store.open_book(tmp_path / "both.zarr")[whole["instrument"]].to_dataset()
+    t = ds.time.values
+    assert (np.diff(t) >= np.timedelta64(0)).all()
+    assert t[0] < np.datetime64("2024-08-09") <= t[-1]
+    # the second file only continues the first: more snapshots, same beginning
+    assert whole["snapshots"] > first["snapshots"]
+    head = store.open_book(tmp_path / "first.zarr")[first["instrument"]].to_dataset().isel(time=slice(0, 100))
+    np.testing.assert_array_equal(ds.isel(time=slice(0, 100)).bid_price.values, head.bid_price.values)
+    # the second file alone has no snapshot: it cannot start a book
+    with pytest.raises(InputError, match="no REST depth snapshot"):
+        import_binance(files[1:], 5, tmp_path / "second.zarr")
+
+
+def _copy_lines(src, dst, keep):
+    lines = gzip.open(src, "rt").read().splitlines(keepends=True)
+    with gzip.open(dst, "wt") as f:
+        f.writelines(keep(lines))
+    return lines
+
+
+def test_a_gap_is_reported_and_never_papered_over(tmp_path):
+    src = paths("usdm_btc")[0]
+    lines = gzip.open(src, "rt").read().splitlines(keepends=True)
+    depth = [i for i, line in enumerate(lines) if "depthUpdate" in line]
+    k = len(depth) // 2
+    drop = depth[k]
+    bad = tmp_path / "gap.gz"
+    _copy_lines(src, bad, lambda ls: ls[:drop] + ls[drop + 1:])
+    report = import_binance([bad], 5, tmp_path / "b.zarr")
+    # found at the next diff, whose line number shifted up by the dropped line
+    assert report["gaps"] == 1 and f"gap.gz:{depth[k + 1]}:" in report["first_gap"]
+    full = import_binance([src], 5, tmp_path / "full.zarr")
+    # nothing after the gap: no later REST snapshot re-initialises the book
+    assert report["snapshots"] < full["snapshots"]
+    assert report["diffs_applied"] == report["snapshots"]
+
+
+def test_truncated_gzip_and_malformed_json_name_file_and_line(tmp_path):
+    src = paths("usdm_btc")[0]
+    data = src.read_bytes()
+    cut = tmp_path / "truncated.gz"
+    cut.write_bytes(data[: len(data) // 3])
+    with pytest.raises(InputError, match="truncated or corrupt") as info:
+        import_binance([cut], 5, tmp_path / "b.zarr")
+    assert "truncated.gz" in str(info.value) and info.value.index > 1
+    assert not (tmp_path / "b.zarr").exists()  # the cut falls within the first day: nothing written
+    bad = tmp_path / "bad.gz"
+    _copy_lines(src, bad, lambda ls: ls[:100] + ['1723161255030314667 {"stream": oops\n'] + ls[100:])
+    with pytest.raises(InputError, match="malformed line") as info:
+        import_binance([bad], 5, tmp_path / "c.zarr")
+    assert info.value.index == 101 and "bad.gz" in str(info.value)
+    assert not (tmp_path / "c.zarr").exists()
