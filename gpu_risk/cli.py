@@ -166,6 +166,32 @@ def import_binance_cmd(
                       f"{escape(summary['first_gap'])}; no snapshot was written while the book was unknown[/yellow]")
 
 
+@import_app.command("databento")
+def import_databento_cmd(
+    mbp10_csv: Path = typer.Argument(..., exists=True, dir_okay=False, help="Databento MBP-10 CSV"),
+    out: Path = typer.Option(..., help="book store to write or extend"),
+    on_bad_rows: str = typer.Option("raise", help="raise | flag (store unparseable fields as NaN: "
+                                    "opening the store flags those rows)"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
+):
+    """Databento MBP-10 CSV (ts_event as time, 10 levels; one instrument per symbol)."""
+    from .importers.databento import import_databento
+
+    try:
+        summary = import_databento(mbp10_csv, out, on_bad_rows=on_bad_rows)
+    except (InputError, ValueError) as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        bad = summary.pop("bad_fields", [])
+        for symbol, info in summary.items():
+            console.print(f"{symbol}: {info['snapshots']:,} snapshots over {', '.join(info['days'])}")
+        if bad:
+            console.print(f"[yellow]{len(bad)} field(s) not a number, stored as NaN; first: line "
+                          f"{bad[0][0]}, column {bad[0][1]}, value {escape(repr(bad[0][2]))}[/yellow]")
+
+
 @app.command()
 def report(
     results: Path = typer.Argument(..., help="results store written by `gpu-risk run`"),

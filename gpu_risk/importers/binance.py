@@ -33,18 +33,16 @@ from __future__ import annotations
 import bisect
 import gzip
 import json
-import shutil
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import xarray as xr
 
 from .. import store
 from ..errors import InputError
+from ._spool import DaySpool
 
 CONTRACT_USD = {"BTCUSD_PERP": 100.0}
 DEFAULT_CONTRACT_USD = 10.0
@@ -126,49 +124,6 @@ class Side:
             sizes[i] = self.qty[price] * scale
 
 
-class Spool:
-    """Snapshots of one UTC day, spooled to disk in chunks of ``chunk_rows``."""
-
-    def __init__(self, levels: int, chunk_rows: int, directory: Path):
-        self.levels, self.chunk_rows, self.dir = levels, chunk_rows, directory
-        self.day = None
-        self._reset()
-
-    def _reset(self):
-        self.times: list[np.ndarray] = []
-        self.files: list[Path] = []
-        self.buf = np.empty((4, self.chunk_rows, self.levels))
-        self.buf_time = np.empty(self.chunk_rows, dtype=np.int64)
-        self.n = 0
-
-    def _flush(self):
-        if self.n:
-            path = self.dir / f"chunk{len(self.files)}.npy"
-            np.save(path, self.buf[:, : self.n])
-            self.files.append(path)
-            self.times.append(self.buf_time[: self.n].copy())
-            self.n = 0
-
-
-def _write_day(spool: Spool, out, instrument: str, attrs: dict) -> int:
-    spool._flush()
-    if not spool.files:
-        return 0
-    time = np.concatenate(spool.times).astype("datetime64[ns]")
-    writer = store.book_writer(out, instrument, spool.day, time, spool.levels, spool.chunk_rows,
-                               extra_attrs=attrs)
-    start = 0
-    for path in spool.files:
-        block = np.load(path)
-        slab = xr.Dataset({name: (("time", "level"), block[i]) for i, name in
-                           enumerate(("bid_price", "bid_size", "ask_price", "ask_size"))})
-        writer.write(start, slab)
-        start += block.shape[1]
-        path.unlink()
-    writer.close()
-    return int(time.size)
-
-
 def import_binance(files, levels: int, out, instrument: str | None = None,
                    chunk_rows: int = store.BOOK_CHUNK_ROWS) -> dict:
     """Rebuild the book from recorded depth streams and write its top ``levels`` per snapshot.
@@ -181,10 +136,8 @@ def import_binance(files, levels: int, out, instrument: str | None = None,
     pending: list[tuple[str, int, dict]] = []  # diffs seen before the (next) snapshot
     tickers: list[tuple[str, int, dict]] = []  # bookTickers waiting for the next diff's U
     scale = 1.0
-    row = np.empty((4, levels))
-    tmp = Path(tempfile.mkdtemp(prefix="gpu_risk_binance_"))
-    spool = Spool(levels, chunk_rows, tmp)
-    attrs = {}
+    row = np.empty((4, levels, 1))
+    spool: DaySpool | None = None
 
     def compare_tickers(next_first_id):
         """Tickers with last_u <= id < next diff's U see exactly the current book."""
@@ -240,20 +193,9 @@ def import_binance(files, levels: int, out, instrument: str | None = None,
             asks.set(float(price), float(qty))
         state["last_u"] = u
         report.diffs_applied += 1
-        bids.top(levels, scale, row[0], row[1])
-        asks.top(levels, scale, row[2], row[3])
-        t_ns = int(d["E"]) * 1_000_000
-        day = store.day_key(np.datetime64(t_ns, "ns"))
-        if spool.day is not None and day != spool.day:
-            report.snapshots += _write_day(spool, out, report.instrument, attrs)
-            report.days.append(spool.day)
-            spool._reset()
-        spool.day = day
-        spool.buf[:, spool.n] = row
-        spool.buf_time[spool.n] = t_ns
-        spool.n += 1
-        if spool.n == chunk_rows:
-            spool._flush()
+        bids.top(levels, scale, row[0, :, 0], row[1, :, 0])
+        asks.top(levels, scale, row[2, :, 0], row[3, :, 0])
+        spool.add(np.array([int(d["E"]) * 1_000_000], dtype=np.int64), row.transpose(0, 2, 1))
 
     def _gap(where, line, why):
         report.gaps += 1
@@ -291,7 +233,7 @@ def import_binance(files, levels: int, out, instrument: str | None = None,
                         scale = CONTRACT_USD.get(symbol, DEFAULT_CONTRACT_USD)
                     attrs = {"source": "Binance " + report.market + " depth stream",
                              "size_units": "USD" if report.market == "coinm" else "base units"}
-                    store._check_instrument_name(report.instrument)
+                    spool = DaySpool(out, report.instrument, levels, chunk_rows, attrs)
                 if not state["ready"]:
                     if state["snapshot_id"] is None:
                         pending.append((where, line, data))
@@ -300,11 +242,11 @@ def import_binance(files, levels: int, out, instrument: str | None = None,
             elif "bookTicker" in stream or data.get("e") == "bookTicker":
                 tickers.append((where, line, data))
         compare_tickers(None)
-        if state["snapshot_id"] is None:
+        if state["snapshot_id"] is None or spool is None:
             raise InputError("no REST depth snapshot (lastUpdateId) in the files", store=str(files[0]))
-        report.snapshots += _write_day(spool, out, report.instrument, attrs)
-        if spool.day is not None and spool.day not in report.days:
-            report.days.append(spool.day)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        if spool is not None:
+            spool.discard()  # complete days already written stay; the partial day never appears
+        raise
+    report.snapshots, report.days = spool.close()
     return report.as_dict()

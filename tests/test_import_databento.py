@@ -1,0 +1,77 @@
+"""The Databento MBP-10 importer on the real sample in ../shared/data/real."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gpu_risk import store
+from gpu_risk.errors import InputError
+from gpu_risk.importers.databento import import_databento
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/real/databento_aapl_mbp10_2024-10-21/first_25000_rows.csv"
+
+
+@pytest.fixture
+def sample():
+    if not SAMPLE.exists():
+        pytest.skip("shared Databento sample not present")
+    return SAMPLE
+
+
+def test_the_real_file_has_one_corrupt_field_named_exactly(tmp_path, sample):
+    """Line 22 of the shared copy holds bid_px_02 = '2 33.53' (a stray space; the README's
+    other copy of the file is one byte shorter). Default: a clear error, nothing written."""
+    with pytest.raises(InputError) as info:
+        import_databento(sample, tmp_path / "b.zarr", chunk_rows=1024)
+    err = info.value
+    assert (err.index, err.variable, err.count) == (22, "bid_px_02", 1)
+    assert "'2 33.53'" in str(err) and "first_25000_rows.csv" in str(err)
+    assert not (tmp_path / "b.zarr").exists()
+
+
+def test_import_matches_raw_rows(tmp_path, sample):
+    result = import_databento(sample, tmp_path / "b.zarr", chunk_rows=1024, on_bad_rows="flag")
+    assert result == {"AAPL": {"snapshots": 5000, "days": ["2024-10-21"]},
+                      "bad_fields": [[22, "bid_px_02", "2 33.53"]]}
+    flagged = store.open_book(tmp_path / "b.zarr", on_bad_rows="flag")["AAPL"].to_dataset()
+    assert list(np.flatnonzero(flagged.qc_row_excluded.values)) == [20]  # line 22 = row 20
+    ds = flagged.isel(time=np.delete(np.arange(flagged.sizes["time"]), 20))
+    raw = pd.read_csv(sample).drop(index=20).reset_index(drop=True)
+    for i in (0, 2500, 4998):
+        row = ds.isel(time=i).load()
+        assert row.time.values == np.datetime64(raw.ts_event[i].rstrip("Z"), "ns")
+        for name, col in (("bid_price", "bid_px"), ("ask_price", "ask_px"), ("bid_size", "bid_sz"),
+                          ("ask_size", "ask_sz")):
+            want = raw[[f"{col}_{k:02d}" for k in range(10)]].iloc[i].astype(float).values
+            np.testing.assert_array_equal(row[name].values, want)
+
+
+def test_wrong_header_and_malformed_rows(tmp_path, sample):
+    bad = tmp_path / "bad.csv"
+    lines = sample.read_text().splitlines(keepends=True)
+    lines = [line.replace("2 33.53", "233.53") for line in lines]  # mend the known corrupt field
+    bad.write_text(lines[0].replace("bid_px_03", "bid_price_03") + "".join(lines[1:50]))
+    with pytest.raises(InputError, match="not an MBP-10 CSV") as info:
+        import_databento(bad, tmp_path / "b.zarr")
+    assert "bad.csv" in str(info.value) and "line 1" in str(info.value)
+    bad.write_text("".join(lines[:30]) + lines[30].replace("2024-10-21T", "yesterday ") + "".join(lines[31:60]))
+    with pytest.raises(InputError, match="ts_event 'yesterday") as info:
+        import_databento(bad, tmp_path / "c.zarr")
+    assert info.value.index == 31
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_prices_out_of_order_are_caught_on_open(tmp_path, sample):
+    lines = [line.replace("2 33.53", "233.53") for line in sample.read_text().splitlines(keepends=True)]
+    header = lines[0].strip().split(",")
+    row = lines[10].strip().split(",")
+    i2, i3 = header.index("bid_px_02"), header.index("bid_px_03")
+    row[i2], row[i3] = row[i3], row[i2]  # bid ladder no longer decreasing
+    bad = tmp_path / "order.csv"
+    bad.write_text("".join(lines[:10]) + ",".join(row) + "\n" + "".join(lines[11:40]))
+    import_databento(bad, tmp_path / "b.zarr")
+    with pytest.raises(InputError, match="ladder") as info:
+        store.open_book(tmp_path / "b.zarr")
+    assert info.value.index == 9 and info.value.variable == "bid_price"
