@@ -23,6 +23,12 @@ BOOK_VARS: dict[str, Var] = {
     "bid_size": Var(("time", "level"), "f", "base units", "resting bid quantity per level; 0 where empty"),
     "ask_size": Var(("time", "level"), "f", "base units", "resting ask quantity per level; 0 where empty"),
 }
+# Optional per-snapshot variables an importer may add (the grids ignore them for now).
+BOOK_OPTIONAL_VARS: dict[str, Var] = {
+    "traded_volume": Var(("time",), "f", "base units",
+                         "signed volume executed by this event: + buyer-initiated, - seller-initiated",
+                         required=False),
+}
 BOOK_COORDS: dict[str, Var] = {
     "time": Var(("time",), "M", "UTC", "event time of the snapshot"),
     "level": Var(("level",), "iu", "1", "book level, 1 = best"),

@@ -31,6 +31,7 @@ import zarr
 
 from .errors import InputError, SchemaError
 from .schema import (
+    BOOK_OPTIONAL_VARS,
     BOOK_VARS,
     MARKET_ASSET_VARS,
     MARKET_BRACKET_VARS,
@@ -261,14 +262,19 @@ def write_book(ds: xr.Dataset, path: PathLike, instrument: str,
 
 
 def book_writer(path: PathLike, instrument: str, date: Any, time: np.ndarray, levels: int,
-                chunk_rows: int = BOOK_CHUNK_ROWS, extra_attrs: dict | None = None) -> RegionWriter:
-    """A :class:`RegionWriter` for one instrument-day whose snapshot times are known."""
+                chunk_rows: int = BOOK_CHUNK_ROWS, extra_attrs: dict | None = None,
+                optional_vars: tuple[str, ...] = ()) -> RegionWriter:
+    """A :class:`RegionWriter` for one instrument-day whose snapshot times are known;
+    ``optional_vars`` names variables of ``BOOK_OPTIONAL_VARS`` the slabs will carry too."""
     _check_instrument_name(instrument)
     init_store(path, "book")
     key = day_key(date)
     sizes = {"time": len(time), "level": levels}
     variables = {name: (var.dims, np.dtype("float64"), describe(var))
                  for name, var in BOOK_VARS.items()}
+    for name in optional_vars:
+        var = BOOK_OPTIONAL_VARS[name]
+        variables[name] = (var.dims, np.dtype("float64"), describe(var))
     coords = {"time": ("time", np.asarray(time, dtype="datetime64[ns]")),
               "level": ("level", np.arange(1, levels + 1, dtype=np.int16))}
     template = _lazy_template(coords, variables, sizes, {"time": chunk_rows})

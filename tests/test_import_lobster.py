@@ -63,3 +63,32 @@ def test_cli_import(tmp_path):
                           "--date", "2012-06-21", "--instrument", "AAPL", "--out", str(tmp_path / "b.zarr"),
                           "--json"], capture_output=True, text=True, check=True)
     assert '"snapshots": 999' in out.stdout
+
+
+def test_book_and_executions_are_consistent_with_the_messages(tmp_path):
+    """An execution at the best ask (bid) reduces that queue by the executed size, or
+    empties it; traded_volume carries the executions with their sign."""
+    ob, msg = files("bigfatwhale_1h_msg50_book1")
+    import_lobster(ob, msg, "2012-06-21", "AAPL", tmp_path / "b.zarr")
+    ds = store.open_book(tmp_path / "b.zarr")["AAPL"].to_dataset().load()
+    m = pd.read_csv(msg, header=None)
+    kind, size, price, side = m[1].values, m[3].values, m[4].values / 10_000, m[5].values
+    ask_p, ask_q = ds.ask_price.values[:, 0], ds.ask_size.values[:, 0]
+    bid_p, bid_q = ds.bid_price.values[:, 0], ds.bid_size.values[:, 0]
+    checked = {"ask": 0, "bid": 0}
+    for n in np.flatnonzero(kind == 4):
+        if n == 0:  # no book before the first message
+            continue
+        p_prev, q_prev, p_now, q_now, name = ((ask_p[n - 1], ask_q[n - 1], ask_p[n], ask_q[n], "ask")
+                                              if side[n] == -1 else
+                                              (bid_p[n - 1], bid_q[n - 1], bid_p[n], bid_q[n], "bid"))
+        assert price[n] == p_prev, f"execution {n} not at the best {name}"
+        if size[n] < q_prev:
+            assert (p_now, q_now) == (p_prev, q_prev - size[n])
+        else:
+            assert size[n] == q_prev and p_now != p_prev  # the queue emptied; the touch moved
+        checked[name] += 1
+    assert checked == {"ask": 2224, "bid": 1843}  # every visible execution (the README's counts)
+    executed = np.isin(kind, (4, 5))
+    np.testing.assert_array_equal(ds.traded_volume.values, np.where(executed, -side * size, 0.0))
+    assert ds.traded_volume.attrs["long_name"]
