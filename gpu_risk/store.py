@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
+import shutil
 import tomllib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -114,9 +116,41 @@ def mark_complete(path: PathLike, group: str) -> None:
     zarr.open_group(str(path), path=group, mode="r+", zarr_format=3).attrs[COMPLETE] = True
 
 
+DAY_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
 def complete_days(path: PathLike, group: str = "") -> list[str]:
-    """Names of the complete day groups under ``group``."""
-    return [d for d in child_groups(path, group) if is_complete(path, f"{group}/{d}".strip("/"))]
+    """Names of the complete day groups under ``group`` (a day being rewritten lives in a
+    sibling group with a suffix until it replaces the old one, and is not listed)."""
+    return [d for d in child_groups(path, group)
+            if DAY_NAME.match(d) and is_complete(path, f"{group}/{d}".strip("/"))]
+
+
+def replace_day(path: PathLike, group: str, new_group: str) -> None:
+    """Make the complete group ``new_group`` (a sibling) the day ``group``, for a local
+    store: rename the old day aside, the new one into place, then delete the old one. A
+    run killed in between is finished by :func:`recover_day` on the next write."""
+    root = Path(str(path))
+    old, new, aside = root / group, root / new_group, root / (group + ".old")
+    if not is_complete(path, new_group):
+        raise RuntimeError(f"{new_group} is not complete")
+    if old.exists():
+        old.rename(aside)
+    new.rename(old)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def recover_day(path: PathLike, group: str) -> None:
+    """Finish or undo an interrupted :func:`replace_day` of ``group``."""
+    root = Path(str(path))
+    old, aside = root / group, root / (group + ".old")
+    new = root / (group + ".new")
+    if not old.exists() and new.exists() and is_complete(path, group + ".new"):
+        new.rename(old)
+    if not old.exists() and aside.exists():
+        aside.rename(old)
+    for leftover in (aside, new):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _encoding(ds: xr.Dataset, chunk_dims: dict[str, int]) -> dict:
@@ -263,9 +297,10 @@ def write_book(ds: xr.Dataset, path: PathLike, instrument: str,
 
 def book_writer(path: PathLike, instrument: str, date: Any, time: np.ndarray, levels: int,
                 chunk_rows: int = BOOK_CHUNK_ROWS, extra_attrs: dict | None = None,
-                optional_vars: tuple[str, ...] = ()) -> RegionWriter:
+                optional_vars: tuple[str, ...] = (), suffix: str = "") -> RegionWriter:
     """A :class:`RegionWriter` for one instrument-day whose snapshot times are known;
-    ``optional_vars`` names variables of ``BOOK_OPTIONAL_VARS`` the slabs will carry too."""
+    ``optional_vars`` names variables of ``BOOK_OPTIONAL_VARS`` the slabs will carry too;
+    ``suffix`` writes a sibling group (``<day><suffix>``) that :func:`replace_day` swaps in."""
     _check_instrument_name(instrument)
     init_store(path, "book")
     key = day_key(date)
@@ -279,7 +314,7 @@ def book_writer(path: PathLike, instrument: str, date: Any, time: np.ndarray, le
               "level": ("level", np.arange(1, levels + 1, dtype=np.int16))}
     template = _lazy_template(coords, variables, sizes, {"time": chunk_rows})
     template.attrs.update(instrument=instrument, date=key, **(extra_attrs or {}))
-    return RegionWriter(template, path, f"{instrument}/{key}", "time", chunk_rows)
+    return RegionWriter(template, path, f"{instrument}/{key}{suffix}", "time", chunk_rows)
 
 
 def book_instruments(path: PathLike) -> list[str]:

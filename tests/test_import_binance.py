@@ -136,3 +136,23 @@ def test_truncated_gzip_and_malformed_json_name_file_and_line(tmp_path):
         import_binance([bad], 5, tmp_path / "c.zarr")
     assert info.value.index == 101 and "bad.gz" in str(info.value)
     assert not (tmp_path / "c.zarr").exists()
+
+
+@pytest.mark.parametrize("name", ["spot_btc", "coinm_btc"])
+def test_appending_the_next_file_continues_the_store(tmp_path, name):
+    """Importing the second file into the store of the first gives exactly the store of
+    both imported together: same time axis, nothing duplicated or lost."""
+    files = paths(name)
+    together = import_binance(files, 5, tmp_path / "together.zarr", chunk_rows=1000)
+    first = import_binance(files[:1], 5, tmp_path / "appended.zarr", chunk_rows=1000)
+    second = import_binance(files[1:], 5, tmp_path / "appended.zarr", chunk_rows=1000)
+    assert second["gaps"] == 0 and first["snapshots"] + second["snapshots"] == together["snapshots"]
+    a = store.open_book(tmp_path / "together.zarr")[together["instrument"]].to_dataset().load()
+    b = store.open_book(tmp_path / "appended.zarr")[together["instrument"]].to_dataset().load()
+    import xarray as xr
+
+    xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
+    again = import_binance(files[1:], 5, tmp_path / "appended.zarr")  # the same file again
+    assert again["snapshots"] == 0 and again["stale_diffs"] == second["diffs_applied"]  # all stale
+    b2 = store.open_book(tmp_path / "appended.zarr")[together["instrument"]].to_dataset()
+    assert b2.sizes["time"] == a.sizes["time"]  # nothing duplicated

@@ -75,3 +75,21 @@ def test_prices_out_of_order_are_caught_on_open(tmp_path, sample):
     with pytest.raises(InputError, match="ladder") as info:
         store.open_book(tmp_path / "b.zarr")
     assert info.value.index == 9 and info.value.variable == "bid_price"
+
+
+def test_appending_a_later_file(tmp_path, sample):
+    import xarray as xr
+
+    lines = [line.replace("2 33.53", "233.53") for line in sample.read_text().splitlines(keepends=True)]
+    whole, first, second = tmp_path / "whole.csv", tmp_path / "first.csv", tmp_path / "second.csv"
+    whole.write_text("".join(lines))
+    first.write_text("".join(lines[:3001]))
+    second.write_text(lines[0] + "".join(lines[3001:]))
+    import_databento(whole, tmp_path / "w.zarr")
+    import_databento(first, tmp_path / "p.zarr")
+    import_databento(second, tmp_path / "p.zarr")
+    a = store.open_book(tmp_path / "w.zarr")["AAPL"].to_dataset().load()
+    b = store.open_book(tmp_path / "p.zarr")["AAPL"].to_dataset().load()
+    xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
+    with pytest.raises(InputError, match="overlapping or repeated input"):
+        import_databento(second, tmp_path / "p.zarr")

@@ -92,3 +92,53 @@ def test_book_and_executions_are_consistent_with_the_messages(tmp_path):
     executed = np.isin(kind, (4, 5))
     np.testing.assert_array_equal(ds.traded_volume.values, np.where(executed, -side * size, 0.0))
     assert ds.traded_volume.attrs["long_name"]
+
+
+def test_a_later_file_of_the_same_day_continues_the_book(tmp_path):
+    """The hour split in two files: imported one after the other, the store equals the
+    whole hour imported at once; importing a file again is refused and changes nothing."""
+    import xarray as xr
+
+    ob, msg = files("bigfatwhale_1h_msg50_book1")
+    ob_lines, msg_lines = ob.read_text().splitlines(True), msg.read_text().splitlines(True)
+    parts = []
+    for k, (lo, hi) in enumerate(((0, 40_000), (40_000, len(ob_lines)))):
+        o, m = tmp_path / f"ob{k}.csv", tmp_path / f"msg{k}.csv"
+        o.write_text("".join(ob_lines[lo:hi]))
+        m.write_text("".join(msg_lines[lo:hi]))
+        parts.append((o, m))
+    import_lobster(ob, msg, "2012-06-21", "AAPL", tmp_path / "whole.zarr", chunk_rows=8192)
+    for o, m in parts:
+        import_lobster(o, m, "2012-06-21", "AAPL", tmp_path / "parts.zarr", chunk_rows=8192)
+    a = store.open_book(tmp_path / "whole.zarr")["AAPL"].to_dataset().load()
+    b = store.open_book(tmp_path / "parts.zarr")["AAPL"].to_dataset().load()
+    xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
+    with pytest.raises(InputError, match="overlapping or repeated input"):
+        import_lobster(*parts[1], "2012-06-21", "AAPL", tmp_path / "parts.zarr")
+    assert store.open_book(tmp_path / "parts.zarr")["AAPL"].sizes["time"] == a.sizes["time"]
+
+
+def test_an_interrupted_day_rewrite_is_recovered(tmp_path):
+    """Killed between the two renames of replace_day: the next write puts the complete new
+    day in place; killed before the new day was complete: the old day comes back."""
+    import shutil
+
+    from conftest import make_book
+
+    path = tmp_path / "b.zarr"
+    old = make_book(n=50, start="2026-01-05T10:00", seed=1)
+    new = make_book(n=80, start="2026-01-05T10:00", seed=2)
+    store.write_book(old, path, "X")
+    store.write_book(new, tmp_path / "tmp.zarr", "X")
+    shutil.copytree(tmp_path / "tmp.zarr/X/2026-01-05", path / "X/2026-01-05.new")
+    (path / "X/2026-01-05").rename(path / "X/2026-01-05.old")  # killed here
+    assert store.book_days(path) == {"X": []}
+    store.recover_day(path, "X/2026-01-05")
+    assert store.open_book(path)["X"].sizes["time"] == 80
+    # an incomplete .new next to an intact day is dropped
+    shutil.copytree(tmp_path / "tmp.zarr/X/2026-01-05", path / "X/2026-01-05.new")
+    import zarr
+
+    zarr.open_group(str(path), path="X/2026-01-05.new", mode="r+").attrs[store.COMPLETE] = False
+    store.recover_day(path, "X/2026-01-05")
+    assert not (path / "X/2026-01-05.new").exists() and store.open_book(path)["X"].sizes["time"] == 80

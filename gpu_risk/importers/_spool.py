@@ -1,9 +1,15 @@
-"""Day-by-day writing of an importer's snapshots in bounded memory.
+"""Day-by-day writing of an importer's snapshots in bounded memory, appending to a store.
 
 Importers produce snapshots in time order without knowing how many a day will hold; a
 book day is written with its full time axis (``store.book_writer``), so the snapshots of
 the current UTC day are spooled to disk in chunks and written when the day ends. Each day
 appears in the store only once complete.
+
+Appending: when the store already holds the instrument, new snapshots must start after
+its last one (an overlap is an error: nothing is duplicated). If they start within the
+store's last day, that day is rewritten with the old snapshots followed by the new ones:
+into a sibling group first, swapped in only when complete (``store.replace_day``), so a
+killed import loses nothing.
 """
 
 from __future__ import annotations
@@ -16,33 +22,52 @@ import numpy as np
 import xarray as xr
 
 from .. import store
+from ..errors import InputError
 
 ORDER = ("bid_price", "bid_size", "ask_price", "ask_size")
 DAY_NS = 86_400 * 10**9
 
 
 class DaySpool:
-    def __init__(self, out, instrument: str, levels: int, chunk_rows: int, attrs: dict):
+    def __init__(self, out, instrument: str, levels: int, chunk_rows: int, attrs: dict,
+                 optional_vars: tuple[str, ...] = ()):
         store._check_instrument_name(instrument)
         self.out, self.instrument, self.levels, self.chunk_rows = out, instrument, levels, chunk_rows
-        self.attrs = attrs
+        self.attrs, self.optional = attrs, tuple(optional_vars)
         self.dir = Path(tempfile.mkdtemp(prefix="gpu_risk_spool_"))
         self.day: str | None = None
         self.days: list[str] = []
-        self.snapshots = 0
+        self.snapshots = 0  # rows written, a rewritten day's old rows included
+        self.added = 0  # new snapshots
+        self.rewrite_day: str | None = None
+        self.last_stored_ns: int | None = None
+        self.stored_days: list[str] = []
+        if Path(str(out)).exists() and instrument in store.child_groups(out):
+            for d in store.child_groups(out, instrument):
+                if not store.DAY_NAME.match(d):
+                    store.recover_day(out, f"{instrument}/{d.split('.')[0]}")
+            self.stored_days = store.complete_days(out, instrument)
+            if self.stored_days:
+                last = store.open_day_dataset(out, f"{instrument}/{self.stored_days[-1]}")
+                if last.sizes["level"] != levels:
+                    raise InputError(f"the store holds {last.sizes['level']} levels, this import "
+                                     f"{levels}", store=str(out), instrument=instrument)
+                self.last_stored_ns = int(last["time"].values[-1].astype("datetime64[ns]").view(np.int64))
         self._start_day()
 
     def _start_day(self):
         self.times: list[np.ndarray] = []
         self.files: list[Path] = []
         self.buf = np.empty((4, self.chunk_rows, self.levels))
+        self.buf_extra = {name: np.empty(self.chunk_rows) for name in self.optional}
         self.buf_time = np.empty(self.chunk_rows, dtype=np.int64)
         self.n = 0
 
     def _flush(self):
         if self.n:
-            path = self.dir / f"chunk{len(self.files)}.npy"
-            np.save(path, self.buf[:, : self.n])
+            path = self.dir / f"chunk{len(self.files)}.npz"
+            np.savez(path, book=self.buf[:, : self.n],
+                     **{k: v[: self.n] for k, v in self.buf_extra.items()})
             self.files.append(path)
             self.times.append(self.buf_time[: self.n].copy())
             self.n = 0
@@ -52,22 +77,63 @@ class DaySpool:
         if not self.files:
             return
         time = np.concatenate(self.times).astype("datetime64[ns]")
+        rewrite = self.day == self.rewrite_day
+        suffix = ".new" if rewrite else ""
         writer = store.book_writer(self.out, self.instrument, self.day, time, self.levels,
-                                   self.chunk_rows, extra_attrs=self.attrs)
+                                   self.chunk_rows, extra_attrs=self.attrs,
+                                   optional_vars=self.optional, suffix=suffix)
         start = 0
         for path in self.files:
-            block = np.load(path)
-            writer.write(start, xr.Dataset({name: (("time", "level"), block[i])
-                                            for i, name in enumerate(ORDER)}))
+            with np.load(path) as data:
+                block = data["book"]
+                slab = xr.Dataset({name: (("time", "level"), block[i]) for i, name in enumerate(ORDER)})
+                for name in self.optional:
+                    slab[name] = ("time", data[name])
+            writer.write(start, slab)
             start += block.shape[1]
             path.unlink()
         writer.close()
+        if rewrite:
+            store.replace_day(self.out, f"{self.instrument}/{self.day}", f"{self.instrument}/{self.day}.new")
         self.snapshots += int(time.size)
         self.days.append(self.day)
 
-    def add(self, time_ns: np.ndarray, block: np.ndarray) -> None:
+    def _preload(self, day: str):
+        """Spool the stored day first: the rewritten day holds old and new snapshots."""
+        old = store.open_day_dataset(self.out, f"{self.instrument}/{day}")
+        missing = [name for name in self.optional if name not in old]
+        if missing:
+            raise InputError(f"the stored day lacks {missing}, which this import writes",
+                             store=str(self.out), instrument=self.instrument)
+        self.rewrite_day = day
+        self.day = day
+        n = old.sizes["time"]
+        for start in range(0, n, self.chunk_rows):
+            part = old.isel(time=slice(start, start + self.chunk_rows)).load()
+            block = np.stack([part[name].values for name in ORDER])
+            extras = {name: part[name].values for name in self.optional}
+            self._append(part["time"].values.astype("datetime64[ns]").view(np.int64), block, extras)
+
+    def add(self, time_ns: np.ndarray, block: np.ndarray, extras: dict | None = None) -> None:
         """Append snapshots: ``time_ns`` (n,) int64 in time order, ``block`` (4, n, levels)
-        in the order bid_price, bid_size, ask_price, ask_size."""
+        in the order bid_price, bid_size, ask_price, ask_size, ``extras`` the optional
+        variables (n,)."""
+        if time_ns.size == 0:
+            return
+        if self.day is None and self.last_stored_ns is not None:
+            if time_ns[0] <= self.last_stored_ns:
+                raise InputError(
+                    f"the store already holds {self.instrument} up to "
+                    f"{np.datetime64(self.last_stored_ns, 'ns')}; this import starts at "
+                    f"{np.datetime64(int(time_ns[0]), 'ns')} (overlapping or repeated input)",
+                    store=str(self.out), instrument=self.instrument)
+            first_day = store.day_key(np.datetime64(int(time_ns[0]), "ns"))
+            if first_day == self.stored_days[-1]:
+                self._preload(first_day)
+        self._append(time_ns, block, extras or {})
+        self.added += int(time_ns.size)
+
+    def _append(self, time_ns, block, extras):
         days = time_ns // DAY_NS
         start = 0
         while start < time_ns.size:
@@ -80,6 +146,8 @@ class DaySpool:
             while start < stop:
                 take = min(stop - start, self.chunk_rows - self.n)
                 self.buf[:, self.n:self.n + take] = block[:, start:start + take]
+                for name in self.optional:
+                    self.buf_extra[name][self.n:self.n + take] = extras[name][start:start + take]
                 self.buf_time[self.n:self.n + take] = time_ns[start:start + take]
                 self.n += take
                 start += take
@@ -87,13 +155,13 @@ class DaySpool:
                     self._flush()
 
     def close(self) -> tuple[int, list[str]]:
-        """Write the last day; returns (snapshots written, days)."""
+        """Write the last day; returns (new snapshots, days written)."""
         try:
             if self.day is not None:
                 self._write_day()
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
-        return self.snapshots, self.days
+        return self.added, self.days
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -234,6 +234,9 @@ def import_binance(files, levels: int, out, instrument: str | None = None,
                     attrs = {"source": "Binance " + report.market + " depth stream",
                              "size_units": "USD" if report.market == "coinm" else "base units"}
                     spool = DaySpool(out, report.instrument, levels, chunk_rows, attrs)
+                    saved = _load_state(out, report.instrument)
+                    if saved is not None and state["snapshot_id"] is None:
+                        _restore(saved, bids, asks, state, report)
                 if not state["ready"]:
                     if state["snapshot_id"] is None:
                         pending.append((where, line, data))
@@ -249,4 +252,42 @@ def import_binance(files, levels: int, out, instrument: str | None = None,
             spool.discard()  # complete days already written stay; the partial day never appears
         raise
     report.snapshots, report.days = spool.close()
+    _save_state(out, report.instrument, bids, asks, state, report.market)
     return report.as_dict()
+
+
+STATE_ATTR = "binance_book_state"
+
+
+def _save_state(out, instrument, bids: Side, asks: Side, state: dict, market: str) -> None:
+    """The whole book after the last applied diff, kept with the instrument so that a later
+    file (the next day's capture, without a REST snapshot) continues it."""
+    import zarr
+
+    value = {"market": market, "ready": bool(state["ready"]), "last_u": state["last_u"],
+             "snapshot_id": state["snapshot_id"],
+             "bids": [[p, q] for p, q in bids.qty.items()], "asks": [[p, q] for p, q in asks.qty.items()]}
+    zarr.open_group(str(out), path=instrument, mode="r+", zarr_format=3).attrs[STATE_ATTR] = value
+
+
+def _load_state(out, instrument):
+    import zarr
+
+    if not Path(str(out)).exists() or instrument not in store.child_groups(out):
+        return None
+    return zarr.open_group(str(out), path=instrument, mode="r", zarr_format=3).attrs.get(STATE_ATTR)
+
+
+def _restore(saved: dict, bids: Side, asks: Side, state: dict, report: "ImportReport") -> None:
+    if saved["market"] != report.market:
+        raise InputError(f"the store's {report.instrument} comes from a {saved['market']} stream, "
+                         f"these files are {report.market}", instrument=report.instrument)
+    if not saved["ready"]:
+        return  # the stored book ended in a gap: only a REST snapshot can restart it
+    bids.clear()
+    asks.clear()
+    for p, q in saved["bids"]:
+        bids.set(float(p), float(q))
+    for p, q in saved["asks"]:
+        asks.set(float(p), float(q))
+    state.update(ready=True, last_u=saved["last_u"], snapshot_id=saved["snapshot_id"])

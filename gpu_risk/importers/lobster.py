@@ -22,6 +22,7 @@ import xarray as xr
 
 from .. import store
 from ..errors import InputError
+from ._spool import ORDER, DaySpool
 
 DUMMY_ASK = 9_999_999_999
 DUMMY_BID = -9_999_999_999
@@ -69,8 +70,9 @@ def _book_slab(rows: np.ndarray, levels: int, path: Path, first_row: int) -> xr.
 
 def import_lobster(orderbook_csv, message_csv, date: str, instrument: str, out,
                    chunk_rows: int = store.BOOK_CHUNK_ROWS) -> dict:
-    """Import one LOBSTER day; returns a summary. The day becomes visible in the store only
-    when complete, and opening it validates every snapshot."""
+    """Import one LOBSTER file pair; returns a summary. The day becomes visible in the store
+    only when complete, and opening it validates every snapshot. A later file of the same
+    instrument (e.g. the afternoon of the same day) continues the stored book."""
     orderbook_csv, message_csv = Path(orderbook_csv), Path(message_csv)
     time, traded = read_messages(message_csv, date)
     n_book = _count_rows(orderbook_csv)
@@ -81,15 +83,20 @@ def import_lobster(orderbook_csv, message_csv, date: str, instrument: str, out,
     if first.shape[1] % 4:
         raise InputError(f"{first.shape[1]} columns is not a multiple of 4", store=str(orderbook_csv))
     levels = first.shape[1] // 4
-    writer = store.book_writer(out, instrument, date, time, levels, chunk_rows,
-                               extra_attrs={"source": f"LOBSTER {orderbook_csv.name}"},
-                               optional_vars=("traded_volume",))
+    spool = DaySpool(out, instrument, levels, chunk_rows, {"source": f"LOBSTER {orderbook_csv.name}"},
+                     optional_vars=("traded_volume",))
+    t_ns = time.view(np.int64)
     start = 0
-    for chunk in pd.read_csv(orderbook_csv, header=None, chunksize=chunk_rows, dtype=np.int64):
-        slab = _book_slab(chunk.to_numpy(), levels, orderbook_csv, start)
-        slab["traded_volume"] = ("time", traded[start:start + len(chunk)])
-        writer.write(start, slab)
-        start += len(chunk)
-    writer.close()
+    try:
+        for chunk in pd.read_csv(orderbook_csv, header=None, chunksize=chunk_rows, dtype=np.int64):
+            slab = _book_slab(chunk.to_numpy(), levels, orderbook_csv, start)
+            stop = start + len(chunk)
+            spool.add(t_ns[start:stop], np.stack([slab[name].values for name in ORDER]),
+                      {"traded_volume": traded[start:stop]})
+            start = stop
+    except BaseException:
+        spool.discard()
+        raise
+    spool.close()
     return {"instrument": instrument, "date": date, "snapshots": int(time.size), "levels": levels,
             "first_time": str(time[0]), "last_time": str(time[-1]), "out": str(out)}
