@@ -1,0 +1,167 @@
+"""Liquidation thresholds (SPEC section 2) over positions of any size, lazily on Dask.
+
+Accounts are independent, so the kernel runs once per account chunk; the instrument and
+asset axes are one chunk each. See ``kernels/liquidation.py`` for the model.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .kernels.liquidation import INVERSE, LINEAR, OPTION, liquidation_cpu
+from .model import unit_notional
+from .schema import as_str
+from .summary import open_interest
+from .validate import validate_market, validate_positions
+
+KIND_CODES = {"linear": LINEAR, "inverse": INVERSE, "option": OPTION}
+FACTOR_RANGE = (1e-6, 100.0)  # liquidation prices searched between 1e-6 and 100 x the mark
+SHOCK_RANGE = (-0.99, 10.0)  # SPEC: common moves in [-0.99, +10]
+DEFAULT_MAP_BINS = np.round(np.linspace(-0.5, 0.5, 101), 10)
+
+
+def market_arrays(market: xr.Dataset, as_of=None) -> dict:
+    """The market as the kernel's plain arrays (assets and instruments in market order)."""
+    assets = list(as_str(market["asset"].values))
+    kind = np.array([KIND_CODES[k] for k in as_str(market["kind"].values)], dtype=np.int64)
+    underlying = np.array([assets.index(u) for u in as_str(market["underlying"].values)], dtype=np.int64)
+    if as_of is None:
+        as_of = market.attrs.get("as_of") or market.attrs.get("date")
+    n = market.sizes["instrument"]
+    years = np.zeros(n)
+    if "expiry" in market and as_of is not None:
+        expiry = market["expiry"].values.astype("datetime64[ns]")
+        seconds = (expiry - np.datetime64(pd.Timestamp(as_of).tz_localize(None), "ns")) / np.timedelta64(1, "s")
+        years = np.where(np.isnat(expiry), 0.0, seconds / (365.25 * 86_400))
+    get = lambda name: market[name].values.astype(np.float64) if name in market else np.full(n, np.nan)  # noqa: E731
+    call_put = as_str(market["call_put"].values) if "call_put" in market else np.full(n, "")
+    return {
+        "price": market["price"].values.astype(np.float64),
+        "haircut": market["haircut"].values.astype(np.float64),
+        "beta": market["beta"].values.astype(np.float64),
+        "kind": kind, "underlying": underlying,
+        "mark": market["mark_price"].values.astype(np.float64),
+        "strike": get("strike"), "years": years, "vol": get("implied_vol"),
+        "is_call": call_put == "call",
+        "floor": market["notional_floor"].values.astype(np.float64),
+        "mmr": market["mmr"].values.astype(np.float64),
+        "amount": market["maintenance_amount"].values.astype(np.float64),
+    }
+
+
+def _block(balance, position, entry, iso_margin, isolated, exclude, m):
+    out = np.empty((position.shape[0], position.shape[1] + 3))
+    isolated, exclude = np.asarray(isolated).ravel(), np.asarray(exclude, dtype=bool).ravel()
+    liquidation_cpu(np.ascontiguousarray(balance, np.float64), np.ascontiguousarray(position, np.float64),
+                    np.ascontiguousarray(entry, np.float64), np.ascontiguousarray(iso_margin, np.float64),
+                    np.ascontiguousarray(isolated, np.bool_), m["price"], m["haircut"], m["beta"],
+                    m["kind"], m["underlying"], m["mark"], m["strike"], m["years"], m["vol"],
+                    m["is_call"], m["floor"], m["mmr"], m["amount"], FACTOR_RANGE[0],
+                    FACTOR_RANGE[1], SHOCK_RANGE[0], SHOCK_RANGE[1], out)
+    out[exclude] = np.nan  # qc-flagged accounts are left out
+    return out
+
+
+def liquidation(positions: xr.Dataset, market: xr.Dataset, *, map_bins: Sequence[float] = DEFAULT_MAP_BINS,
+                as_of=None, validate: bool = True) -> xr.Dataset:
+    """Liquidation thresholds of every account (SPEC section 2).
+
+    Parameters
+    ----------
+    positions : positions Dataset (``open_positions``), NumPy- or Dask-backed; accounts
+        flagged ``qc_row_excluded`` get NaN and stay out of the aggregates.
+    market : market Dataset (``open_market``).
+    map_bins : edges of the liquidation map's bins, as liquidation price / mark - 1.
+    as_of : time options are valued at (default: the market's ``as_of`` or ``date``).
+
+    Returns ``collateral_ratio`` (account) [1], ``liquidation_price`` (account, instrument)
+    [quote currency], ``distance_to_liquidation`` [1], ``liquidation_shock_down`` and
+    ``liquidation_shock_up`` (account) [1], ``liquidation_map`` (instrument, price_bin,
+    side) [USD], ``long_open_interest``, ``short_open_interest`` [USD] and ``oi_imbalance``
+    (instrument) [1]. Lazy where the positions are.
+    """
+    if validate:
+        validate_market(market)
+        positions = validate_positions(positions, market) if "qc_row_excluded" not in positions else positions
+    instruments = market["instrument"].values
+    assets = market["asset"].values
+    pos = positions.reindex(instrument=instruments, asset=assets, fill_value=0.0)
+    m = market_arrays(market, as_of)
+    lazy = isinstance(pos["position"].data, da.Array)
+
+    def arr(name, fill=0.0):
+        x = pos[name].data
+        return x if isinstance(x, da.Array) else da.from_array(np.asarray(x))
+
+    balance = arr("balance").rechunk({1: -1})
+    account_chunks = balance.chunks[0]
+    position = arr("position").rechunk((account_chunks, -1))
+    entry = arr("entry_price").rechunk((account_chunks, -1))
+    iso = arr("isolated_margin").rechunk((account_chunks, -1))
+    isolated = (pos["margin_mode"] == "isolated")
+    isolated = (isolated.data if isinstance(isolated.data, da.Array) else da.from_array(np.asarray(isolated.data))).rechunk((account_chunks,))
+    exclude = positions["qc_row_excluded"].data if "qc_row_excluded" in positions else np.zeros(pos.sizes["account"], bool)
+    exclude = (exclude if isinstance(exclude, da.Array) else da.from_array(np.asarray(exclude))).rechunk((account_chunks,))
+    n_inst = len(instruments)
+    packed = da.map_blocks(_block, balance, position, entry, iso, isolated[:, None], exclude[:, None], m=m,
+                           dtype=np.float64, chunks=(account_chunks, (n_inst + 3,)))
+    acc = {"account": pos["account"].values}
+    inst = {"instrument": instruments}
+    lp = xr.DataArray(packed[:, 3:], dims=("account", "instrument"), coords=acc | inst,
+                      attrs={"units": "quote currency", "long_name": "mark at which C = R (NaN if none)"})
+    mark = xr.DataArray(m["mark"], dims="instrument", coords=inst)
+    out = xr.Dataset({
+        "collateral_ratio": xr.DataArray(packed[:, 0], dims="account", coords=acc,
+                                         attrs={"units": "1", "long_name": "collateral value / requirement C/R"}),
+        "liquidation_price": lp,
+        "distance_to_liquidation": (lp / mark - 1).assign_attrs(units="1", long_name="liquidation_price / mark - 1"),
+        "liquidation_shock_down": xr.DataArray(packed[:, 1], dims="account", coords=acc, attrs={
+            "units": "1", "long_name": "nearest common move s <= 0 (beta-scaled) at which C = R"}),
+        "liquidation_shock_up": xr.DataArray(packed[:, 2], dims="account", coords=acc, attrs={
+            "units": "1", "long_name": "nearest common move s >= 0 (beta-scaled) at which C = R"}),
+    })
+    out["liquidation_map"] = liquidation_map(pos["position"], out["liquidation_price"], market, map_bins)
+    positions_kept = pos.assign(qc_row_excluded=("account", exclude)) if "qc_row_excluded" in positions else pos
+    out = out.merge(open_interest(positions_kept, market))
+    return out if lazy else out.compute()
+
+
+def liquidation_map(position: xr.DataArray, liquidation_price: xr.DataArray, market: xr.Dataset,
+                    bins: Sequence[float]) -> xr.DataArray:
+    """Notional (USD at the liquidation price) of positions whose liquidation price falls in
+    each bin of liquidation_price / mark - 1, per instrument and side (long, short)."""
+    bins = np.asarray(bins, dtype=np.float64)
+    mark = market["mark_price"].values.astype(np.float64)
+    unit = unit_notional(market).values / mark  # USD per unit of position, per unit of mark
+    kind = as_str(market["kind"].values)
+    q = position.data if isinstance(position.data, da.Array) else da.from_array(np.asarray(position.data))
+    lp = liquidation_price.data
+    q = q.rechunk(lp.chunks)
+
+    def block(q, lp):
+        out = np.zeros((q.shape[1], bins.size - 1, 2))
+        rel = lp / mark - 1
+        # notional at the liquidation price: |q| lp for linear (unit/mark = 1), |q| USD for
+        # inverse, |q| x the underlying at the same move for options
+        notional = np.where(kind == "inverse", np.abs(q), np.abs(q) * lp * unit)
+        for i in range(q.shape[1]):
+            for side, sel in ((0, q[:, i] > 0), (1, q[:, i] < 0)):
+                ok = sel & np.isfinite(rel[:, i])
+                out[i, :, side] = np.histogram(rel[ok, i], bins=bins, weights=notional[ok, i])[0]
+        return out[None]
+
+    parts = da.map_blocks(block, q, lp, dtype=np.float64, new_axis=[2, 3],
+                          chunks=((1,) * q.numblocks[0], (q.shape[1],), (bins.size - 1,), (2,)))
+    total = parts.sum(axis=0)
+    centers = (bins[:-1] + bins[1:]) / 2
+    return xr.DataArray(total, dims=("instrument", "price_bin", "side"),
+                        coords={"instrument": market["instrument"].values, "price_bin": centers,
+                                "side": ["long", "short"],
+                                "price_bin_lower": ("price_bin", bins[:-1]),
+                                "price_bin_upper": ("price_bin", bins[1:])},
+                        attrs={"units": "USD", "long_name": "notional liquidated per bin of liquidation price / mark - 1"})
