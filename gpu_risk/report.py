@@ -179,6 +179,58 @@ def _imbalance_section(results: xr.DataTree, days: list[str]) -> str:
     return "\n".join(parts)
 
 
+def _liquidation_section(results: xr.DataTree, days: list[str]) -> str:
+    day = [d for d in days if "liquidation" in results[d].children]
+    if not day:
+        return ""
+    day = day[-1]
+    liq = results[day]["liquidation"].to_dataset().load()
+    parts = [f"<h2>Liquidation thresholds, {day}</h2>",
+             "<p>Liquidation map: notional (USD at the liquidation price) of the positions whose "
+             "liquidation price lies in each bin of distance from the mark; longs below, shorts above.</p>"]
+    perps = [str(i) for i in liq.instrument.values  # instruments with a liquidation map
+             if float(liq.liquidation_map.sel(instrument=i).sum()) > 0]
+    cols = min(2, len(perps)) or 1
+    rows_n = (len(perps) + cols - 1) // cols
+    fig, axes = plt.subplots(rows_n, cols, figsize=(11, 2.8 * rows_n), squeeze=False)
+    for ax, inst in zip(axes.ravel(), perps):
+        mp = liq.liquidation_map.sel(instrument=inst)
+        x = mp.price_bin.values * 100
+        width = np.diff(mp.price_bin_lower.values).mean() * 100 if mp.sizes["price_bin"] > 1 else 1
+        ax.bar(x, mp.sel(side="long").values / 1e6, width, color="tab:red", label="long")
+        ax.bar(x, mp.sel(side="short").values / 1e6, width, color="tab:green", label="short", alpha=0.8)
+        ax.set_title(inst, fontsize=9)
+        ax.set_xlabel("liquidation price vs mark (%)", fontsize=8)
+        ax.set_ylabel("USD millions", fontsize=8)
+    for ax in axes.ravel()[len(perps):]:
+        ax.axis("off")
+    axes.ravel()[0].legend(fontsize=8)
+    fig.tight_layout()
+    parts.append(_png(fig))
+    shock = liq.liquidation_shock_down.values
+    fig, ax = plt.subplots(figsize=(9, 3))
+    finite = shock[np.isfinite(shock)]
+    ax.hist(finite * 100, bins=100, color="tab:blue")
+    ax.set_xlabel("common market move at which the account is liquidated (%)")
+    ax.set_ylabel("accounts")
+    ax.set_title(f"Distance to liquidation ({finite.size:,} of {shock.size:,} accounts have a threshold "
+                 f"down to -99 %)")
+    parts.append(_png(fig))
+    order = np.argsort(np.where(np.isfinite(shock), -shock, np.inf))[:15]
+    top = pd.DataFrame({"collateral ratio": liq.collateral_ratio.values[order],
+                        "shock down": shock[order], "shock up": liq.liquidation_shock_up.values[order]},
+                       index=pd.Index(liq.account.values[order], name="account"))
+    parts.append("<h3>Accounts closest to liquidation (smallest down-move)</h3>" + _table(top))
+    oi = pd.DataFrame({"long OI (USD)": liq.long_open_interest.values,
+                       "short OI (USD)": liq.short_open_interest.values,
+                       "leverage imbalance (L-S)/(L+S)": liq.oi_imbalance.values,
+                       "liquidated below -10 % (USD)": liq.liquidation_map.sel(side="long").where(
+                           liq.price_bin_upper <= -0.1 + 1e-12, 0).sum("price_bin").values},
+                      index=pd.Index([str(i) for i in liq.instrument.values], name="instrument"))
+    parts.append("<h3>Open interest and leverage imbalance</h3>" + _table(oi))
+    return "\n".join(parts)
+
+
 def write_report(results_path, out_path, *, title: str = "gpu_risk report", meta: dict | None = None) -> Path:
     """Write the HTML report of every complete day in ``results_path``; returns its path."""
     out_path = Path(out_path)
@@ -193,6 +245,7 @@ def write_report(results_path, out_path, *, title: str = "gpu_risk report", meta
     if days:
         body.append(_summary_section(results, days))
         body.append(_imbalance_section(results, days))
+        body.append(_liquidation_section(results, days))
     else:
         body.append("<p>No complete day in the results store yet.</p>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

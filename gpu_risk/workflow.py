@@ -22,13 +22,14 @@ from . import store
 from .backend import choose_backend, to_backend
 from .cluster import dask_scheduler
 from .imbalance import imbalance_grid
+from .liquidation import liquidation
 from .summary import book_summary, positions_summary
 
 log = logging.getLogger("gpu_risk")
 
-AVAILABLE_FAMILIES = ("summary", "imbalance")
-PLANNED_FAMILIES = ("liquidation", "stress", "cascade")
-RESULT_CHUNKS = {"imbalance": {"instrument": 1, "time": 65_536}}
+AVAILABLE_FAMILIES = ("summary", "imbalance", "liquidation")
+PLANNED_FAMILIES = ("stress", "cascade")
+RESULT_CHUNKS = {"imbalance": {"instrument": 1, "time": 65_536}, "liquidation": {"account": 262_144}}
 
 
 class ImbalanceConfig(BaseModel):
@@ -109,11 +110,14 @@ def compute_day(cfg: WorkflowConfig, date: str, backend: str) -> dict:
     instruments = [i for i, days in store.book_days(cfg.stores.book).items() if date in days]
     book = store.open_book(cfg.stores.book, instruments, start=date, end=date,
                            on_bad_rows=cfg.on_bad_rows)
+    host_positions = positions  # the liquidation kernel has no GPU version yet
     positions = to_backend(positions, backend)
     book = book.map_over_datasets(lambda ds: to_backend(ds, backend))
     results = {}
     if "imbalance" in cfg.families:
         results["imbalance"] = day_imbalance_grid(cfg, date, instruments, book, backend)
+    if "liquidation" in cfg.families:
+        results["liquidation"] = liquidation(host_positions, market, validate=False)
     if "summary" in cfg.families:
         results["book_summary"] = book_summary(book)
         results["positions_summary"] = positions_summary(positions, market)

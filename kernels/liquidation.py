@@ -152,17 +152,23 @@ def nearest_root(a, part, t0, lo, hi, asset_w, mark_w, balance, position, entry,
                     if (side < 0 and lo < t < t0) or (side > 0 and t0 < t < hi):
                         kinks[n_k] = t
                         n_k += 1
-    pts = np.sort(kinks[:n_k])
-    if side < 0:
-        pts = pts[::-1]  # walk away from t0
-    g_near = _gap(a, part, pts[0], t0, asset_w, mark_w, balance, position, entry, iso_margin,
+    # insertion sort in place (a handful of kinks; no allocation), walked away from t0
+    for x in range(1, n_k):
+        v = kinks[x]
+        y = x - 1
+        while y >= 0 and kinks[y] > v:
+            kinks[y + 1] = kinks[y]
+            y -= 1
+        kinks[y + 1] = v
+    first = 0 if side > 0 else n_k - 1
+    g_near = _gap(a, part, kinks[first], t0, asset_w, mark_w, balance, position, entry, iso_margin,
                   isolated, price, haircut, kind, underlying, mark, strike, years, vol, is_call,
                   floor, mmr, amount)
     if g_near == 0.0:
-        return pts[0]
-    for j in range(1, pts.shape[0]):
-        t_near = pts[j - 1]
-        t_far = pts[j]
+        return kinks[first]
+    for j in range(1, n_k):
+        t_near = kinks[j - 1] if side > 0 else kinks[n_k - j]
+        t_far = kinks[j] if side > 0 else kinks[n_k - 1 - j]
         steps = OPTION_STEPS if curved else 1
         for step in range(1, steps + 1):
             t_b = t_near + (t_far - t_near) * step / steps
@@ -251,9 +257,12 @@ def liquidation_cpu(balance, position, entry, iso_margin, isolated, price, hairc
                 if s == s and not (best == best and abs(best) <= abs(s)):
                     best = s
             out[a, col] = best
-        # liquidation price of each instrument
+        # liquidation price of each instrument the account is exposed to
         for i in range(n_inst):
             u = underlying[i]
+            if not _exposed(a, i, balance, position, kind, underlying):
+                out[a, 3 + i] = np.nan
+                continue
             asset_w[u] = 1.0
             mark_w[i] = 1.0
             best = np.nan
@@ -272,6 +281,22 @@ def liquidation_cpu(balance, position, entry, iso_margin, isolated, price, hairc
             asset_w[u] = 0.0
             mark_w[i] = 0.0
     return out
+
+
+@cpu_kernel
+def _exposed(a, i, balance, position, kind, underlying):
+    """Whether account a's C - R moves with instrument i's mark and underlying: it holds i,
+    holds or owes the underlying, or holds an inverse perpetual or option on it (other
+    linear marks stay fixed on this path)."""
+    if position[a, i] != 0.0:
+        return True
+    u = underlying[i]
+    if balance[a, u] != 0.0:
+        return True
+    for j in range(position.shape[1]):
+        if position[a, j] != 0.0 and underlying[j] == u and kind[j] != LINEAR:
+            return True
+    return False
 
 
 @cpu_kernel
