@@ -1,12 +1,13 @@
 """gpu_risk: GPU-accelerated batch risk over order books and positions stored in Zarr.
 
 Public API (SPEC): ``open_book``, ``open_positions``, ``open_market`` and the writers;
-``imbalance_grid``; the other risk families (``liquidation``, ``stress_surface``,
-``cascade``) land with their issues.
+``imbalance_grid``, ``liquidation``; ``stress_surface`` and ``cascade`` land with their
+issues.
 """
 
 from .errors import InputError, SchemaError
 from .imbalance import imbalance_grid
+from .liquidation import liquidation
 from .store import (
     open_book,
     open_market,
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "InputError",
     "imbalance_grid",
+    "liquidation",
     "SchemaError",
     "open_book",
     "open_market",

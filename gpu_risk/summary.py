@@ -51,9 +51,9 @@ def open_interest(positions: xr.Dataset, market: xr.Dataset) -> xr.Dataset:
                            attrs={"units": "USD", "long_name": "long open interest (notional)"})
     short_oi = xr.DataArray(totals[1], dims="instrument", coords=coords,
                             attrs={"units": "USD", "long_name": "short open interest (notional)"})
-    with np.errstate(invalid="ignore", divide="ignore"):
-        imbalance = ((long_oi - short_oi) / (long_oi + short_oi)).assign_attrs(
-            units="1", long_name="leverage imbalance (L - S)/(L + S)")
+    total = long_oi + short_oi
+    imbalance = ((long_oi - short_oi) / total.where(total > 0)).assign_attrs(  # NaN, not 0/0
+        units="1", long_name="leverage imbalance (L - S)/(L + S)")
     return xr.Dataset({"long_open_interest": long_oi, "short_open_interest": short_oi,
                        "oi_imbalance": imbalance})
 
