@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def write_config(tmp_path, data, **overrides) -> Path:
     cfg = {"name": "test", "stores": {k: data[k] for k in ("book", "positions", "market")},
-           "families": ["summary", "imbalance"], "imbalance": {"bucket": "10s"},
+           "families": ["summary", "imbalance", "liquidation"], "imbalance": {"bucket": "10s"},
            "output": str(tmp_path / "results.zarr"),
            "report": str(tmp_path / "report.html"), "scheduler": "sync", "backend": "cpu"}
     cfg.update(overrides)
@@ -72,6 +72,7 @@ def test_report_and_rerun_skips_complete_days(reference, tiny_dataset, tmp_path)
         assert inst in page
     assert "Open interest by instrument" in page and "data:image/png;base64" in page
     assert "Imbalance grids" in page and "Mid-price change on level-1 OFI" in page
+    assert "Liquidation thresholds" in page and "Accounts closest to liquidation" in page
 
 
 def test_day_by_day_grids_tile_the_history_grid(reference, tiny_dataset):
