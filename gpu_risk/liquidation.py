@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .kernels.liquidation import INVERSE, LINEAR, OPTION, liquidation_cpu
+from .backend import is_cupy
+from .kernels.liquidation import INVERSE, LINEAR, OPTION, liquidation_cpu, liquidation_gpu
 from .model import unit_notional
 from .schema import as_str
 from .summary import open_interest
@@ -55,16 +56,27 @@ def market_arrays(market: xr.Dataset, as_of=None) -> dict:
 
 
 def _block(balance, position, entry, iso_margin, isolated, exclude, m):
-    out = np.empty((position.shape[0], position.shape[1] + 3))
+    """One account chunk: the CUDA kernel for CuPy chunks, numba otherwise."""
+    if is_cupy(balance):
+        import cupy as cp  # noqa: PLC0415
+
+        out = cp.empty((position.shape[0], position.shape[1] + 3))
+        liquidation_gpu(balance, position, entry, iso_margin, cp.asarray(isolated).ravel(),
+                        *(m[k] for k in MARKET_ORDER), *FACTOR_RANGE, *SHOCK_RANGE, out)
+        out[cp.asarray(exclude, dtype=bool).ravel()] = cp.nan
+        return out
     isolated, exclude = np.asarray(isolated).ravel(), np.asarray(exclude, dtype=bool).ravel()
+    out = np.empty((position.shape[0], position.shape[1] + 3))
     liquidation_cpu(np.ascontiguousarray(balance, np.float64), np.ascontiguousarray(position, np.float64),
                     np.ascontiguousarray(entry, np.float64), np.ascontiguousarray(iso_margin, np.float64),
-                    np.ascontiguousarray(isolated, np.bool_), m["price"], m["haircut"], m["beta"],
-                    m["kind"], m["underlying"], m["mark"], m["strike"], m["years"], m["vol"],
-                    m["is_call"], m["floor"], m["mmr"], m["amount"], FACTOR_RANGE[0],
-                    FACTOR_RANGE[1], SHOCK_RANGE[0], SHOCK_RANGE[1], out)
+                    np.ascontiguousarray(isolated, np.bool_), *(m[k] for k in MARKET_ORDER),
+                    *FACTOR_RANGE, *SHOCK_RANGE, out)
     out[exclude] = np.nan  # qc-flagged accounts are left out
     return out
+
+
+MARKET_ORDER = ("price", "haircut", "beta", "kind", "underlying", "mark", "strike", "years", "vol",
+                "is_call", "floor", "mmr", "amount")
 
 
 def liquidation(positions: xr.Dataset, market: xr.Dataset, *, map_bins: Sequence[float] = DEFAULT_MAP_BINS,
@@ -109,7 +121,9 @@ def liquidation(positions: xr.Dataset, market: xr.Dataset, *, map_bins: Sequence
     exclude = (exclude if isinstance(exclude, da.Array) else da.from_array(np.asarray(exclude))).rechunk((account_chunks,))
     n_inst = len(instruments)
     packed = da.map_blocks(_block, balance, position, entry, iso, isolated[:, None], exclude[:, None], m=m,
-                           dtype=np.float64, chunks=(account_chunks, (n_inst + 3,)))
+                           dtype=np.float64, chunks=(account_chunks, (n_inst + 3,)), meta=balance._meta)
+    if is_cupy(packed):  # results come back to the host: they are small next to the inputs
+        packed = packed.map_blocks(lambda x: x.get(), dtype=np.float64, meta=np.empty((0, 0)))
     acc = {"account": pos["account"].values}
     inst = {"instrument": instruments}
     lp = xr.DataArray(packed[:, 3:], dims=("account", "instrument"), coords=acc | inst,

@@ -110,7 +110,7 @@ def compute_day(cfg: WorkflowConfig, date: str, backend: str) -> dict:
     instruments = [i for i, days in store.book_days(cfg.stores.book).items() if date in days]
     book = store.open_book(cfg.stores.book, instruments, start=date, end=date,
                            on_bad_rows=cfg.on_bad_rows)
-    host_positions = positions  # the liquidation kernel has no GPU version yet
+    host_positions = positions  # liquidation stays on the host until its CUDA kernel has run on a device
     positions = to_backend(positions, backend)
     book = book.map_over_datasets(lambda ds: to_backend(ds, backend))
     results = {}

@@ -312,3 +312,259 @@ def _part_index(a, p_idx, position, isolated):
             if seen == p_idx:
                 return i
     return -1
+
+
+# ----------------------------------------------------------------------------- CUDA
+# The same model and root search, one thread per account, for CuPy (RawModule). The CPU
+# kernel above and this one are tested against the same reference (tests/test_liquidation.py).
+
+CUDA_SOURCE = r"""
+#define LINEAR 0
+#define INVERSE 1
+#define OPTION 2
+#define MAX_KINKS 128
+#define OPTION_STEPS 64
+
+struct Model {
+    const double *balance, *position, *entry, *iso_margin;
+    const bool *isolated;
+    const double *price, *haircut, *beta;
+    const long long *kind, *underlying;
+    const double *mark, *strike, *years, *vol;
+    const bool *is_call;
+    const double *floor, *mmr, *amount;
+    int n_assets, n_inst, n_brackets;
+};
+
+__device__ double norm_cdf(double x) { return 0.5 * erfc(-x / sqrt(2.0)); }
+
+__device__ double black76(double f, double k, double t, double vol, bool call) {
+    if (t <= 0.0 || vol <= 0.0) return fmax(call ? f - k : k - f, 0.0);
+    double sd = vol * sqrt(t);
+    double d1 = (log(f / k) + 0.5 * sd * sd) / sd, d2 = d1 - sd;
+    return call ? f * norm_cdf(d1) - k * norm_cdf(d2) : k * norm_cdf(-d2) - f * norm_cdf(-d1);
+}
+
+__device__ double maintenance(const Model& m, double notional, int i) {
+    int best = 0;
+    for (int k = 0; k < m.n_brackets; ++k) {
+        double f = m.floor[i * m.n_brackets + k];
+        if (f == f && f <= notional) best = k;
+    }
+    return notional * m.mmr[i * m.n_brackets + best] - m.amount[i * m.n_brackets + best];
+}
+
+// (C, R) of account a's part (-1: cross account or wallet; i: isolated position i) at t
+__device__ void part_margin(const Model& m, long long a, int part, double t, double t0,
+                            const double* asset_w, const double* mark_w, double* c_out, double* r_out) {
+    double c = 0.0, r = 0.0;
+    if (part < 0) {
+        for (int s = 0; s < m.n_assets; ++s) {
+            double b = m.balance[a * m.n_assets + s];
+            if (b != 0.0) {
+                double p = m.price[s] * (1.0 + asset_w[s] * (t - t0));
+                if (b > 0.0) c += b * p * (1.0 - m.haircut[s]); else r -= b * p;
+            }
+        }
+        if (m.isolated[a]) { *c_out = c; *r_out = r; return; }
+    }
+    for (int i = 0; i < m.n_inst; ++i) {
+        if (part >= 0 && i != part) continue;
+        double q = m.position[a * m.n_inst + i];
+        double iso = m.iso_margin[a * m.n_inst + i];
+        if (q == 0.0) { if (part >= 0) c += iso; continue; }
+        int u = (int)m.underlying[i];
+        double f_u = 1.0 + asset_w[u] * (t - t0);
+        double mk = m.mark[i] * (1.0 + mark_w[i] * (t - t0));
+        long long k = m.kind[i];
+        if (k == LINEAR) {
+            c += q * (mk - m.entry[a * m.n_inst + i]);
+            r += maintenance(m, fabs(q) * mk, i);
+            if (part >= 0) c += iso;
+        } else if (k == INVERSE) {
+            double coin = m.price[u] * f_u;
+            c += q * (1.0 / m.entry[a * m.n_inst + i] - 1.0 / mk) * coin;
+            r += maintenance(m, fabs(q), i);
+            if (part >= 0) c += iso * coin;
+        } else {
+            c += q * black76(m.price[u] * f_u, m.strike[i], m.years[i], m.vol[i], m.is_call[i]);
+            if (part >= 0) c += iso;
+        }
+    }
+    *c_out = c; *r_out = r;
+}
+
+__device__ double gap(const Model& m, long long a, int part, double t, double t0,
+                      const double* asset_w, const double* mark_w) {
+    double c, r;
+    part_margin(m, a, part, t, t0, asset_w, mark_w, &c, &r);
+    if (r <= 0.0) return 1.0;  // nothing required: never liquidated
+    return c - r;
+}
+
+__device__ double nearest_root(const Model& m, long long a, int part, double t0, double lo, double hi,
+                               const double* asset_w, const double* mark_w, int side) {
+    double kinks[MAX_KINKS];
+    bool curved = false;
+    int n_k = 0;
+    kinks[n_k++] = t0;
+    kinks[n_k++] = side < 0 ? lo : hi;
+    for (int i = 0; i < m.n_inst; ++i) {
+        if (part >= 0 && i != part) continue;
+        double q = m.position[a * m.n_inst + i];
+        if (q == 0.0) continue;
+        if (m.kind[i] == OPTION) { if (asset_w[m.underlying[i]] != 0.0) curved = true; continue; }
+        if (m.kind[i] == LINEAR && mark_w[i] != 0.0) {
+            for (int k = 1; k < m.n_brackets; ++k) {
+                double fl = m.floor[i * m.n_brackets + k];
+                if (fl == fl && n_k < MAX_KINKS) {
+                    double t = t0 + (fl / (fabs(q) * m.mark[i]) - 1.0) / mark_w[i];
+                    if ((side < 0 && lo < t && t < t0) || (side > 0 && t0 < t && t < hi)) kinks[n_k++] = t;
+                }
+            }
+        }
+    }
+    for (int x = 1; x < n_k; ++x) {  // insertion sort
+        double v = kinks[x]; int y = x - 1;
+        while (y >= 0 && kinks[y] > v) { kinks[y + 1] = kinks[y]; --y; }
+        kinks[y + 1] = v;
+    }
+    int first = side > 0 ? 0 : n_k - 1;
+    double g_near = gap(m, a, part, kinks[first], t0, asset_w, mark_w);
+    if (g_near == 0.0) return kinks[first];
+    for (int j = 1; j < n_k; ++j) {
+        double t_near = side > 0 ? kinks[j - 1] : kinks[n_k - j];
+        double t_far = side > 0 ? kinks[j] : kinks[n_k - 1 - j];
+        int steps = curved ? OPTION_STEPS : 1;
+        for (int step = 1; step <= steps; ++step) {
+            double t_b = t_near + (t_far - t_near) * step / steps;
+            double t_a = t_near + (t_far - t_near) * (step - 1) / steps;
+            double g_a = g_near;
+            double g_b = gap(m, a, part, t_b, t0, asset_w, mark_w);
+            if (g_b == 0.0) return t_b;
+            if ((g_a < 0.0) != (g_b < 0.0)) {
+                if (!curved) return t_a + g_a * (t_b - t_a) / (g_a - g_b);
+                double x0 = t_a, x1 = t_b, g0 = g_a, g1 = g_b;
+                for (int it = 0; it < 1100; ++it) {
+                    double mid = 0.5 * (x0 + x1);
+                    if (mid == x0 || mid == x1) break;
+                    double gm = gap(m, a, part, mid, t0, asset_w, mark_w);
+                    if (gm == 0.0) return mid;
+                    if ((gm < 0.0) == (g0 < 0.0)) { x0 = mid; g0 = gm; } else { x1 = mid; g1 = gm; }
+                }
+                return fabs(g0) <= fabs(g1) ? x0 : x1;
+            }
+            g_near = g_b;
+        }
+    }
+    return CUDART_NAN;
+}
+
+__device__ int part_index(const Model& m, long long a, int p_idx) {
+    if (p_idx == 0) return -1;
+    int seen = 0;
+    for (int i = 0; i < m.n_inst; ++i)
+        if (m.position[a * m.n_inst + i] != 0.0 && ++seen == p_idx) return i;
+    return -1;
+}
+
+__device__ bool exposed(const Model& m, long long a, int i) {
+    if (m.position[a * m.n_inst + i] != 0.0) return true;
+    int u = (int)m.underlying[i];
+    if (m.balance[a * m.n_assets + u] != 0.0) return true;
+    for (int j = 0; j < m.n_inst; ++j)
+        if (m.position[a * m.n_inst + j] != 0.0 && m.underlying[j] == u && m.kind[j] != LINEAR) return true;
+    return false;
+}
+
+#define MAX_ASSETS 64
+#define MAX_INST 64
+
+extern "C" __global__ void liquidation_gpu(
+    const double* balance, const double* position, const double* entry, const double* iso_margin,
+    const bool* isolated, const double* price, const double* haircut, const double* beta,
+    const long long* kind, const long long* underlying, const double* mark, const double* strike,
+    const double* years, const double* vol, const bool* is_call, const double* floor,
+    const double* mmr, const double* amount, int n_acc, int n_assets, int n_inst, int n_brackets,
+    double f_lo, double f_hi, double s_lo, double s_hi, double* out)
+{
+    long long a = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (a >= n_acc) return;
+    Model m = {balance, position, entry, iso_margin, isolated, price, haircut, beta, kind, underlying,
+               mark, strike, years, vol, is_call, floor, mmr, amount, n_assets, n_inst, n_brackets};
+    double zero_a[MAX_ASSETS], zero_i[MAX_INST], shock_a[MAX_ASSETS], shock_i[MAX_INST];
+    double beta_max = 0.0, beta_min = 0.0;
+    for (int s = 0; s < n_assets; ++s) {
+        zero_a[s] = 0.0; shock_a[s] = beta[s];
+        beta_max = fmax(beta_max, beta[s]); beta_min = fmin(beta_min, beta[s]);
+    }
+    for (int i = 0; i < n_inst; ++i) { zero_i[i] = 0.0; shock_i[i] = beta[underlying[i]]; }
+    if (beta_max > 0.0) s_lo = fmax(s_lo, -(1.0 - 1e-9) / beta_max);
+    if (beta_min < 0.0) s_hi = fmin(s_hi, (1.0 - 1e-9) / -beta_min);
+    double* row = out + a * (n_inst + 3);
+    int n_parts = 1;
+    if (isolated[a]) for (int i = 0; i < n_inst; ++i) if (position[a * n_inst + i] != 0.0) ++n_parts;
+    double ratio = CUDART_INF;
+    for (int p = 0; p < n_parts; ++p) {
+        double c, r;
+        part_margin(m, a, part_index(m, a, p), 0.0, 0.0, zero_a, zero_i, &c, &r);
+        double v = r > 0.0 ? c / r : CUDART_INF;
+        if (v < ratio) ratio = v;
+    }
+    row[0] = ratio;
+    for (int side = -1; side <= 1; side += 2) {
+        double best = CUDART_NAN;
+        for (int p = 0; p < n_parts; ++p) {
+            double s = nearest_root(m, a, part_index(m, a, p), 0.0, side < 0 ? s_lo : 0.0,
+                                    side < 0 ? 0.0 : s_hi, shock_a, shock_i, side);
+            if (s == s && !(best == best && fabs(best) <= fabs(s))) best = s;
+        }
+        row[side < 0 ? 1 : 2] = best;
+    }
+    for (int i = 0; i < n_inst; ++i) {
+        if (!exposed(m, a, i)) { row[3 + i] = CUDART_NAN; continue; }
+        int u = (int)underlying[i];
+        zero_a[u] = 1.0; zero_i[i] = 1.0;
+        double best = CUDART_NAN;
+        for (int p = 0; p < n_parts; ++p) {
+            int part = part_index(m, a, p);
+            if (part >= 0 && part != i) continue;
+            for (int side = -1; side <= 1; side += 2) {
+                double f = nearest_root(m, a, part, 1.0, side < 0 ? f_lo : 1.0, side > 0 ? f_hi : 1.0,
+                                        zero_a, zero_i, side);
+                if (f == f && f > 0.0 && !(best == best && fabs(best - 1.0) <= fabs(f - 1.0))) best = f;
+            }
+        }
+        row[3 + i] = best * mark[i];
+        zero_a[u] = 0.0; zero_i[i] = 0.0;
+    }
+}
+"""
+CUDA_OPTIONS = ("--fmad=false",)
+_MODULE = None
+
+
+def liquidation_gpu(balance, position, entry, iso_margin, isolated, price, haircut, beta, kind,
+                    underlying, mark, strike, years, vol, is_call, floor, mmr, amount,
+                    f_lo, f_hi, s_lo, s_hi, out):
+    """CuPy: the CPU kernel's outputs, one thread per account (arguments on the device)."""
+    global _MODULE
+    from ._compile import cupy_module
+
+    cp = cupy_module()
+    if _MODULE is None:
+        _MODULE = cp.RawModule(code="#include <math_constants.h>\n" + CUDA_SOURCE, options=CUDA_OPTIONS)
+    n_acc, n_inst = position.shape
+    if balance.shape[1] > 64 or n_inst > 64:
+        raise ValueError("the GPU kernel handles at most 64 assets and 64 instruments")
+    f64 = lambda x: cp.ascontiguousarray(cp.asarray(x, dtype=cp.float64))  # noqa: E731
+    args = [f64(balance), f64(position), f64(entry), f64(iso_margin),
+            cp.ascontiguousarray(cp.asarray(isolated, dtype=cp.bool_)), f64(price), f64(haircut), f64(beta),
+            cp.asarray(kind, dtype=cp.int64), cp.asarray(underlying, dtype=cp.int64), f64(mark), f64(strike),
+            f64(years), f64(vol), cp.asarray(is_call, dtype=cp.bool_), f64(floor), f64(mmr), f64(amount)]
+    threads = 128
+    _MODULE.get_function("liquidation_gpu")(
+        ((n_acc + threads - 1) // threads,), (threads,),
+        (*args, np.int32(n_acc), np.int32(balance.shape[1]), np.int32(n_inst), np.int32(floor.shape[1]),
+         np.float64(f_lo), np.float64(f_hi), np.float64(s_lo), np.float64(s_hi), out))
+    return out

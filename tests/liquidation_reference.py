@@ -56,6 +56,26 @@ def margin_parts(acc, mkt, asset_factor, mark_factor):
     return parts
 
 
+def gross(acc, mkt, asset_factor, mark_factor):
+    """The sum of the absolute sizes of every term of C and R over the whole account: the
+    scale of the rounding error of C - R (C and R can be small differences of large terms)."""
+    price = mkt["price"] * asset_factor
+    mark = mkt["mark"] * mark_factor
+    total = sum(abs(b) * price[s] for s, b in enumerate(acc["balance"]))
+    for i, q in enumerate(acc["position"]):
+        if q == 0:
+            continue
+        u = mkt["underlying"][i]
+        if mkt["kind"][i] == "linear":
+            total += abs(q) * (mark[i] + acc["entry"][i])
+        elif mkt["kind"][i] == "inverse":
+            total += abs(q) * price[u] * (1 / acc["entry"][i] + 1 / mark[i]) + abs(q)
+        else:
+            total += abs(q) * (price[u] + mkt["strike"][i])
+        total += abs(acc["iso_margin"][i]) * (price[u] if mkt["kind"][i] == "inverse" else 1.0)
+    return total
+
+
 def collateral_ratio(acc, mkt):
     ones_s, ones_i = np.ones(len(mkt["price"])), np.ones(len(mkt["mark"]))
     return min((c / r if r > 0 else np.inf) for c, r in margin_parts(acc, mkt, ones_s, ones_i))

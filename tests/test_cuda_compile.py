@@ -1,0 +1,33 @@
+"""Every CUDA source compiles with nvcc, GPU or not (where nvcc exists)."""
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from gpu_risk.kernels import imbalance, liquidation
+
+
+def nvcc():
+    found = shutil.which("nvcc") or next((str(p) for p in Path("/usr/local").glob("cuda*/bin/nvcc")), None)
+    if found is None:
+        pytest.skip("nvcc not found")
+    return found
+
+
+@pytest.mark.parametrize("module,kernels", [(imbalance, ["imbalance_ofi", "imbalance_state"]),
+                                            (liquidation, ["liquidation_gpu"])],
+                         ids=["imbalance", "liquidation"])
+def test_cuda_source_compiles(module, kernels):
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "kernel.cu"
+        src.write_text("#include <math_constants.h>\n" + module.CUDA_SOURCE)
+        ptx = Path(tmp) / "kernel.ptx"
+        result = subprocess.run([nvcc(), "--ptx", "-arch=sm_80", *module.CUDA_OPTIONS, str(src), "-o", str(ptx)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        text = ptx.read_text()
+        for name in kernels:
+            assert f".entry {name}" in text
