@@ -7,7 +7,9 @@ import numpy as np
 
 
 def norm_cdf(x):
-    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+    # the complementary form keeps full relative accuracy in the lower tail, where deep
+    # out-of-the-money values are small differences F N(d1) - K N(d2)
+    return 0.5 * math.erfc(-x / math.sqrt(2))
 
 
 def black76(F, K, T, vol, call):

@@ -1,0 +1,101 @@
+"""Collateral-ratio stress surfaces (SPEC section 3): every account over a grid of common
+price shocks x a second axis (implied-vol shifts or haircut add-ons), numba CPU kernel.
+
+The account model is the liquidation family's (``kernels/liquidation.py``: one formula,
+``part_margin``); a scenario (s, v) moves every asset price by p (1 + beta s) and every mark
+with its underlying, and either adds v to every option's implied vol (floored at 0) or adds
+v to the haircut of every asset with beta != 0 (capped at 1). Per account and scenario the
+kernel writes the collateral ratio (the lowest of the account's parts) and the account's
+full value N = sum of balance x price + PnL (linear, inverse) + option values + isolated
+margins, without haircuts or margin; the caller sums max(0, -N) into the shortfall.
+Work shared along an axis: an account without options has the same ratio for every vol
+shift, so it is computed once per price shock and copied.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._compile import cpu_kernel
+from .liquidation import INVERSE, LINEAR, _part_index, part_margin
+from .pricing import black76_price
+
+
+@cpu_kernel
+def full_value(a, t, asset_w, mark_w, balance, position, entry, iso_margin, price, kind, underlying,
+               mark, strike, years, vol, is_call):
+    """N: balances at full price, PnL and option values, isolated margins; no haircut, no margin."""
+    n = 0.0
+    for s in range(balance.shape[1]):
+        n += balance[a, s] * price[s] * (1.0 + asset_w[s] * t)
+    for i in range(position.shape[1]):
+        q = position[a, i]
+        u = underlying[i]
+        coin = price[u] * (1.0 + asset_w[u] * t)
+        if kind[i] == INVERSE:
+            n += iso_margin[a, i] * coin
+        else:
+            n += iso_margin[a, i]
+        if q == 0.0:
+            continue
+        m = mark[i] * (1.0 + mark_w[i] * t)
+        if kind[i] == LINEAR:
+            n += q * (m - entry[a, i])
+        elif kind[i] == INVERSE:
+            n += q * (1.0 / entry[a, i] - 1.0 / m) * coin
+        else:
+            n += q * black76_price(coin, strike[i], years[i], vol[i], is_call[i], 0.0)
+    return n
+
+
+@cpu_kernel
+def stress_cpu(balance, position, entry, iso_margin, isolated, price, haircut, beta, kind, underlying,
+               mark, strike, years, vol, is_call, floor, mmr, amount, price_shocks, second,
+               second_is_vol, out):
+    """out[a, j, k, 0] = collateral ratio, out[a, j, k, 1] = full value N under price shock
+    price_shocks[j] and second-axis value second[k]."""
+    n_acc, n_inst = position.shape
+    n_assets = balance.shape[1]
+    mark_w = np.empty(n_inst)
+    for i in range(n_inst):
+        mark_w[i] = beta[underlying[i]]
+    shocked_haircut = haircut.copy()
+    shocked_vol = vol.copy()
+    for k in range(second.shape[0]):
+        for s_i in range(n_assets):
+            shocked_haircut[s_i] = haircut[s_i]
+            if not second_is_vol and beta[s_i] != 0.0:
+                shocked_haircut[s_i] = min(haircut[s_i] + second[k], 1.0)
+        for i in range(n_inst):
+            shocked_vol[i] = max(vol[i] + second[k], 0.0) if second_is_vol else vol[i]
+        for a in range(n_acc):
+            has_options = False
+            for i in range(n_inst):
+                if position[a, i] != 0.0 and kind[i] == 2:
+                    has_options = True
+            if second_is_vol and k > 0 and not has_options:
+                for j in range(price_shocks.shape[0]):  # vol moves options only
+                    out[a, j, k, 0] = out[a, j, 0, 0]
+                    out[a, j, k, 1] = out[a, j, 0, 1]
+                continue
+            n_parts = 1
+            if isolated[a]:
+                for i in range(n_inst):
+                    if position[a, i] != 0.0:
+                        n_parts += 1
+            for j in range(price_shocks.shape[0]):
+                s = price_shocks[j]
+                ratio = np.inf
+                for p_idx in range(n_parts):
+                    part = _part_index(a, p_idx, position, isolated)
+                    c, r = part_margin(a, part, s, 0.0, beta, mark_w, balance, position, entry,
+                                       iso_margin, isolated, price, shocked_haircut, kind, underlying,
+                                       mark, strike, years, shocked_vol, is_call, floor, mmr, amount)
+                    value = c / r if r > 0.0 else np.inf
+                    if value < ratio:
+                        ratio = value
+                out[a, j, k, 0] = ratio
+                out[a, j, k, 1] = full_value(a, s, beta, mark_w, balance, position, entry, iso_margin,
+                                             price, kind, underlying, mark, strike, years, shocked_vol,
+                                             is_call)
+    return out

@@ -1,0 +1,125 @@
+"""Stress surfaces (SPEC section 3) against an independent per-account, per-scenario loop
+(tests/liquidation_reference.py), consistency with the liquidation family, invariants."""
+
+import numpy as np
+import pytest
+import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpu_risk import store
+from gpu_risk.liquidation import liquidation, market_arrays
+from gpu_risk.stress import stress_surface
+from liquidation_reference import black76, margin_parts, shock_scenario
+from test_liquidation import ASSETS, INSTRUMENTS, accounts, positions, random_market
+
+SHOCKS = np.array([-0.5, -0.2, -0.05, 0.0, 0.03, 0.3, 1.0])
+
+
+def reference_surface(acc, mkt_ds, shocks, second, is_vol):
+    """Ratio and full value per (shock, second) with plain loops."""
+    base = market_arrays(mkt_ds)
+    mkt = dict(base, kind=list(mkt_ds.kind.values), call=base["is_call"])
+    ratio = np.empty((len(shocks), len(second)))
+    value = np.empty_like(ratio)
+    for k, v in enumerate(second):
+        shocked = dict(mkt)
+        if is_vol:
+            shocked["vol"] = np.maximum(mkt["vol"] + v, 0.0)
+        else:
+            shocked["haircut"] = np.where(mkt["beta"] != 0, np.minimum(mkt["haircut"] + v, 1.0), mkt["haircut"])
+        for j, s in enumerate(shocks):
+            a, mk = shock_scenario(shocked, s)
+            ratio[j, k] = min((c / r if r > 0 else np.inf) for c, r in margin_parts(acc, shocked, a, mk))
+            price, mark = shocked["price"] * a, shocked["mark"] * mk
+            n = sum(b * price[i] for i, b in enumerate(acc["balance"]))
+            for i, q in enumerate(acc["position"]):
+                u = shocked["underlying"][i]
+                kind = shocked["kind"][i]
+                n += acc["iso_margin"][i] * (price[u] if kind == "inverse" else 1.0)
+                if q == 0:
+                    continue
+                if kind == "linear":
+                    n += q * (mark[i] - acc["entry"][i])
+                elif kind == "inverse":
+                    n += q * (1 / acc["entry"][i] - 1 / mark[i]) * price[u]
+                else:
+                    n += q * black76(price[u], shocked["strike"][i], shocked["years"][i], shocked["vol"][i],
+                                     shocked["call"][i])
+            value[j, k] = n
+    return ratio, value
+
+
+@settings(max_examples=30, deadline=None)
+@given(accs=st.lists(accounts(), min_size=1, max_size=4), is_vol=st.booleans())
+def test_matches_reference_loops(accs, is_vol):
+    mkt_ds = random_market()
+    second = [-0.2, 0.0, 0.15] if is_vol else [0.0, 0.1, 0.5]
+    p = positions([a[0] for a in accs], [a[1] for a in accs], [a[2] for a in accs], ASSETS, INSTRUMENTS,
+                  iso=[a[4] for a in accs])
+    p["margin_mode"] = ("account", np.array(["isolated" if a[3] else "cross" for a in accs], dtype=object))
+    kw = {"vol_shocks": second} if is_vol else {"haircut_shocks": second}
+    got = stress_surface(p, mkt_ds, SHOCKS, validate=False, **kw)
+    shortfall = np.zeros((len(SHOCKS), len(second)))
+    for n, (balance, q, entry, isolated, iso) in enumerate(accs):
+        acc = {"balance": balance, "position": q, "entry": entry, "isolated": isolated, "iso_margin": iso}
+        ratio, value = reference_surface(acc, mkt_ds, SHOCKS, second, is_vol)
+        np.testing.assert_allclose(got.collateral_ratio.values[n], ratio, rtol=1e-12)
+        shortfall += np.maximum(-value, 0)
+    np.testing.assert_allclose(got.shortfall.values, shortfall, rtol=1e-12, atol=1e-9)
+    np.testing.assert_array_equal(got.accounts_liquidated.values,
+                                  (got.collateral_ratio.values < 1).sum(axis=0))
+
+
+def test_ratio_is_one_at_the_liquidation_shock(tiny_dataset):
+    m = store.open_market(tiny_dataset["market"], tiny_dataset["days"][0])
+    p = store.open_positions(tiny_dataset["positions"], tiny_dataset["days"][0], market=m).load()
+    liq = liquidation(p, m)
+    s = liq.liquidation_shock_down.values
+    pick = np.flatnonzero(np.isfinite(s) & (s < -1e-3))[:40]
+    assert pick.size >= 20
+    for a in pick:
+        r = stress_surface(p.isel(account=[a]), m, [s[a]], vol_shocks=[0.0], validate=False)
+        np.testing.assert_allclose(r.collateral_ratio.values.ravel()[0], 1.0, rtol=1e-9)
+
+
+def test_long_only_ratio_falls_with_the_price_and_chunking_does_not_matter(tiny_dataset):
+    m = store.open_market(tiny_dataset["market"], tiny_dataset["days"][0])
+    p = store.open_positions(tiny_dataset["positions"], tiny_dataset["days"][0], market=m)
+    shocks = np.linspace(-0.6, 0.6, 25)
+    a = stress_surface(p.chunk({"account": 333}), m, shocks, haircut_shocks=[0.0, 0.2]).compute()
+    b = stress_surface(p.load(), m, shocks, haircut_shocks=[0.0, 0.2])
+    xr.testing.assert_identical(a.collateral_ratio, b.collateral_ratio)
+    xr.testing.assert_identical(a.accounts_liquidated, b.accounts_liquidated)
+    xr.testing.assert_allclose(a.shortfall, b.shortfall, rtol=1e-12)
+    held = p.load()
+    kind = m.kind.values
+    long_only = ((held.position.values[:, kind == "linear"] >= 0).all(1)
+                 & (held.position.values[:, kind != "linear"] == 0).all(1)
+                 & (held.position.values != 0).any(1) & (held.balance.values >= 0).all(1)
+                 & (held.balance.sel(asset=[x for x in held.asset.values if x not in ("USDT", "USDC")]).values == 0).all(1))
+    assert long_only.sum() > 100
+    # For a long-only account C - R = W + q (m - e) - (q m mmr - cum) rises with the price (slope
+    # q (1 - mmr) > 0), so once liquidated on the way down it stays liquidated further down.
+    # (C/R itself is not monotone: it tends to 1/mmr as the price grows, so a lightly
+    # leveraged long's ratio above 1/mmr falls as the price rises.)
+    below = a.collateral_ratio.values[long_only, :, 0] < 1
+    assert (np.diff(below.astype(int), axis=1) <= 0).all()
+    assert below.any() and not below.all()
+    # a higher haircut never raises a ratio
+    assert (a.collateral_ratio.values[:, :, 1] <= a.collateral_ratio.values[:, :, 0] + 1e-12).all()
+    # more accounts fail and more bad debt as prices fall (the synthetic book is net long)
+    assert a.accounts_liquidated.values[0, 0] > a.accounts_liquidated.values[12, 0]
+    assert a.shortfall.values[0, 0] > a.shortfall.values[12, 0]
+
+
+def test_bad_arguments():
+    m = random_market()
+    p = positions([[1_000, 0, 0]], [[1.0, 0, 0, 0, 0]], [[50_000, np.nan, np.nan, np.nan, np.nan]],
+                  ASSETS, INSTRUMENTS)
+    with pytest.raises(ValueError, match="exactly one of"):
+        stress_surface(p, m, [0.0])
+    with pytest.raises(ValueError, match="exactly one of"):
+        stress_surface(p, m, [0.0], vol_shocks=[0], haircut_shocks=[0])
+    with pytest.raises(ValueError, match="price <= 0"):
+        stress_surface(p, m, [-0.9], vol_shocks=[0.0])  # ETH's beta 1.3
