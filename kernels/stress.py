@@ -99,3 +99,49 @@ def stress_cpu(balance, position, entry, iso_margin, isolated, price, haircut, b
                                              price, kind, underlying, mark, strike, years, shocked_vol,
                                              is_call)
     return out
+
+
+@cpu_kernel
+def _positions_value(a, x, vol_shift, scan, position, entry, price, kind, underlying, mark, strike,
+                     years, vol, is_call):
+    """Value of account a's positions (PnL of perpetuals, value of options; USD) when every
+    instrument's underlying moves by x times its own scan range and vols by vol_shift."""
+    total = 0.0
+    for i in range(position.shape[1]):
+        q = position[a, i]
+        if q == 0.0:
+            continue
+        move = 1.0 + x * scan[i]
+        u = underlying[i]
+        if kind[i] == LINEAR:
+            total += q * (mark[i] * move - entry[a, i])
+        elif kind[i] == INVERSE:
+            total += q * (1.0 / entry[a, i] - 1.0 / (mark[i] * move)) * price[u] * move
+        else:
+            total += q * black76_price(price[u] * move, strike[i], years[i],
+                                       max(vol[i] + vol_shift, 0.0), is_call[i], 0.0)
+    return total
+
+
+@cpu_kernel
+def span_cpu(position, entry, price, kind, underlying, mark, strike, years, vol, is_call, scan,
+             vol_scan, extreme_multiple, cover, out):
+    """CME SPAN's 16 risk scenarios per account: price 0, +-1/3, +-2/3, +-1 of the scan range,
+    each with vol up and down by vol_scan; and +-extreme_multiple scan ranges (vol unchanged)
+    with cover x the loss. out[a] = the worst loss (>= 0; USD)."""
+    fractions = (0.0, 1.0 / 3.0, -1.0 / 3.0, 2.0 / 3.0, -2.0 / 3.0, 1.0, -1.0)
+    for a in range(position.shape[0]):
+        base = _positions_value(a, 0.0, 0.0, scan, position, entry, price, kind, underlying, mark,
+                                strike, years, vol, is_call)
+        worst = 0.0
+        for x in fractions:
+            for sign in (1.0, -1.0):
+                value = _positions_value(a, x, sign * vol_scan, scan, position, entry, price, kind,
+                                         underlying, mark, strike, years, vol, is_call)
+                worst = max(worst, base - value)
+        for x in (extreme_multiple, -extreme_multiple):
+            value = _positions_value(a, x, 0.0, scan, position, entry, price, kind, underlying, mark,
+                                     strike, years, vol, is_call)
+            worst = max(worst, cover * (base - value))
+        out[a] = worst
+    return out
