@@ -231,6 +231,52 @@ def _liquidation_section(results: xr.DataTree, days: list[str]) -> str:
     return "\n".join(parts)
 
 
+def _stress_section(results: xr.DataTree, days: list[str]) -> str:
+    stress_days = [d for d in days if "stress" in results[d].children]
+    if not stress_days:
+        return ""
+    day = stress_days[-1]
+    st = results[day]["stress"].to_dataset().load()
+    second = [d for d in st["shortfall"].dims if d != "price_shock"][0]
+    parts = [f"<h2>Stress surfaces, {day}</h2>",
+             f"<p>Every account's collateral ratio over {st.sizes['price_shock']} common price shocks "
+             f"(beta-scaled) x {st.sizes[second]} {second.replace('_', ' ')}s.</p>"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    x = st[second].values
+    y = st.price_shock.values * 100
+    for ax, name, title in ((axes[0], "accounts_liquidated", "accounts liquidated"),
+                            (axes[1], "shortfall", "shortfall (bad debt), USD millions")):
+        z = st[name].values / (1e6 if name == "shortfall" else 1)
+        mesh = ax.pcolormesh(x, y, z, shading="nearest", cmap="magma_r")
+        ax.set_xlabel(second.replace("_", " "))
+        ax.set_ylabel("price shock (%)")
+        ax.set_title(title, fontsize=10)
+        fig.colorbar(mesh, ax=ax)
+    fig.tight_layout()
+    parts.append(_png(fig))
+    worst = st["shortfall"].where(st["shortfall"] == st["shortfall"].max(), drop=True)
+    ws, wv = float(worst.price_shock.values[0]), float(worst[second].values[0])
+    parts.append(f"<p><b>Worst scenario</b>: price shock {ws:+.0%}, {second.replace('_', ' ')} {wv:+.2f}: "
+                 f"shortfall {float(st['shortfall'].max()):,.0f} USD, "
+                 f"{int(st['accounts_liquidated'].sel(price_shock=ws, **{second: wv})):,} accounts liquidated.</p>")
+    if len(stress_days) > 1:
+        prev = results[stress_days[-2]]["stress"].to_dataset().load()
+        if prev["shortfall"].shape == st["shortfall"].shape:
+            change = (st["shortfall"] - prev["shortfall"].values) / 1e6
+            fig, ax = plt.subplots(figsize=(6, 3.6))
+            lim = float(np.abs(change).max()) or 1.0
+            mesh = ax.pcolormesh(x, y, change.values, shading="nearest", cmap="RdBu_r", vmin=-lim, vmax=lim)
+            ax.set_xlabel(second.replace("_", " "))
+            ax.set_ylabel("price shock (%)")
+            ax.set_title(f"shortfall change since {stress_days[-2]} (USD millions)", fontsize=10)
+            fig.colorbar(mesh, ax=ax)
+            parts.append(_png(fig))
+    span = st["span_requirement"].values
+    parts.append(f"<p>SPAN requirement (16 CME scenarios): total {np.nansum(span):,.0f} USD over "
+                 f"{np.isfinite(span).sum():,} accounts; largest {np.nanmax(span):,.0f} USD.</p>")
+    return "\n".join(parts)
+
+
 def write_report(results_path, out_path, *, title: str = "gpu_risk report", meta: dict | None = None) -> Path:
     """Write the HTML report of every complete day in ``results_path``; returns its path."""
     out_path = Path(out_path)
@@ -246,6 +292,7 @@ def write_report(results_path, out_path, *, title: str = "gpu_risk report", meta
         body.append(_summary_section(results, days))
         body.append(_imbalance_section(results, days))
         body.append(_liquidation_section(results, days))
+        body.append(_stress_section(results, days))
     else:
         body.append("<p>No complete day in the results store yet.</p>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

@@ -23,13 +23,35 @@ from .backend import choose_backend, to_backend
 from .cluster import dask_scheduler
 from .imbalance import imbalance_grid
 from .liquidation import liquidation
+from .stress import stress_surface
 from .summary import book_summary, positions_summary
 
 log = logging.getLogger("gpu_risk")
 
-AVAILABLE_FAMILIES = ("summary", "imbalance", "liquidation")
-PLANNED_FAMILIES = ("stress", "cascade")
-RESULT_CHUNKS = {"imbalance": {"instrument": 1, "time": 65_536}, "liquidation": {"account": 262_144}}
+AVAILABLE_FAMILIES = ("summary", "imbalance", "liquidation", "stress")
+PLANNED_FAMILIES = ("cascade",)
+RESULT_CHUNKS = {"imbalance": {"instrument": 1, "time": 65_536}, "liquidation": {"account": 262_144},
+                 "stress": {"account": 262_144}}
+
+
+class StressConfig(BaseModel):
+    """The scenario grid: price shocks x exactly one of vol_shocks or haircut_shocks."""
+
+    model_config = ConfigDict(extra="forbid")
+    price_shocks: list[float] = [round(x, 10) for x in np.linspace(-0.5, 0.5, 21)]
+    vol_shocks: list[float] | None = [round(x, 10) for x in np.linspace(-0.2, 0.3, 11)]
+    haircut_shocks: list[float] | None = None
+    span_scan_range: float | dict[str, float] = 0.15
+    span_vol_range: float = 0.10
+    keep_account_surfaces: bool = False  # accounts x grid is large: by default keep the worst ratio
+
+    @model_validator(mode="after")
+    def _one_second_axis(self):
+        if self.haircut_shocks is not None and "vol_shocks" not in self.model_fields_set:
+            self.vol_shocks = None
+        if (self.vol_shocks is None) == (self.haircut_shocks is None):
+            raise ValueError("give exactly one of vol_shocks or haircut_shocks")
+        return self
 
 
 class ImbalanceConfig(BaseModel):
@@ -57,6 +79,7 @@ class WorkflowConfig(BaseModel):
     dates: list[dt.date] | None = Field(None, description="explicit as-of dates (instead of start/end)")
     families: list[str] = ["summary"]
     imbalance: ImbalanceConfig = ImbalanceConfig()
+    stress: StressConfig = StressConfig()
     output: Path
     report: Path | None = None
     backend: Literal["auto", "cpu", "gpu"] = "auto"
@@ -118,6 +141,8 @@ def compute_day(cfg: WorkflowConfig, date: str, backend: str) -> dict:
         results["imbalance"] = day_imbalance_grid(cfg, date, instruments, book, backend)
     if "liquidation" in cfg.families:
         results["liquidation"] = liquidation(host_positions, market, validate=False)
+    if "stress" in cfg.families:
+        results["stress"] = day_stress(cfg, host_positions, market)
     if "summary" in cfg.families:
         results["book_summary"] = book_summary(book)
         results["positions_summary"] = positions_summary(positions, market)
@@ -153,6 +178,19 @@ def day_imbalance_grid(cfg: WorkflowConfig, date: str, instruments: list[str], b
     return imbalance_grid(xr.DataTree.from_dict(nodes), bucket=c.bucket, levels=c.levels,
                           bands_bps=c.bands_bps, start=date,
                           end=np.datetime64(date) + np.timedelta64(1, "D"))
+
+
+def day_stress(cfg: WorkflowConfig, positions: xr.Dataset, market: xr.Dataset) -> xr.Dataset:
+    c = cfg.stress
+    surface = stress_surface(positions, market, c.price_shocks, vol_shocks=c.vol_shocks,
+                             haircut_shocks=c.haircut_shocks, span_scan_range=c.span_scan_range,
+                             span_vol_range=c.span_vol_range, validate=False)
+    second = [d for d in surface["collateral_ratio"].dims if d not in ("account", "price_shock")]
+    surface["worst_collateral_ratio"] = surface["collateral_ratio"].min(("price_shock", *second)).assign_attrs(
+        units="1", long_name="lowest collateral ratio over the scenario grid")
+    if not c.keep_account_surfaces:
+        surface = surface.drop_vars("collateral_ratio")
+    return surface
 
 
 def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] | None = None) -> dict:

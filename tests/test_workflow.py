@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def write_config(tmp_path, data, **overrides) -> Path:
     cfg = {"name": "test", "stores": {k: data[k] for k in ("book", "positions", "market")},
-           "families": ["summary", "imbalance", "liquidation"], "imbalance": {"bucket": "10s"},
+           "families": ["summary", "imbalance", "liquidation", "stress"], "imbalance": {"bucket": "10s"},
+           "stress": {"price_shocks": [-0.3, 0.0, 0.3], "vol_shocks": [0.0, 0.1]},
            "output": str(tmp_path / "results.zarr"),
            "report": str(tmp_path / "report.html"), "scheduler": "sync", "backend": "cpu"}
     cfg.update(overrides)
@@ -58,7 +59,8 @@ def test_config_is_validated(tiny_dataset, tmp_path):
                        ({"families": ["risk"]}, "unknown family"),
                        ({"scheduler": "sync", "typo": 1}, "Extra inputs"),
                        ({"dates": ["2026-01-05"], "start": "2026-01-05"}, "either dates or start"),
-                       ({"backend": "tpu"}, "backend")):
+                       ({"backend": "tpu"}, "backend"),
+                       ({"stress": {"vol_shocks": [0.0], "haircut_shocks": [0.1]}}, "exactly one of")):
         with pytest.raises(ValidationError, match=match):
             WorkflowConfig.model_validate(base | bad)
 
@@ -73,6 +75,7 @@ def test_report_and_rerun_skips_complete_days(reference, tiny_dataset, tmp_path)
     assert "Open interest by instrument" in page and "data:image/png;base64" in page
     assert "Imbalance grids" in page and "Mid-price change on level-1 OFI" in page
     assert "Liquidation thresholds" in page and "Accounts closest to liquidation" in page
+    assert "Stress surfaces" in page and "Worst scenario" in page and "shortfall change since" in page
 
 
 def test_day_by_day_grids_tile_the_history_grid(reference, tiny_dataset):
