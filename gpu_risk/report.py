@@ -270,7 +270,7 @@ def _stress_section(results: xr.DataTree, days: list[str]) -> str:
             ax.set_ylabel("price shock (%)")
             ax.set_title(f"shortfall change since {stress_days[-2]} (USD millions)", fontsize=10)
             fig.colorbar(mesh, ax=ax)
-            parts.append(_png(fig))
+            parts.append(f"<h3>Shortfall change since {stress_days[-2]}</h3>" + _png(fig))
     span = st["span_requirement"].values
     parts.append(f"<p>SPAN requirement (16 CME scenarios): total {np.nansum(span):,.0f} USD over "
                  f"{np.isfinite(span).sum():,} accounts; largest {np.nanmax(span):,.0f} USD.</p>")
