@@ -99,7 +99,11 @@ def stress_surface(positions: xr.Dataset, market: xr.Dataset, price_shocks: Sequ
     def arr(x):
         return x if isinstance(x, da.Array) else da.from_array(np.asarray(x))
 
-    balance = arr(pos["balance"].data).rechunk({1: -1})
+    # account chunks small enough that a block's (accounts x scenarios x 2) output stays
+    # near 128 MB: memory is bounded by the chunk, not by the number of accounts
+    per_account = shocks.size * second.size * 2 * 8
+    target = max(1, min(pos.sizes["account"], (128 << 20) // per_account))
+    balance = arr(pos["balance"].data).rechunk({0: target, 1: -1})
     chunks = balance.chunks[0]
     rest = [arr(pos[n].data).rechunk((chunks, -1)) for n in ("position", "entry_price", "isolated_margin")]
     isolated = arr((pos["margin_mode"] == "isolated").data).rechunk((chunks,))
