@@ -51,7 +51,6 @@ def run_kernel(bid, ask, bid_size, ask_size, bucket, n_out):
 
 def pandas_grid(bid, ask, bid_size, ask_size, time_ns, bucket_ns):
     """What a user would write with pandas: shifted frames, masks, groupby, ffill."""
-    L = bid.shape[1]
     idx = pd.Index((time_ns // bucket_ns), name="bucket")
     Pb, Pa = pd.DataFrame(bid, index=idx).fillna(-np.inf), pd.DataFrame(ask, index=idx).fillna(np.inf)
     qb, qa = pd.DataFrame(bid_size, index=idx), pd.DataFrame(ask_size, index=idx)

@@ -17,13 +17,12 @@ chunks, so parallel writes never share a chunk.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 import shutil
 import tomllib
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd

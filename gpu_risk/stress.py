@@ -28,7 +28,7 @@ def _span_block(position, entry, exclude, m, scan, vol_scan, multiple, cover):
     out = np.empty(position.shape[0])
     span_cpu(np.ascontiguousarray(position, np.float64), np.ascontiguousarray(entry, np.float64),
              m["price"], m["kind"], m["underlying"], m["mark"], m["strike"], m["years"], m["vol"],
-             m["is_call"], scan, vol_scan, multiple, cover, out)
+             m["is_call"], scan, vol_scan, multiple, cover, m["floor"], m["mmr"], m["amount"], out)
     out[np.asarray(exclude, dtype=bool).ravel()] = np.nan
     return out
 

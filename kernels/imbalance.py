@@ -27,7 +27,6 @@ same order, and one thread per bucket for the state variables.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 

@@ -35,7 +35,6 @@ options it subdivides the pieces and bisects to 1e-13 relative. The root nearest
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
@@ -56,6 +55,31 @@ def maintenance(notional, floor, mmr, amount, i):
         if f == f and f <= notional:
             k_best = k
     return notional * mmr[i, k_best] - amount[i, k_best]
+
+
+@cpu_kernel
+def position_terms(a, i, t, t0, asset_w, mark_w, position, entry, price, kind, underlying, mark,
+                   strike, years, vol, is_call, floor, mmr, amount, with_margin=True):
+    """The one place the position formulas live: (value in USD, maintenance margin in USD,
+    USD per unit of isolated margin) of account a's position in instrument i at t. Value is
+    PnL for perpetuals (linear q (m - e); inverse q (1/e - 1/m) in coin at the coin's
+    price) and the Black-76 value for options (no maintenance margin). ``with_margin=False``
+    skips the bracket lookup (full-value uses)."""
+    q = position[a, i]
+    u = underlying[i]
+    f_u = 1.0 + asset_w[u] * (t - t0)
+    k = kind[i]
+    if k == LINEAR:
+        m = mark[i] * (1.0 + mark_w[i] * (t - t0))
+        mm = maintenance(abs(q) * m, floor, mmr, amount, i) if with_margin else 0.0
+        return q * (m - entry[a, i]), mm, 1.0
+    if k == INVERSE:
+        m = mark[i] * (1.0 + mark_w[i] * (t - t0))
+        coin = price[u] * f_u
+        mm = maintenance(abs(q), floor, mmr, amount, i) if with_margin else 0.0
+        return q * (1.0 / entry[a, i] - 1.0 / m) * coin, mm, coin
+    forward = price[u] * f_u
+    return q * black76_price(forward, strike[i], years[i], vol[i], is_call[i], 0.0), 0.0, 1.0
 
 
 @cpu_kernel
@@ -81,31 +105,17 @@ def part_margin(a, part, t, t0, asset_w, mark_w, balance, position, entry, iso_m
     for i in range(n_inst):
         if part >= 0 and i != part:
             continue
-        q = position[a, i]
-        if q == 0.0:
+        if position[a, i] == 0.0:
             if part >= 0:
                 c += iso_margin[a, i]
             continue
-        u = underlying[i]
-        f_u = 1.0 + asset_w[u] * (t - t0)
-        m = mark[i] * (1.0 + mark_w[i] * (t - t0))
-        k = kind[i]
-        if k == LINEAR:
-            c += q * (m - entry[a, i])
-            r += maintenance(abs(q) * m, floor, mmr, amount, i)
-            if part >= 0:
-                c += iso_margin[a, i]
-        elif k == INVERSE:
-            coin = price[u] * f_u
-            c += q * (1.0 / entry[a, i] - 1.0 / m) * coin
-            r += maintenance(abs(q), floor, mmr, amount, i)
-            if part >= 0:
-                c += iso_margin[a, i] * coin
-        else:
-            forward = price[u] * f_u
-            c += q * black76_price(forward, strike[i], years[i], vol[i], is_call[i], 0.0)
-            if part >= 0:
-                c += iso_margin[a, i]
+        value, mm, margin_unit = position_terms(a, i, t, t0, asset_w, mark_w, position, entry, price,
+                                                kind, underlying, mark, strike, years, vol, is_call,
+                                                floor, mmr, amount)
+        c += value
+        r += mm
+        if part >= 0:
+            c += iso_margin[a, i] * margin_unit
     return c, r
 
 

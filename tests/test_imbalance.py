@@ -10,7 +10,6 @@ import xarray as xr
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import make_book
 from gpu_risk import store
 from gpu_risk.imbalance import imbalance_grid
 from gpu_risk.validate import validate_book_dataset
