@@ -1,13 +1,13 @@
 """gpu_risk: GPU-accelerated batch risk over order books and positions stored in Zarr.
 
 Public API (SPEC): ``open_book``, ``open_positions``, ``open_market`` and the writers;
-``imbalance_grid``, ``liquidation``; ``stress_surface`` and ``cascade`` land with their
-issues.
+``imbalance_grid``, ``liquidation``, ``stress_surface``; ``cascade`` lands with its issue.
 """
 
 from .errors import InputError, SchemaError
 from .imbalance import imbalance_grid
 from .liquidation import liquidation
+from .stress import stress_surface
 from .store import (
     open_book,
     open_market,
@@ -25,6 +25,7 @@ __all__ = [
     "InputError",
     "imbalance_grid",
     "liquidation",
+    "stress_surface",
     "SchemaError",
     "open_book",
     "open_market",
