@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -56,3 +60,20 @@ def read_bandwidth(nbytes: int = 1 << 29, threads: int = 1) -> float:
 def machine() -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{platform.machine()}, {cores} cores, Python {platform.python_version()}, numba {numba.__version__}"
+
+
+@contextlib.contextmanager
+def synthetic_as_of_date(accounts: int, prefix: str):
+    """(market, positions) of one synthetic as-of date (4 perpetuals, 4 options), in a
+    temporary directory removed afterwards."""
+    from gpu_risk import store
+    from gpu_risk.synth import SynthConfig, synth
+
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        data = synth(SynthConfig(out=str(tmp), days=1, instruments=4, accounts=accounts, levels=2,
+                                 snapshots_per_day=10))
+        market = store.open_market(data["market"])
+        yield market, store.open_positions(data["positions"], market=market)
+    finally:
+        shutil.rmtree(tmp)

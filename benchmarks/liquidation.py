@@ -12,21 +12,17 @@ and the ratio. Also the single-thread kernel rate.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import machine, synthetic_as_of_date  # noqa: E402
 
-from gpu_risk import store  # noqa: E402
 from gpu_risk.cluster import dask_scheduler  # noqa: E402
 from gpu_risk.liquidation import liquidation, market_arrays  # noqa: E402
-from gpu_risk.synth import SynthConfig, synth  # noqa: E402
 
 
 def numpy_liquidation_prices(balance, position, entry, m):
@@ -67,12 +63,7 @@ def main() -> None:
     p.add_argument("--numpy-accounts", type=int, default=200_000)
     args = p.parse_args()
     print(f"machine: {machine()}")
-    tmp = Path(tempfile.mkdtemp(prefix="gpu_risk_liq_"))
-    try:
-        data = synth(SynthConfig(out=str(tmp), days=1, instruments=4, accounts=args.accounts, levels=2,
-                                 snapshots_per_day=10))
-        market = store.open_market(data["market"])
-        positions = store.open_positions(data["positions"], market=market)
+    with synthetic_as_of_date(args.accounts, "gpu_risk_liq_") as (market, positions):
         n_inst = market.sizes["instrument"]
         with dask_scheduler("local") as where:
             t0 = time.perf_counter()
@@ -103,8 +94,6 @@ def main() -> None:
               f"(liquidation prices only) {rows.size / t_numpy:,.0f} accounts/s; ratio "
               f"{t_numpy / t_kernel:.1f}x; liquidation prices agree to 1e-9")
         print(f"collateral ratio < 1 (liquidatable now): {int((result.collateral_ratio < 1).sum()):,} accounts")
-    finally:
-        shutil.rmtree(tmp)
 
 
 if __name__ == "__main__":

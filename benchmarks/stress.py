@@ -14,22 +14,18 @@ from __future__ import annotations
 
 import argparse
 import resource
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import machine, synthetic_as_of_date  # noqa: E402
 
-from gpu_risk import store  # noqa: E402
 from gpu_risk.cluster import dask_scheduler  # noqa: E402
 from gpu_risk.liquidation import market_arrays  # noqa: E402
 from gpu_risk.stress import stress_surface  # noqa: E402
-from gpu_risk.synth import SynthConfig, synth  # noqa: E402
 
 PRICE = np.round(np.linspace(-0.5, 0.5, 21), 10)
 VOL = np.round(np.linspace(-0.2, 0.3, 11), 10)
@@ -67,12 +63,7 @@ def main() -> None:
     ap.add_argument("--numpy-accounts", type=int, default=100_000)
     args = ap.parse_args()
     print(f"machine: {machine()}")
-    tmp = Path(tempfile.mkdtemp(prefix="gpu_risk_stress_"))
-    try:
-        data = synth(SynthConfig(out=str(tmp), days=1, instruments=4, accounts=args.accounts, levels=2,
-                                 snapshots_per_day=10))
-        market = store.open_market(data["market"])
-        positions = store.open_positions(data["positions"], market=market)
+    with synthetic_as_of_date(args.accounts, "gpu_risk_stress_") as (market, positions):
         kind = market.kind.values
         held = positions.load()
         has_option = (held.position.values[:, kind == "option"] != 0).any(1)
@@ -119,9 +110,7 @@ def main() -> None:
                       f"{rows.size * slots * PRICE.size * VOL.size / t_numpy / 1e9:.3f} e9 evaluations/s; "
                       f"kernel / NumPy = {t_numpy / t_kernel:.1f}x (ratios agree to 1e-9, or 1e-12 absolute where C cancels to ~0)")
         print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB "
-              f"(at start {rss0:,.0f} MiB; the workers hold one account chunk of about 128 MB of output each)")
-    finally:
-        shutil.rmtree(tmp)
+              f"(at start {rss0:,.0f} MiB; most of it is the one-thread comparisons above)")
 
 
 if __name__ == "__main__":

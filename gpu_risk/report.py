@@ -139,7 +139,7 @@ def ofi_regression(grid: xr.Dataset, instrument: str, every: int) -> dict:
 
 
 def _imbalance_section(results: xr.DataTree, days: list[str]) -> str:
-    day = [d for d in days if "imbalance" in results[d].children]
+    day = _days_with(results, days, "imbalance")
     if not day:
         return ""
     day = day[-1]
@@ -179,8 +179,13 @@ def _imbalance_section(results: xr.DataTree, days: list[str]) -> str:
     return "\n".join(parts)
 
 
+def _days_with(results: xr.DataTree, days: list[str], family: str) -> list[str]:
+    """The complete days whose results hold ``family``."""
+    return [d for d in days if family in results[d].children]
+
+
 def _liquidation_section(results: xr.DataTree, days: list[str]) -> str:
-    day = [d for d in days if "liquidation" in results[d].children]
+    day = _days_with(results, days, "liquidation")
     if not day:
         return ""
     day = day[-1]
@@ -232,7 +237,7 @@ def _liquidation_section(results: xr.DataTree, days: list[str]) -> str:
 
 
 def _stress_section(results: xr.DataTree, days: list[str]) -> str:
-    stress_days = [d for d in days if "stress" in results[d].children]
+    stress_days = _days_with(results, days, "stress")
     if not stress_days:
         return ""
     day = stress_days[-1]
