@@ -1,9 +1,10 @@
 """gpu_risk: GPU-accelerated batch risk over order books and positions stored in Zarr.
 
 Public API (SPEC): ``open_book``, ``open_positions``, ``open_market`` and the writers;
-``imbalance_grid``, ``liquidation``, ``stress_surface``; ``cascade`` lands with its issue.
+``imbalance_grid``, ``liquidation``, ``stress_surface``, ``cascade``.
 """
 
+from .cascade import cascade
 from .errors import InputError, SchemaError
 from .imbalance import imbalance_grid
 from .liquidation import liquidation
@@ -22,6 +23,7 @@ from .validate import validate_book_dataset, validate_market, validate_positions
 __version__ = "0.1.0"
 
 __all__ = [
+    "cascade",
     "InputError",
     "imbalance_grid",
     "liquidation",

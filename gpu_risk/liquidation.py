@@ -15,7 +15,7 @@ import xarray as xr
 
 from .backend import is_cupy
 from .kernels.liquidation import INVERSE, LINEAR, OPTION, liquidation_cpu, liquidation_gpu
-from .model import unit_notional
+from .model import notional_at_price
 from .schema import as_str
 from .summary import open_interest
 from .validate import validate_market, validate_positions
@@ -151,8 +151,6 @@ def liquidation_map(position: xr.DataArray, liquidation_price: xr.DataArray, mar
     each bin of liquidation_price / mark - 1, per instrument and side (long, short)."""
     bins = np.asarray(bins, dtype=np.float64)
     mark = market["mark_price"].values.astype(np.float64)
-    unit = unit_notional(market).values / mark  # USD per unit of position, per unit of mark
-    kind = as_str(market["kind"].values)
     q = position.data if isinstance(position.data, da.Array) else da.from_array(np.asarray(position.data))
     lp = liquidation_price.data
     q = q.rechunk(lp.chunks)
@@ -160,9 +158,7 @@ def liquidation_map(position: xr.DataArray, liquidation_price: xr.DataArray, mar
     def block(q, lp):
         out = np.zeros((q.shape[1], bins.size - 1, 2))
         rel = lp / mark - 1
-        # notional at the liquidation price: |q| lp for linear (unit/mark = 1), |q| USD for
-        # inverse, |q| x the underlying at the same move for options
-        notional = np.where(kind == "inverse", np.abs(q), np.abs(q) * lp * unit)
+        notional = notional_at_price(q, lp, market)
         for i in range(q.shape[1]):
             for side, sel in ((0, q[:, i] > 0), (1, q[:, i] < 0)):
                 ok = sel & np.isfinite(rel[:, i])

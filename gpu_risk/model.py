@@ -24,3 +24,13 @@ def unit_notional(market: xr.Dataset) -> xr.DataArray:
                                np.array([asset_price.get(u, np.nan) for u in underlying])))
     return xr.DataArray(values, dims="instrument", coords={"instrument": market["instrument"]},
                         attrs={"units": "USD", "long_name": "notional of one unit of position"})
+
+
+def notional_at_price(quantity, price, market: xr.Dataset):
+    """USD notional of positions ``quantity`` (any shape, instrument last) at prices ``price``
+    of their instruments (e.g. the liquidation price): |q| x price for linear perpetuals,
+    |q| USD for inverse perpetuals (quantities are USD contracts), |q| x the underlying at
+    the same move for options (SPEC's "|q| x liquidation price", in USD for every kind)."""
+    kind = as_str(market["kind"].values)
+    per_unit_of_mark = unit_notional(market).values / market["mark_price"].values.astype(float)
+    return np.where(kind == "inverse", np.abs(quantity), np.abs(quantity) * price * per_unit_of_mark)

@@ -76,3 +76,15 @@ def tiny_dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
     return synth(SynthConfig(out=str(out), days=2, instruments=4, accounts=3000, levels=5,
                              snapshots_per_day=6000, book_chunk_rows=2048, account_chunk_rows=1024))
+
+
+@pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.cupy)])
+def backend(request):
+    """Every reference test runs on the numba kernel and, where a GPU exists, the CUDA one."""
+    if request.param == "gpu":
+        from gpu_risk.backend import gpu_available
+
+        ok, why = gpu_available()
+        if not ok:
+            pytest.skip(why)
+    return request.param

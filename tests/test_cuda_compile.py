@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gpu_risk.kernels import imbalance, liquidation
+from gpu_risk.kernels import cascade, imbalance, liquidation
 
 
 def nvcc():
@@ -18,8 +18,9 @@ def nvcc():
 
 
 @pytest.mark.parametrize("module,kernels", [(imbalance, ["imbalance_ofi", "imbalance_state"]),
-                                            (liquidation, ["liquidation_gpu"])],
-                         ids=["imbalance", "liquidation"])
+                                            (liquidation, ["liquidation_gpu"]),
+                                            (cascade, ["cascade_gpu"])],
+                         ids=["imbalance", "liquidation", "cascade"])
 def test_cuda_source_compiles(module, kernels):
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "kernel.cu"

@@ -171,18 +171,6 @@ def liquidated(acc, mkt, scenario):
     return any(r > 0 and c < r for c, r in margin_parts(acc, mkt, *scenario))
 
 
-@pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.cupy)])
-def backend(request):
-    """Every reference test runs on the numba kernel and, where a GPU exists, the CUDA one."""
-    if request.param == "gpu":
-        from gpu_risk.backend import gpu_available
-
-        ok, why = gpu_available()
-        if not ok:
-            pytest.skip(why)
-    return request.param
-
-
 def run_liquidation(p, mkt_ds, backend, **kw):
     if backend == "gpu":
         from gpu_risk.backend import to_backend
