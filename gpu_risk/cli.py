@@ -75,7 +75,7 @@ def run(
     """Run a batch workflow day by day; complete days are skipped on re-run."""
     from pydantic import ValidationError
 
-    from .workflow import load_config, run_workflow
+    from .workflow import load_config
 
     overrides = {"backend": backend, "scheduler": scheduler, "memory_limit": memory_limit,
                  "output": output, "report": report, "on_bad_rows": on_bad_rows}
@@ -83,6 +83,13 @@ def run(
         cfg = load_config(workflow, overrides)
     except ValidationError as exc:
         _fail(ValueError(f"invalid workflow {workflow}:\n{exc}"))
+    _run_config(cfg, as_json)
+
+
+def _run_config(cfg, as_json: bool) -> None:
+    """Run a workflow config with progress on stderr (and a JSON summary on stdout)."""
+    from .workflow import run_workflow
+
     with _progress() as bar:
         task = None
 
@@ -109,6 +116,125 @@ def run(
             _fail(exc)
     if as_json:
         print(json.dumps(summary))
+
+
+def _floats(text: Optional[str]) -> Optional[list[float]]:
+    """"-0.1,-0.05,0.05" or "start:stop:count" (inclusive, evenly spaced)."""
+    if text is None:
+        return None
+    if ":" in text:
+        a, b, n = text.split(":")
+        import numpy as np  # noqa: PLC0415
+
+        return [round(float(x), 10) for x in np.linspace(float(a), float(b), int(n))]
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _family(family: str, settings: dict, *, book, positions, market, out, start, end, report, backend,
+            scheduler, memory_limit, on_bad_rows, as_json, keep_none=()) -> None:
+    """One family as a one-family workflow: same stores, atomic day writes, resumable.
+    Settings that are None are left at their defaults, except those in ``keep_none``."""
+    from pydantic import ValidationError
+
+    from .workflow import WorkflowConfig
+
+    raw = {"name": family, "families": [family], "output": out, "report": report,
+           "stores": {"book": book, "positions": positions, "market": market},
+           "start": start, "end": end, "backend": backend, "scheduler": scheduler,
+           "memory_limit": memory_limit, "on_bad_rows": on_bad_rows}
+    raw = {k: v for k, v in raw.items() if v is not None}
+    settings = {k: v for k, v in settings.items() if v is not None or k in keep_none}
+    if settings:
+        raw[family] = settings
+    try:
+        cfg = WorkflowConfig.model_validate(raw)
+    except ValidationError as exc:
+        _fail(ValueError(f"invalid options:\n{exc}"))
+    _run_config(cfg, as_json)
+
+
+# options shared by the family commands
+BOOK = typer.Option(None, help="book store")
+POSITIONS = typer.Option(None, help="positions store")
+MARKET = typer.Option(None, help="market store")
+OUT = typer.Option(..., "--out", help="results store (days already complete are skipped)")
+START = typer.Option(None, help="first as-of date (default: the first day)")
+END = typer.Option(None, help="last as-of date (default: the last day)")
+REPORT = typer.Option(None, help="also write the HTML report here")
+BACKEND = typer.Option("auto", help="auto|cpu|gpu")
+SCHEDULER = typer.Option("local", help="sync|threads|local|ADDRESS")
+MEMORY = typer.Option(None, help="per-worker memory limit, e.g. 4GB")
+BAD_ROWS = typer.Option("raise", help="raise|flag")
+JSON = typer.Option(False, "--json", help="print a JSON summary on stdout")
+
+
+@app.command()
+def imbalance(
+    book: Path = BOOK, out: Path = OUT, start: Optional[str] = START, end: Optional[str] = END,
+    bucket: Optional[str] = typer.Option(None, help="bucket length, e.g. 1s, 10s, 1min (default 1s)"),
+    levels: Optional[int] = typer.Option(None, help="book levels used (default: all)"),
+    bands_bps: Optional[str] = typer.Option(None, help="band half-widths in bps, e.g. 5,10,25"),
+    report: Optional[Path] = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
+    memory_limit: Optional[str] = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
+):
+    """Imbalance grids (OFI, depth, band imbalance, microprice) per day into a results store."""
+    _family("imbalance", {"bucket": bucket, "levels": levels, "bands_bps": _floats(bands_bps)},
+            book=book, positions=None, market=None, out=out, start=start, end=end, report=report,
+            backend=backend, scheduler=scheduler, memory_limit=memory_limit, on_bad_rows=on_bad_rows,
+            as_json=as_json)
+
+
+@app.command()
+def liquidation(
+    positions: Path = POSITIONS, market: Path = MARKET, out: Path = OUT,
+    start: Optional[str] = START, end: Optional[str] = END,
+    report: Optional[Path] = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
+    memory_limit: Optional[str] = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
+):
+    """Liquidation thresholds, map and open interest per as-of date into a results store."""
+    _family("liquidation", {}, book=None, positions=positions, market=market, out=out, start=start,
+            end=end, report=report, backend=backend, scheduler=scheduler, memory_limit=memory_limit,
+            on_bad_rows=on_bad_rows, as_json=as_json)
+
+
+@app.command()
+def stress(
+    positions: Path = POSITIONS, market: Path = MARKET, out: Path = OUT,
+    start: Optional[str] = START, end: Optional[str] = END,
+    price_shocks: Optional[str] = typer.Option(None, help="e.g. -0.5:0.5:21 or -0.2,0,0.2"),
+    vol_shocks: Optional[str] = typer.Option(None, help="absolute implied-vol changes, e.g. -0.2:0.3:11"),
+    haircut_shocks: Optional[str] = typer.Option(None, help="added haircuts (instead of vol shocks)"),
+    keep_account_surfaces: bool = typer.Option(False, help="store every account's surface (large)"),
+    report: Optional[Path] = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
+    memory_limit: Optional[str] = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
+):
+    """Collateral-ratio stress surfaces, shortfall and SPAN per as-of date into a results store."""
+    settings = {"price_shocks": _floats(price_shocks), "vol_shocks": _floats(vol_shocks),
+                "haircut_shocks": _floats(haircut_shocks),
+                "keep_account_surfaces": keep_account_surfaces or None}
+    _family("stress", settings, book=None, positions=positions, market=market, out=out, start=start,
+            end=end, report=report, backend=backend, scheduler=scheduler, memory_limit=memory_limit,
+            on_bad_rows=on_bad_rows, as_json=as_json)
+
+
+@app.command()
+def cascade(
+    book: Path = BOOK, positions: Path = POSITIONS, market: Path = MARKET, out: Path = OUT,
+    start: Optional[str] = START, end: Optional[str] = END,
+    every: Optional[str] = typer.Option(None, help="a cascade at every multiple of this, e.g. 1min"),
+    initial_shocks: Optional[str] = typer.Option(None, help="e.g. -0.2,-0.1,-0.05,0.05,0.1,0.2"),
+    depth_extrapolation: Optional[str] = typer.Option(
+        None, help="relative price distance per visible depth beyond the book, or 'none' to stop there"),
+    report: Optional[Path] = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
+    memory_limit: Optional[str] = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
+):
+    """Liquidation cascades through the book per instrument x time x initial shock."""
+    settings = {"every": every, "initial_shocks": _floats(initial_shocks)}
+    if depth_extrapolation is not None:
+        settings["depth_extrapolation"] = None if depth_extrapolation.lower() == "none" else depth_extrapolation
+    _family("cascade", settings, keep_none=("depth_extrapolation",), book=book, positions=positions, market=market, out=out, start=start,
+            end=end, report=report, backend=backend, scheduler=scheduler, memory_limit=memory_limit,
+            on_bad_rows=on_bad_rows, as_json=as_json)
 
 
 import_app = typer.Typer(no_args_is_help=True, help="Import real order-book data into a book store.")

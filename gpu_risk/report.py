@@ -282,6 +282,79 @@ def _stress_section(results: xr.DataTree, days: list[str]) -> str:
     return "\n".join(parts)
 
 
+def _cascade_section(results: xr.DataTree, days: list[str]) -> str:
+    cascade_days = _days_with(results, days, "cascade")
+    if not cascade_days:
+        return ""
+    ca = xr.concat([results[d]["cascade"].to_dataset() for d in cascade_days], "time",
+                   data_vars="minimal", coords="minimal", compat="override").load()
+    shocks = ca.initial_shock.values
+    extrapolation = ca.attrs.get("depth_extrapolation", "none")
+    parts = [f"<h2>Liquidation cascades, {cascade_days[0]} to {cascade_days[-1]}</h2>",
+             f"<p>At {ca.sizes['time']:,} times, every book moved by each of {shocks.size} initial shocks; "
+             "forced sales of the positions whose liquidation price the price reaches walk the moved "
+             "book, wave after wave, until a wave closes nothing. Amplification = final move / initial "
+             f"shock (1: nobody liquidated). Depth beyond the visible levels: {html.escape(str(extrapolation))} "
+             "(see docs/methodology.md).</p>"]
+    names = [str(i) for i in ca.instrument.values]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    for inst in names:
+        amp = ca.amplification.sel(instrument=inst)
+        med = amp.median("time").values
+        for ax, side in ((axes[0], shocks < 0), (axes[1], shocks > 0)):
+            line, = ax.plot(shocks[side] * 100, med[side], marker="o", ms=3, label=inst)
+            ax.fill_between(shocks[side] * 100, amp.quantile(0.1, "time").values[side],
+                            amp.quantile(0.9, "time").values[side], color=line.get_color(), alpha=0.12)
+    for ax, title in ((axes[0], "down shocks (longs sold into the bids)"), (axes[1], "up shocks (shorts bought from the asks)")):
+        ax.axhline(1, color="grey", lw=0.8)
+        ax.set_xlabel("initial shock (%)")
+        ax.set_title(title, fontsize=10)
+    axes[0].set_ylabel("amplification (median, 10-90 % band)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    parts.append("<h3>Amplification versus initial shock</h3>" + _png(fig))
+    cols = min(2, len(names))
+    rows_n = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows_n, cols, figsize=(11, 3.0 * rows_n), squeeze=False)
+    move = (ca.final_price / ca.mid_price - 1) * 100
+    lim = float(np.nanpercentile(np.abs(move.values), 99)) if np.isfinite(move.values).any() else 1.0
+    for ax, inst in zip(axes.ravel(), names):
+        z = move.sel(instrument=inst).values.T
+        mesh = ax.pcolormesh(ca.time.values, np.arange(shocks.size), z, shading="nearest", cmap="RdBu",
+                             vmin=-lim, vmax=lim)
+        ax.set_yticks(np.arange(shocks.size)[::2], [f"{v:+.0%}" for v in shocks[::2]], fontsize=7)
+        ax.set_title(inst, fontsize=9)
+        ax.set_ylabel("initial shock", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7, rotation=30)
+        fig.colorbar(mesh, ax=ax, label="final move (%)")
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    parts.append("<h3>Final price move, time x initial shock</h3>" + _png(fig))
+    down = shocks[shocks < 0]
+    ref = float(down[np.argmin(np.abs(down + 0.05))]) if down.size else float(shocks[0])
+    at = ca.sel(initial_shock=ref)
+    rows = []
+    for inst in names:
+        a = at.sel(instrument=inst)
+        amp = a.amplification.values
+        rows.append({"instrument": inst, "median amplification": float(np.nanmedian(amp)),
+                     "max amplification": float(np.nanmax(amp)) if np.isfinite(amp).any() else np.nan,
+                     "median liquidated (USD)": float(a.liquidated_notional.median()),
+                     "visible book exhausted (share)": float(a.book_exhausted.mean()),
+                     "median rounds": float(a.rounds.median())})
+    parts.append(f"<h3>At an initial shock of {ref:+.0%}</h3>"
+                 + _table(pd.DataFrame(rows).set_index("instrument")))
+    frag = at.amplification.to_dataframe().dropna(subset=["amplification"])
+    frag = frag.sort_values("amplification", ascending=False).groupby(level="instrument", sort=False).head(3)
+    frag = frag.assign(**{"final move (%)": (at.final_price / at.mid_price - 1).to_series().loc[frag.index] * 100,
+                          "liquidated (USD)": at.liquidated_notional.to_series().loc[frag.index]})
+    frag.index = pd.Index([f"{i} {pd.Timestamp(t):%Y-%m-%d %H:%M}" for i, t in frag.index], name="instrument, time")
+    parts.append(f"<h3>Most fragile times: the 3 largest amplifications at {ref:+.0%} per instrument</h3>"
+                 + _table(frag[["amplification", "final move (%)", "liquidated (USD)"]]))
+    return "\n".join(parts)
+
+
 def write_report(results_path, out_path, *, title: str = "gpu_risk report", meta: dict | None = None) -> Path:
     """Write the HTML report of every complete day in ``results_path``; returns its path."""
     out_path = Path(out_path)
@@ -298,6 +371,7 @@ def write_report(results_path, out_path, *, title: str = "gpu_risk report", meta
         body.append(_imbalance_section(results, days))
         body.append(_liquidation_section(results, days))
         body.append(_stress_section(results, days))
+        body.append(_cascade_section(results, days))
     else:
         body.append("<p>No complete day in the results store yet.</p>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

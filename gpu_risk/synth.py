@@ -68,9 +68,9 @@ UNDERLYINGS = {u.name: u for u in (
 STABLES = {"USDT": 0.0, "USDC": 0.0}  # haircut; beta 0
 
 CATALOG = [
-    Instrument("BTCUSDT", "BTC", "linear", 0.1, 4.0, 0.58, "btc"),
+    Instrument("BTCUSDT", "BTC", "linear", 0.1, 15.0, 0.58, "btc"),
     Instrument("ETHUSDT", "ETH", "linear", 0.01, 60.0, 0.61, "eth"),
-    Instrument("SOLUSDT", "SOL", "linear", 0.01, 900.0, 0.70, "alt"),
+    Instrument("SOLUSDT", "SOL", "linear", 0.01, 450.0, 0.70, "alt"),
     Instrument("BTCUSD_PERP", "BTC", "inverse", 0.1, 200_000.0, 0.55, "btc"),
     Instrument("XRPUSDT", "XRP", "linear", 0.0001, 150_000.0, 0.66, "alt"),
     Instrument("DOGEUSDT", "DOGE", "linear", 0.00001, 500_000.0, 0.72, "alt"),

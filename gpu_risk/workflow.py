@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from . import store
 from .backend import choose_backend, to_backend
+from .cascade import cascade
 from .cluster import dask_scheduler
 from .imbalance import imbalance_grid
 from .liquidation import liquidation
@@ -28,10 +29,10 @@ from .summary import book_summary, positions_summary
 
 log = logging.getLogger("gpu_risk")
 
-AVAILABLE_FAMILIES = ("summary", "imbalance", "liquidation", "stress")
-PLANNED_FAMILIES = ("cascade",)
+AVAILABLE_FAMILIES = ("summary", "imbalance", "liquidation", "stress", "cascade")
+PLANNED_FAMILIES: tuple[str, ...] = ()
 RESULT_CHUNKS = {"imbalance": {"instrument": 1, "time": 65_536}, "liquidation": {"account": 262_144},
-                 "stress": {"account": 262_144}}
+                 "stress": {"account": 262_144}, "cascade": {"instrument": 1, "time": 4096}}
 
 
 class StressConfig(BaseModel):
@@ -61,11 +62,31 @@ class ImbalanceConfig(BaseModel):
     bands_bps: list[float] = [5, 10, 25, 50, 100]
 
 
-class Stores(BaseModel):
+class CascadeConfig(BaseModel):
+    """Cascades at every ``every`` of each day, for each initial shock."""
+
     model_config = ConfigDict(extra="forbid")
-    book: Path
-    positions: Path
-    market: Path
+    every: str = "1min"
+    initial_shocks: list[float] = [-0.2, -0.15, -0.1, -0.07, -0.05, -0.03, -0.02, -0.01,
+                                   0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2]
+    # the visible levels of a crypto book span basis points: without extrapolation every
+    # cascade stops at the deepest level. 0.002: each further 0.2 % of price holds the
+    # visible side's size again (see docs/methodology.md, "Liquidation cascades")
+    depth_extrapolation: float | None = 0.002
+
+
+class Stores(BaseModel):
+    """The input stores; a family that needs one that is not given is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+    book: Path | None = None
+    positions: Path | None = None
+    market: Path | None = None
+
+
+NEEDS = {"summary": ("book", "positions", "market"), "imbalance": ("book",),
+         "liquidation": ("positions", "market"), "stress": ("positions", "market"),
+         "cascade": ("book", "positions", "market")}
 
 
 class WorkflowConfig(BaseModel):
@@ -80,6 +101,7 @@ class WorkflowConfig(BaseModel):
     families: list[str] = ["summary"]
     imbalance: ImbalanceConfig = ImbalanceConfig()
     stress: StressConfig = StressConfig()
+    cascade: CascadeConfig = CascadeConfig()
     output: Path
     report: Path | None = None
     backend: Literal["auto", "cpu", "gpu"] = "auto"
@@ -98,6 +120,14 @@ class WorkflowConfig(BaseModel):
         if not families:
             raise ValueError("at least one family")
         return families
+
+    @model_validator(mode="after")
+    def _stores_for_families(self):
+        for family in self.families:
+            missing = [k for k in NEEDS[family] if getattr(self.stores, k) is None]
+            if missing:
+                raise ValueError(f"family {family!r} needs the {' and '.join(missing)} store(s)")
+        return self
 
     @model_validator(mode="after")
     def _dates_or_range(self):
@@ -120,22 +150,28 @@ def as_of_dates(cfg: WorkflowConfig) -> list[str]:
     """The dates to run: explicit, or every book day in [start, end] (all instruments)."""
     if cfg.dates is not None:
         return sorted(store.day_key(d) for d in cfg.dates)
-    days = sorted(set().union(*store.book_days(cfg.stores.book).values()))
+    if cfg.stores.book is not None:
+        days = sorted(set().union(*store.book_days(cfg.stores.book).values()))
+    else:
+        days = store.positions_dates(cfg.stores.positions)
     return [d for d in days if (cfg.start is None or d >= store.day_key(cfg.start))
             and (cfg.end is None or d <= store.day_key(cfg.end))]
 
 
 def compute_day(cfg: WorkflowConfig, date: str, backend: str) -> dict:
     """Every requested family for one as-of date (datasets in host memory)."""
-    market = store.open_market(cfg.stores.market, date)
-    positions = store.open_positions(cfg.stores.positions, date, market=market,
-                                     on_bad_rows=cfg.on_bad_rows)
-    instruments = [i for i, days in store.book_days(cfg.stores.book).items() if date in days]
-    book = store.open_book(cfg.stores.book, instruments, start=date, end=date,
-                           on_bad_rows=cfg.on_bad_rows)
-    host_positions = positions  # liquidation stays on the host until its CUDA kernel has run on a device
-    positions = to_backend(positions, backend)
-    book = book.map_over_datasets(lambda ds: to_backend(ds, backend))
+    needs = {k for f in cfg.families for k in NEEDS[f]}
+    if "positions" in needs:
+        market = store.open_market(cfg.stores.market, date)
+        positions = store.open_positions(cfg.stores.positions, date, market=market,
+                                         on_bad_rows=cfg.on_bad_rows)
+        host_positions = positions  # liquidation stays on the host until its CUDA kernel has run on a device
+        positions = to_backend(positions, backend)
+    if "book" in needs:
+        instruments = [i for i, days in store.book_days(cfg.stores.book).items() if date in days]
+        book = store.open_book(cfg.stores.book, instruments, start=date, end=date,
+                               on_bad_rows=cfg.on_bad_rows)
+        book = book.map_over_datasets(lambda ds: to_backend(ds, backend))
     results = {}
     if "imbalance" in cfg.families:
         results["imbalance"] = day_imbalance_grid(cfg, date, instruments, book, backend)
@@ -143,6 +179,8 @@ def compute_day(cfg: WorkflowConfig, date: str, backend: str) -> dict:
         results["liquidation"] = liquidation(host_positions, market, validate=False)
     if "stress" in cfg.families:
         results["stress"] = day_stress(cfg, host_positions, market)
+    if "cascade" in cfg.families:
+        results["cascade"] = day_cascade(cfg, book, host_positions, market, results.get("liquidation"))
     if "summary" in cfg.families:
         results["book_summary"] = book_summary(book)
         results["positions_summary"] = positions_summary(positions, market)
@@ -193,6 +231,16 @@ def day_stress(cfg: WorkflowConfig, positions: xr.Dataset, market: xr.Dataset) -
     return surface
 
 
+def day_cascade(cfg: WorkflowConfig, book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset,
+                liquidation_result: xr.Dataset | None) -> xr.Dataset:
+    """The day's cascades on every perpetual that has a book (options have none)."""
+    kinds = dict(zip(market["instrument"].values.astype(str), market["kind"].values.astype(str)))
+    names = [n for n in book.children if kinds.get(n) in ("linear", "inverse")]
+    c = cfg.cascade
+    return cascade(book, positions, market, c.every, c.initial_shocks, liquidation=liquidation_result,
+                   depth_extrapolation=c.depth_extrapolation, instruments=names, validate=False)
+
+
 def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] | None = None) -> dict:
     """Run the batch; returns a summary (days computed and skipped, timings, paths)."""
     emit = on_event or (lambda event, info: None)
@@ -200,7 +248,7 @@ def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] |
     emit("backend", {"backend": backend, "why": why})
     dates = as_of_dates(cfg)
     if not dates:
-        raise ValueError(f"no as-of date to run in {cfg.stores.book}")
+        raise ValueError(f"no as-of date to run in {cfg.stores.book or cfg.stores.positions}")
     done = set(store.results_days(cfg.output))
     todo = [d for d in dates if d not in done]
     emit("plan", {"dates": dates, "skipped": [d for d in dates if d in done], "todo": todo})

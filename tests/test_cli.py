@@ -34,6 +34,40 @@ def test_synth_validate_and_bad_store_exit_codes(tmp_path):
 
 def test_run_rejects_an_invalid_workflow(tmp_path):
     wf = tmp_path / "w.yaml"
-    wf.write_text("name: x\nstores: {book: a, positions: b, market: c}\noutput: o\nfamilies: [cascade]\n")
+    wf.write_text("name: x\nstores: {book: a, positions: b, market: c}\noutput: o\nfamilies: [risk]\n")
     bad = cli("run", wf, check=False)
-    assert bad.returncode == 2 and "not implemented yet" in bad.stderr
+    assert bad.returncode == 2 and "unknown family" in bad.stderr
+
+
+def test_family_commands_write_what_the_api_computes(tiny_dataset, tmp_path):
+    """`gpu-risk imbalance|liquidation|stress|cascade` write a results store whose day equals
+    the public function on the same inputs."""
+    import numpy as np
+    import xarray as xr
+
+    from gpu_risk import cascade, liquidation, store
+
+    d = tiny_dataset
+    day = d["days"][0]
+    stores = ["--book", d["book"], "--positions", d["positions"], "--market", d["market"]]
+    common = ["--start", day, "--end", day, "--scheduler", "sync", "--backend", "cpu", "--json"]
+    runs = {"imbalance": ["--book", d["book"], "--bucket", "1min", "--bands-bps", "5,25"],
+            "liquidation": stores[2:],
+            "stress": [*stores[2:], "--price-shocks=-0.2:0.2:5", "--haircut-shocks", "0,0.1"],
+            "cascade": [*stores, "--every", "15min", "--initial-shocks=-0.1,-0.02,0.05"]}
+    for family, args in runs.items():
+        out = cli(family, *args, "--out", tmp_path / f"{family}.zarr", *common)
+        assert json.loads(out.stdout)["computed"] == [day], out.stderr
+    res = {f: store.open_results(tmp_path / f"{f}.zarr")[day][f].to_dataset().load() for f in runs}
+    assert res["imbalance"].sizes["band"] == 2 and res["stress"].sizes["haircut_shock"] == 2
+    mkt = store.open_market(d["market"], day)
+    pos = store.open_positions(d["positions"], day, market=mkt)
+    book = store.open_book(d["book"], start=day, end=day)
+    liq = liquidation(pos, mkt).compute()
+    xr.testing.assert_identical(res["liquidation"].drop_attrs(), liq.drop_attrs())
+    expected = cascade(book, pos, mkt, "15min", [-0.1, -0.02, 0.05], liquidation=liq,
+                       depth_extrapolation=0.002).compute()
+    xr.testing.assert_identical(res["cascade"].drop_attrs(), expected.drop_attrs())
+    assert np.isfinite(res["cascade"].final_price).all()
+    bad = cli("liquidation", "--positions", d["positions"], "--out", tmp_path / "x.zarr", check=False)
+    assert bad.returncode == 2 and "needs the market store" in " ".join(bad.stderr.split())

@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def write_config(tmp_path, data, **overrides) -> Path:
     cfg = {"name": "test", "stores": {k: data[k] for k in ("book", "positions", "market")},
-           "families": ["summary", "imbalance", "liquidation", "stress"], "imbalance": {"bucket": "10s"},
+           "families": ["summary", "imbalance", "liquidation", "stress", "cascade"], "imbalance": {"bucket": "10s"},
            "stress": {"price_shocks": [-0.3, 0.0, 0.3], "vol_shocks": [0.0, 0.1]},
+           "cascade": {"every": "30min", "initial_shocks": [-0.1, -0.02, 0.02, 0.1]},
            "output": str(tmp_path / "results.zarr"),
            "report": str(tmp_path / "report.html"), "scheduler": "sync", "backend": "cpu"}
     cfg.update(overrides)
@@ -55,8 +56,8 @@ def reference(tiny_dataset, tmp_path_factory):
 
 def test_config_is_validated(tiny_dataset, tmp_path):
     base = yaml.safe_load(write_config(tmp_path, tiny_dataset).read_text())
-    for bad, match in (({"families": ["cascade"]}, "not implemented yet"),
-                       ({"families": ["risk"]}, "unknown family"),
+    for bad, match in (({"families": ["risk"]}, "unknown family"),
+                       ({"cascade": {"depth_extrapolation": "deep"}}, "depth_extrapolation"),
                        ({"scheduler": "sync", "typo": 1}, "Extra inputs"),
                        ({"dates": ["2026-01-05"], "start": "2026-01-05"}, "either dates or start"),
                        ({"backend": "tpu"}, "backend"),
@@ -73,6 +74,7 @@ def test_report_and_rerun_skips_complete_days(reference, tiny_dataset, tmp_path)
     for inst in tiny_dataset["instruments"]:
         assert inst in page
     assert "Open interest by instrument" in page and "data:image/png;base64" in page
+    assert "Liquidation cascades" in page and "Most fragile times" in page
     assert "Imbalance grids" in page and "Mid-price change on level-1 OFI" in page
     assert "Liquidation thresholds" in page and "Accounts closest to liquidation" in page
     assert "Stress surfaces" in page and "Worst scenario" in page and "Shortfall change since" in page
