@@ -15,7 +15,7 @@ import xarray as xr
 
 from .backend import is_cupy
 from .kernels.liquidation import INVERSE, LINEAR, OPTION, liquidation_cpu, liquidation_gpu
-from .model import notional_at_price
+from .model import in_market_order, notional_at_price
 from .schema import as_str
 from .summary import open_interest
 from .validate import validate_market, validate_positions
@@ -102,7 +102,7 @@ def liquidation(positions: xr.Dataset, market: xr.Dataset, *, map_bins: Sequence
         positions = validate_positions(positions, market) if "qc_row_excluded" not in positions else positions
     instruments = market["instrument"].values
     assets = market["asset"].values
-    pos = positions.reindex(instrument=instruments, asset=assets, fill_value=0.0)
+    pos = in_market_order(positions, market)
     m = market_arrays(market, as_of)
     lazy = isinstance(pos["position"].data, da.Array)
 

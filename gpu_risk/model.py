@@ -34,3 +34,13 @@ def notional_at_price(quantity, price, market: xr.Dataset):
     kind = as_str(market["kind"].values)
     per_unit_of_mark = unit_notional(market).values / market["mark_price"].values.astype(float)
     return np.where(kind == "inverse", np.abs(quantity), np.abs(quantity) * price * per_unit_of_mark)
+
+
+def in_market_order(positions: xr.Dataset, market: xr.Dataset) -> xr.Dataset:
+    """Positions on the market's instrument and asset axes (missing ones hold nothing); no
+    copy when they already are."""
+    instruments, assets = market["instrument"].values, market["asset"].values
+    if (np.array_equal(positions["instrument"].values, instruments)
+            and np.array_equal(positions["asset"].values, assets)):
+        return positions
+    return positions.reindex(instrument=instruments, asset=assets, fill_value=0.0)

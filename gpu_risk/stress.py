@@ -4,24 +4,48 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .kernels.stress import span_cpu, stress_cpu
+from .backend import is_cupy
+from .kernels.stress import span_cpu, stress_cpu, stress_gpu
 from .liquidation import MARKET_ORDER, market_arrays
+from .model import in_market_order
 from .validate import validate_market, validate_positions
 
+AGGREGATE_CHUNK = 32_768  # accounts per aggregate task: small inputs, many tasks for the cores
 
-def _block(balance, position, entry, iso_margin, isolated, exclude, m, price_shocks, second, is_vol):
-    isolated, exclude = np.asarray(isolated).ravel(), np.asarray(exclude, dtype=bool).ravel()
-    out = np.empty((position.shape[0], price_shocks.size, second.size, 2))
-    stress_cpu(np.ascontiguousarray(balance, np.float64), np.ascontiguousarray(position, np.float64),
-               np.ascontiguousarray(entry, np.float64), np.ascontiguousarray(iso_margin, np.float64),
-               np.ascontiguousarray(isolated, np.bool_), *(m[k] for k in MARKET_ORDER), price_shocks,
-               second, is_vol, out)
-    out[exclude] = np.nan  # qc-flagged accounts are left out of the surfaces
-    return out
+
+def _host_inputs(balance, position, entry, iso_margin, isolated, exclude):
+    f64 = lambda x: np.ascontiguousarray(x, np.float64)  # noqa: E731
+    return (f64(balance), f64(position), f64(entry), f64(iso_margin),
+            np.ascontiguousarray(np.asarray(isolated).ravel(), np.bool_),
+            np.ascontiguousarray(np.asarray(exclude).ravel(), np.bool_))
+
+
+def _run(inputs, m, price_shocks, second, is_vol, keep_surface):
+    """The kernel on one account chunk: (totals (S, K, 2), worst (A,), surface or None)."""
+    n_acc = inputs[0].shape[0]
+    if is_cupy(inputs[0]):
+        return stress_gpu(*inputs, m, price_shocks, second, is_vol, keep_surface)
+    inputs = _host_inputs(*inputs)
+    totals = np.zeros((price_shocks.size, second.size, 2))
+    worst = np.empty(n_acc)
+    surface = np.empty((n_acc, price_shocks.size, second.size) if keep_surface else (0, 0, 0))
+    stress_cpu(*inputs, *(m[k] for k in MARKET_ORDER), price_shocks, second, is_vol, surface, totals, worst)
+    return totals, worst, surface if keep_surface else None
+
+
+def _aggregate_block(*inputs, m, price_shocks, second, is_vol):
+    totals, worst, _ = _run(inputs, m, price_shocks, second, is_vol, False)
+    return totals, worst
+
+
+def _surface_block(balance, position, entry, iso_margin, isolated, exclude, *, m, price_shocks, second, is_vol):
+    return _run((balance, position, entry, iso_margin, isolated, exclude), m, price_shocks, second, is_vol,
+                True)[2]
 
 
 def _span_block(position, entry, exclude, m, scan, vol_scan, multiple, cover):
@@ -52,7 +76,7 @@ def stress_surface(positions: xr.Dataset, market: xr.Dataset, price_shocks: Sequ
                    vol_shocks: Sequence[float] | None = None, haircut_shocks: Sequence[float] | None = None,
                    span_scan_range: float | dict = 0.15, span_vol_range: float | dict = 0.10,
                    span_extreme_multiple: float = 2.0, span_cover: float = 0.35,
-                   as_of=None, validate: bool = True) -> xr.Dataset:
+                   as_of=None, validate: bool = True, aggregate_chunk: int = AGGREGATE_CHUNK) -> xr.Dataset:
     """Every account's collateral ratio over price shocks x (vol or haircut) shocks.
 
     Parameters
@@ -66,11 +90,14 @@ def stress_surface(positions: xr.Dataset, market: xr.Dataset, price_shocks: Sequ
         vol scan range (absolute vol), a scalar or a mapping instrument -> value.
     span_extreme_multiple, span_cover : the extreme scenarios move 2 scan ranges and count
         35 % of their loss (CME's defaults).
+    aggregate_chunk : accounts per task for the aggregates and SPAN (results do not depend
+        on it).
 
     Returns ``collateral_ratio`` (account, price_shock, vol_shock|haircut_shock) [1],
     ``accounts_liquidated`` (price_shock, second) [1], ``shortfall`` (price_shock,
     second) [USD]: the sum over accounts of max(0, -N), N the account's value at full
-    prices without haircuts or margin, and ``span_requirement`` (account) [USD]: the worst
+    prices without haircuts or margin, ``worst_collateral_ratio`` (account) [1]: the lowest
+    ratio over the grid, and ``span_requirement`` (account) [USD]: the worst
     loss of the account's positions over the 16 CME SPAN scenarios. Lazy where the
     positions are.
     """
@@ -91,46 +118,61 @@ def stress_surface(positions: xr.Dataset, market: xr.Dataset, price_shocks: Sequ
         validate_market(market)
         if "qc_row_excluded" not in positions:
             positions = validate_positions(positions, market)
-    pos = positions.reindex(instrument=market["instrument"].values, asset=market["asset"].values,
-                            fill_value=0.0)
+    pos = in_market_order(positions, market)
     m = market_arrays(market, as_of)
     lazy = isinstance(pos["position"].data, da.Array)
 
     def arr(x):
         return x if isinstance(x, da.Array) else da.from_array(np.asarray(x))
 
-    # account chunks small enough that a block's (accounts x scenarios x 2) output stays
-    # near 128 MB: memory is bounded by the chunk, not by the number of accounts
-    per_account = shocks.size * second.size * 2 * 8
-    target = max(1, min(pos.sizes["account"], (128 << 20) // per_account))
-    balance = arr(pos["balance"].data).rechunk({0: target, 1: -1})
-    chunks = balance.chunks[0]
-    rest = [arr(pos[n].data).rechunk((chunks, -1)) for n in ("position", "entry_price", "isolated_margin")]
-    isolated = arr((pos["margin_mode"] == "isolated").data).rechunk((chunks,))
     exclude = positions["qc_row_excluded"].data if "qc_row_excluded" in positions else np.zeros(pos.sizes["account"], bool)
-    exclude = arr(exclude).rechunk((chunks,))
-    packed = da.map_blocks(_block, balance, *rest, isolated[:, None], exclude[:, None], m=m,
-                           price_shocks=shocks, second=second, is_vol=is_vol, dtype=np.float64,
-                           new_axis=[2, 3], chunks=(chunks, (shocks.size,), (second.size,), (2,)))
+
+    def inputs(target):
+        balance = arr(pos["balance"].data).rechunk({0: target, 1: -1})
+        chunks = balance.chunks[0]
+        rest = [arr(pos[n].data).rechunk((chunks, -1)) for n in ("position", "entry_price", "isolated_margin")]
+        isolated = arr((pos["margin_mode"] == "isolated").data).rechunk((chunks,))
+        return [balance, *rest, isolated, arr(exclude).rechunk((chunks,))], chunks
+
+    n_acc = pos.sizes["account"]
+    kw = {"m": m, "price_shocks": shocks, "second": second, "is_vol": is_vol}
+    # the aggregates: per-chunk partial totals (price_shock, second, 2) summed by Dask, and
+    # each account's worst ratio; nothing of size accounts x scenarios is materialised
+    arrays, chunks = inputs(max(1, min(n_acc, aggregate_chunk)))
+    blocks = [x.to_delayed().ravel() for x in arrays]
+    run = dask.delayed(_aggregate_block, pure=True, nout=2)
+    parts = [run(*(b[i] for b in blocks), **kw) for i in range(len(chunks))]
+    totals = da.stack([da.from_delayed(p[0], shape=(shocks.size, second.size, 2), dtype=np.float64)
+                       for p in parts]).sum(axis=0)
+    worst = da.concatenate([da.from_delayed(p[1], shape=(n,), dtype=np.float64) for p, n in zip(parts, chunks)])
+    # the account surfaces, only if asked for: chunks small enough that a block's output
+    # (accounts x scenarios) stays near 128 MB
+    per_account = shocks.size * second.size * 8
+    arrays, chunks = inputs(max(1, min(n_acc, (128 << 20) // per_account)))
+    surface = da.map_blocks(_surface_block, *arrays[:4], arrays[4][:, None], arrays[5][:, None], **kw,
+                            dtype=np.float64, new_axis=[2], chunks=(chunks, (shocks.size,), (second.size,)),
+                            meta=np.empty((0, 0, 0)))
     dims = ("account", "price_shock", second_name)
     coords = {"account": pos["account"].values, "price_shock": shocks, second_name: second}
-    ratio = xr.DataArray(packed[..., 0], dims=dims, coords=coords,
-                         attrs={"units": "1", "long_name": "collateral ratio C/R under the scenario"})
-    value = xr.DataArray(packed[..., 1], dims=dims, coords=coords)
+    grid = ("price_shock", second_name)
     out = xr.Dataset({
-        "collateral_ratio": ratio,
-        "accounts_liquidated": (ratio < 1).sum("account").astype(np.int64).assign_attrs(
-            units="1", long_name="accounts with collateral ratio < 1"),
-        "shortfall": (-value).clip(min=0).sum("account").assign_attrs(
-            units="USD", long_name="bad debt: sum over accounts of max(0, -N) at full value"),
-    })
+        "collateral_ratio": xr.DataArray(surface, dims=dims, coords=coords, attrs={
+            "units": "1", "long_name": "collateral ratio C/R under the scenario"}),
+        "accounts_liquidated": xr.DataArray(totals[..., 0].astype(np.int64), dims=grid, attrs={
+            "units": "1", "long_name": "accounts with collateral ratio < 1"}),
+        "shortfall": xr.DataArray(totals[..., 1], dims=grid, attrs={
+            "units": "USD", "long_name": "bad debt: sum over accounts of max(0, -N) at full value"}),
+        "worst_collateral_ratio": xr.DataArray(worst, dims="account", attrs={
+            "units": "1", "long_name": "lowest collateral ratio over the scenario grid"}),
+    }, coords=coords)
     scan = _per_instrument(span_scan_range, market, "span_scan_range")
     vol_scan = _per_instrument(span_vol_range, market, "span_vol_range")
     if (scan * max(float(span_extreme_multiple), 1.0) >= 1).any():
         raise ValueError("span_scan_range x span_extreme_multiple must stay below 1 (prices > 0)")
     if np.ptp(vol_scan) > 0:
         raise ValueError("span_vol_range must be the same for every instrument (one vol move per scenario)")
-    span = da.map_blocks(_span_block, rest[0], rest[1], exclude[:, None], m=m, scan=scan,
+    arrays, chunks = inputs(max(1, min(n_acc, aggregate_chunk)))
+    span = da.map_blocks(_span_block, arrays[1], arrays[2], arrays[5][:, None], m=m, scan=scan,
                          vol_scan=float(vol_scan[0]), multiple=float(span_extreme_multiple),
                          cover=float(span_cover), dtype=np.float64, drop_axis=1, chunks=(chunks,))
     out["span_requirement"] = xr.DataArray(span, dims="account", coords={"account": pos["account"].values},

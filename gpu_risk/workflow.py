@@ -223,9 +223,6 @@ def day_stress(cfg: WorkflowConfig, positions: xr.Dataset, market: xr.Dataset) -
     surface = stress_surface(positions, market, c.price_shocks, vol_shocks=c.vol_shocks,
                              haircut_shocks=c.haircut_shocks, span_scan_range=c.span_scan_range,
                              span_vol_range=c.span_vol_range, validate=False)
-    second = [d for d in surface["collateral_ratio"].dims if d not in ("account", "price_shock")]
-    surface["worst_collateral_ratio"] = surface["collateral_ratio"].min(("price_shock", *second)).assign_attrs(
-        units="1", long_name="lowest collateral ratio over the scenario grid")
     if not c.keep_account_surfaces:
         surface = surface.drop_vars("collateral_ratio")
     return surface

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._compile import cpu_kernel
+from ._compile import cpu_inline, cpu_kernel
 from .pricing import black76_price
 
 LINEAR, INVERSE, OPTION = 0, 1, 2
@@ -46,40 +46,48 @@ MAX_KINKS = 512
 OPTION_STEPS = 64  # sub-steps per piece where an option makes C - R curved
 
 
-@cpu_kernel
+@cpu_inline
 def maintenance(notional, floor, mmr, amount, i):
-    """|notional| mmr - amount in the bracket with the largest floor <= |notional|."""
+    """|notional| mmr - amount in the bracket with the largest floor <= |notional|. Floors
+    are increasing with unused (NaN) brackets last (``validate_market``), so the scan stops
+    at the first floor above the notional."""
     k_best = 0
-    for k in range(floor.shape[1]):
+    for k in range(1, floor.shape[1]):
         f = floor[i, k]
-        if f == f and f <= notional:
-            k_best = k
+        if not f <= notional:  # above the notional, or NaN: no later bracket applies
+            break
+        k_best = k
     return notional * mmr[i, k_best] - amount[i, k_best]
 
 
-@cpu_kernel
+@cpu_inline
+def instrument_terms(q, entry_price, k, mark_now, coin, strike_i, years_i, vol_i, call_i, floor, mmr,
+                     amount, i, with_margin):
+    """The one place the position formulas live: (value in USD, maintenance margin in USD,
+    USD per unit of isolated margin) of q contracts of instrument i (kind k) entered at
+    ``entry_price``, at mark ``mark_now`` with its underlying (coin) at ``coin``. Value is
+    PnL for perpetuals (linear q (m - e); inverse q (1/e - 1/m) in coin at the coin's price)
+    and the Black-76 value (forward = the underlying's price) for options, which carry no
+    maintenance margin. ``with_margin=False`` skips the bracket lookup."""
+    if k == LINEAR:
+        mm = maintenance(abs(q) * mark_now, floor, mmr, amount, i) if with_margin else 0.0
+        return q * (mark_now - entry_price), mm, 1.0
+    if k == INVERSE:
+        mm = maintenance(abs(q), floor, mmr, amount, i) if with_margin else 0.0
+        return q * (1.0 / entry_price - 1.0 / mark_now) * coin, mm, coin
+    return q * black76_price(coin, strike_i, years_i, vol_i, call_i, 0.0), 0.0, 1.0
+
+
+@cpu_inline
 def position_terms(a, i, t, t0, asset_w, mark_w, position, entry, price, kind, underlying, mark,
                    strike, years, vol, is_call, floor, mmr, amount, with_margin=True):
-    """The one place the position formulas live: (value in USD, maintenance margin in USD,
-    USD per unit of isolated margin) of account a's position in instrument i at t. Value is
-    PnL for perpetuals (linear q (m - e); inverse q (1/e - 1/m) in coin at the coin's
-    price) and the Black-76 value for options (no maintenance margin). ``with_margin=False``
-    skips the bracket lookup (full-value uses)."""
-    q = position[a, i]
+    """``instrument_terms`` of account a's position in instrument i along the path at t: the
+    mark at ``mark (1 + mark_w (t - t0))``, the underlying at ``price (1 + asset_w (t - t0))``."""
     u = underlying[i]
-    f_u = 1.0 + asset_w[u] * (t - t0)
-    k = kind[i]
-    if k == LINEAR:
-        m = mark[i] * (1.0 + mark_w[i] * (t - t0))
-        mm = maintenance(abs(q) * m, floor, mmr, amount, i) if with_margin else 0.0
-        return q * (m - entry[a, i]), mm, 1.0
-    if k == INVERSE:
-        m = mark[i] * (1.0 + mark_w[i] * (t - t0))
-        coin = price[u] * f_u
-        mm = maintenance(abs(q), floor, mmr, amount, i) if with_margin else 0.0
-        return q * (1.0 / entry[a, i] - 1.0 / m) * coin, mm, coin
-    forward = price[u] * f_u
-    return q * black76_price(forward, strike[i], years[i], vol[i], is_call[i], 0.0), 0.0, 1.0
+    mark_now = mark[i] * (1.0 + mark_w[i] * (t - t0))
+    coin = price[u] * (1.0 + asset_w[u] * (t - t0))
+    return instrument_terms(position[a, i], entry[a, i], kind[i], mark_now, coin, strike[i], years[i], vol[i],
+                            is_call[i], floor, mmr, amount, i, with_margin)
 
 
 @cpu_kernel
@@ -356,10 +364,11 @@ __device__ double black76(double f, double k, double t, double vol, bool call) {
 }
 
 __device__ double maintenance(const Model& m, double notional, int i) {
-    int best = 0;
-    for (int k = 0; k < m.n_brackets; ++k) {
+    int best = 0;  // floors increase, unused (NaN) brackets last: stop at the first above
+    for (int k = 1; k < m.n_brackets; ++k) {
         double f = m.floor[i * m.n_brackets + k];
-        if (f == f && f <= notional) best = k;
+        if (!(f <= notional)) break;
+        best = k;
     }
     return notional * m.mmr[i * m.n_brackets + best] - m.amount[i * m.n_brackets + best];
 }

@@ -13,15 +13,15 @@ import math
 
 import numpy as np
 
-from ._compile import cpu_kernel
+from ._compile import cpu_inline, cpu_kernel
 
 
-@cpu_kernel
+@cpu_inline
 def _norm_cdf(x):
     return 0.5 * math.erfc(-x / math.sqrt(2.0))
 
 
-@cpu_kernel
+@cpu_inline
 def black76_price(forward, strike, years, vol, is_call, rate=0.0):
     """Black-76 value of one option (per unit of underlying, quote currency)."""
     if years <= 0.0 or vol <= 0.0:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._compile import cpu_kernel
-from .liquidation import INVERSE, _part_index, part_margin, position_terms
+from ._compile import cpu_inline, cpu_kernel
+from .liquidation import INVERSE, OPTION, instrument_terms, position_terms
 
 
 @cpu_kernel
@@ -41,78 +41,268 @@ def full_value(a, t, asset_w, mark_w, balance, position, entry, iso_margin, pric
 
 
 @cpu_kernel
-def stress_cpu(balance, position, entry, iso_margin, isolated, price, haircut, beta, kind, underlying,
-               mark, strike, years, vol, is_call, floor, mmr, amount, price_shocks, second,
-               second_is_vol, out):
-    """out[a, j, k, 0] = collateral ratio, out[a, j, k, 1] = full value N under price shock
-    price_shocks[j] and second-axis value second[k]."""
+def _second_axis_tables(haircut, vol, beta, second, second_is_vol):
+    """The second axis as shocked haircut (K, S) and vol (K, I) tables, built once."""
+    n_second = second.shape[0]
+    haircuts = np.empty((n_second, haircut.shape[0]))
+    vols = np.empty((n_second, vol.shape[0]))
+    for k in range(n_second):
+        for s_i in range(haircut.shape[0]):
+            haircuts[k, s_i] = haircut[s_i]
+            if not second_is_vol and beta[s_i] != 0.0:
+                haircuts[k, s_i] = min(haircut[s_i] + second[k], 1.0)
+        for i in range(vol.shape[0]):
+            vols[k, i] = max(vol[i] + second[k], 0.0) if second_is_vol else vol[i]
+    return haircuts, vols
+
+
+@cpu_inline
+def _record(a, j, k, ratio, value, surface, totals, worst):
+    """One scenario's result: into the surface (if kept), the chunk's totals (accounts with
+    ratio < 1; shortfall max(0, -N)) and the account's worst ratio."""
+    if surface.shape[0] > 0:
+        surface[a, j, k] = ratio
+    if ratio < 1.0:
+        totals[j, k, 0] += 1.0
+    if value < 0.0:
+        totals[j, k, 1] -= value
+    if ratio < worst[a]:
+        worst[a] = ratio
+
+
+@cpu_kernel
+def stress_cpu(balance, position, entry, iso_margin, isolated, exclude, price, haircut, beta, kind,
+               underlying, mark, strike, years, vol, is_call, floor, mmr, amount, price_shocks, second,
+               second_is_vol, surface, totals, worst):
+    """Every account of a chunk under every scenario (price_shocks[j], second[k]).
+
+    Writes ``worst[a]`` (lowest ratio over the grid; NaN for excluded accounts), adds the
+    chunk's ``totals[j, k, 0]`` (accounts with ratio < 1) and ``totals[j, k, 1]`` (shortfall,
+    sum of max(0, -N), USD), and, when ``surface`` has rows, ``surface[a, j, k]`` = the
+    ratio. Nothing of size accounts x scenarios is allocated here.
+
+    Work shared along the axes (the arithmetic per scenario is exactly ``part_margin``'s and
+    ``full_value``'s, in the same order, so results do not depend on the sharing): a cross
+    account's perpetual terms (PnL, maintenance margin) depend on the price shock only and
+    are computed once per shock; option values once per (shock, vol shift); an account
+    without options has the same ratio and value for every vol shift.
+    """
     n_acc, n_inst = position.shape
     n_assets = balance.shape[1]
+    n_shocks = price_shocks.shape[0]
     n_second = second.shape[0]
     mark_w = np.empty(n_inst)
     for i in range(n_inst):
         mark_w[i] = beta[underlying[i]]
-    # the second axis as shocked haircut and vol tables, built once
-    haircuts = np.empty((n_second, n_assets))
-    vols = np.empty((n_second, n_inst))
-    for k in range(n_second):
+    haircuts, vols = _second_axis_tables(haircut, vol, beta, second, second_is_vol)
+    # accounts whose ratio and value do not depend on the second axis (no options, vol
+    # axis) are summed once per price shock here, and added to every column at the end
+    shared = np.zeros((n_shocks, 2))
+    # every price, mark and coin under every price shock, once for all accounts (the same
+    # expressions as part_margin's and full_value's, so the results are theirs to the bit)
+    price_now = np.empty((n_shocks, n_assets))
+    factor = np.empty((n_shocks, n_assets))
+    mark_now = np.empty((n_shocks, n_inst))
+    coin_now = np.empty((n_shocks, n_inst))
+    for j in range(n_shocks):
+        s = price_shocks[j]
         for s_i in range(n_assets):
-            haircuts[k, s_i] = haircut[s_i]
-            if not second_is_vol and beta[s_i] != 0.0:
-                haircuts[k, s_i] = min(haircut[s_i] + second[k], 1.0)
+            factor[j, s_i] = 1.0 + beta[s_i] * s
+            price_now[j, s_i] = price[s_i] * (1.0 + beta[s_i] * (s - 0.0))
         for i in range(n_inst):
-            vols[k, i] = max(vol[i] + second[k], 0.0) if second_is_vol else vol[i]
+            u = underlying[i]
+            mark_now[j, i] = mark[i] * (1.0 + mark_w[i] * (s - 0.0))
+            coin_now[j, i] = price[u] * (1.0 + beta[u] * (s - 0.0))
+    mark_t = np.ascontiguousarray(mark_now.T)  # (instrument, shock): the shock loop is innermost
+    coin_t = np.ascontiguousarray(coin_now.T)
+    price_t = np.ascontiguousarray(price_now.T)
+    factor_t = np.ascontiguousarray(factor.T)
+    pv = np.empty((n_inst, n_shocks))
+    pm = np.empty((n_inst, n_shocks))
+    pu = np.empty((n_inst, n_shocks))
+    c_j = np.empty(n_shocks)
+    r_j = np.empty(n_shocks)
+    value_j = np.empty(n_shocks)
+    ratio_j = np.empty(n_shocks)
+    open_idx = np.empty(n_inst, dtype=np.int64)
+    extra_idx = np.empty(n_inst, dtype=np.int64)  # empty slots with an isolated margin
+    held_idx = np.empty(n_assets, dtype=np.int64)  # assets with a balance
+    values = np.empty(n_inst)
+    margins = np.empty(n_inst)
+    units = np.empty(n_inst)
     for a in range(n_acc):
+        if exclude[a]:
+            worst[a] = np.nan
+            if surface.shape[0] > 0:
+                surface[a] = np.nan
+            continue
+        worst[a] = np.inf
         has_options = False
-        n_parts = 1
+        n_open = 0
+        n_extra = 0
         for i in range(n_inst):
             if position[a, i] != 0.0:
-                if kind[i] == 2:
+                open_idx[n_open] = i
+                n_open += 1
+                if kind[i] == OPTION:
                     has_options = True
-                if isolated[a]:
-                    n_parts += 1
-        for k in range(n_second):
-            if second_is_vol and k > 0 and not has_options:
-                for j in range(price_shocks.shape[0]):  # vol moves options only: shared
-                    out[a, j, k, 0] = out[a, j, 0, 0]
-                    out[a, j, k, 1] = out[a, j, 0, 1]
-                continue
-            hc = haircuts[k]
-            vk = vols[k]
-            for j in range(price_shocks.shape[0]):
-                s = price_shocks[j]
-                ratio = np.inf
-                for p_idx in range(n_parts):
-                    part = _part_index(a, p_idx, position, isolated)
-                    c, r = part_margin(a, part, s, 0.0, beta, mark_w, balance, position, entry,
-                                       iso_margin, isolated, price, hc, kind, underlying,
-                                       mark, strike, years, vk, is_call, floor, mmr, amount)
-                    value = c / r if r > 0.0 else np.inf
-                    if value < ratio:
-                        ratio = value
-                out[a, j, k, 0] = ratio
-                out[a, j, k, 1] = full_value(a, s, beta, mark_w, balance, position, entry, iso_margin,
-                                             price, kind, underlying, mark, strike, years, vk, is_call,
-                                             floor, mmr, amount)
-    return out
-
-
-@cpu_kernel
-def _positions_value(a, x, vols, scan, asset_w, mark_w, position, entry, price, kind, underlying, mark,
-                     strike, years, is_call, floor, mmr, amount):
-    """Value of account a's positions (``position_terms``; USD) when every instrument's
-    underlying moves by x times that instrument's own scan range, with implied vols ``vols``."""
-    total = 0.0
-    for i in range(position.shape[1]):
-        if position[a, i] == 0.0:
+            elif iso_margin[a, i] != 0.0:
+                extra_idx[n_extra] = i
+                n_extra += 1
+        n_held = 0
+        for s_i in range(n_assets):
+            if balance[a, s_i] != 0.0:
+                held_idx[n_held] = s_i
+                n_held += 1
+        one_column = second_is_vol and not has_options
+        n_columns = 1 if one_column else n_second
+        if not has_options:  # every price shock at once: the shock loop is innermost, so the
+            # shocks' independent arithmetic overlaps; each scenario's operations and their
+            # order are still part_margin's and full_value's
+            for o in range(n_open):
+                i = open_idx[o]
+                q = position[a, i]
+                entry_ai = entry[a, i]
+                k_i = kind[i]
+                for j in range(n_shocks):
+                    pv[o, j], pm[o, j], pu[o, j] = instrument_terms(q, entry_ai, k_i, mark_t[i, j], coin_t[i, j], strike[i],
+                                                                    years[i], vol[i], is_call[i], floor, mmr, amount,
+                                                                    i, True)
+            # the full value N: balances, then positions and isolated margins in slot order
+            value_j[:] = 0.0
+            for h in range(n_held):
+                s_i = held_idx[h]
+                bp = balance[a, s_i] * price[s_i]
+                for j in range(n_shocks):
+                    value_j[j] += bp * factor_t[s_i, j]
+            o = 0
+            x = 0
+            for _ in range(n_open + n_extra):
+                if x >= n_extra or (o < n_open and open_idx[o] < extra_idx[x]):
+                    iso = iso_margin[a, open_idx[o]]
+                    for j in range(n_shocks):
+                        value_j[j] += pv[o, j] + iso * pu[o, j]
+                    o += 1
+                else:
+                    i = extra_idx[x]
+                    iso = iso_margin[a, i]
+                    for j in range(n_shocks):
+                        value_j[j] += iso * (coin_t[i, j] if kind[i] == INVERSE else 1.0)
+                    x += 1
+            for k in range(n_columns):
+                c_j[:] = 0.0
+                r_j[:] = 0.0
+                for h in range(n_held):
+                    s_i = held_idx[h]
+                    b = balance[a, s_i]
+                    if b > 0.0:
+                        kept = 1.0 - haircuts[k, s_i]
+                        for j in range(n_shocks):
+                            c_j[j] += b * price_t[s_i, j] * kept
+                    else:
+                        for j in range(n_shocks):
+                            r_j[j] -= b * price_t[s_i, j]
+                if isolated[a]:  # the wallet and each isolated position are parts: the lowest wins
+                    for j in range(n_shocks):
+                        ratio_j[j] = c_j[j] / r_j[j] if r_j[j] > 0.0 else np.inf
+                    for o in range(n_open):
+                        iso = iso_margin[a, open_idx[o]]
+                        for j in range(n_shocks):
+                            part_r = pm[o, j]
+                            part_c = pv[o, j] + iso * pu[o, j]
+                            part_ratio = part_c / part_r if part_r > 0.0 else np.inf
+                            if part_ratio < ratio_j[j]:
+                                ratio_j[j] = part_ratio
+                else:
+                    for o in range(n_open):
+                        for j in range(n_shocks):
+                            c_j[j] += pv[o, j]
+                            r_j[j] += pm[o, j]
+                    for j in range(n_shocks):
+                        ratio_j[j] = c_j[j] / r_j[j] if r_j[j] > 0.0 else np.inf
+                for j in range(n_shocks):
+                    if one_column:
+                        if surface.shape[0] > 0:
+                            for kk in range(surface.shape[2]):
+                                surface[a, j, kk] = ratio_j[j]
+                        if ratio_j[j] < 1.0:
+                            shared[j, 0] += 1.0
+                        if value_j[j] < 0.0:
+                            shared[j, 1] -= value_j[j]
+                        if ratio_j[j] < worst[a]:
+                            worst[a] = ratio_j[j]
+                    else:
+                        _record(a, j, k, ratio_j[j], value_j[j], surface, totals, worst)
             continue
-        asset_w[underlying[i]] = scan[i]  # this instrument's own move, for its underlying too
-        mark_w[i] = scan[i]
-        value, _mm, _unit = position_terms(a, i, x, 0.0, asset_w, mark_w, position, entry, price, kind,
-                                           underlying, mark, strike, years, vols, is_call, floor, mmr,
-                                           amount, False)
-        total += value
-    return total
+        for j in range(n_shocks):
+            # full value of the balances (full_value's terms and order; zero balances add 0)
+            n_balances = 0.0
+            for h in range(n_held):
+                s_i = held_idx[h]
+                n_balances += balance[a, s_i] * price[s_i] * factor[j, s_i]
+            for o in range(n_open):  # perpetual terms (and options when vol is not shocked)
+                i = open_idx[o]
+                values[o], margins[o], units[o] = instrument_terms(
+                    position[a, i], entry[a, i], kind[i], mark_now[j, i], coin_now[j, i], strike[i], years[i],
+                    vol[i], is_call[i], floor, mmr, amount, i, True)
+            for k in range(1 if one_column else n_second):
+                if second_is_vol and has_options:
+                    for o in range(n_open):
+                        i = open_idx[o]
+                        if kind[i] == OPTION:
+                            values[o], margins[o], units[o] = instrument_terms(
+                                position[a, i], entry[a, i], kind[i], mark_now[j, i], coin_now[j, i], strike[i],
+                                years[i], vols[k, i], is_call[i], floor, mmr, amount, i, True)
+                c = 0.0
+                r = 0.0
+                for h in range(n_held):  # part_margin's cross account, term by term
+                    s_i = held_idx[h]
+                    b = balance[a, s_i]
+                    if b > 0.0:
+                        c += b * price_now[j, s_i] * (1.0 - haircuts[k, s_i])
+                    else:
+                        r -= b * price_now[j, s_i]
+                if isolated[a]:  # the wallet and each isolated position are parts: the lowest wins
+                    ratio = c / r if r > 0.0 else np.inf
+                    for o in range(n_open):
+                        part_r = margins[o]
+                        part_c = values[o] + iso_margin[a, open_idx[o]] * units[o]
+                        part_ratio = part_c / part_r if part_r > 0.0 else np.inf
+                        if part_ratio < ratio:
+                            ratio = part_ratio
+                else:
+                    for o in range(n_open):
+                        c += values[o]
+                        r += margins[o]
+                    ratio = c / r if r > 0.0 else np.inf
+                value = n_balances
+                o = 0
+                e = 0
+                for _ in range(n_open + n_extra):  # full_value's positions and margins, slot order
+                    if e >= n_extra or (o < n_open and open_idx[o] < extra_idx[e]):
+                        value += values[o] + iso_margin[a, open_idx[o]] * units[o]
+                        o += 1
+                    else:
+                        i = extra_idx[e]
+                        value += iso_margin[a, i] * (coin_now[j, i] if kind[i] == INVERSE else 1.0)
+                        e += 1
+                if one_column:
+                    if surface.shape[0] > 0:
+                        for kk in range(n_second):
+                            surface[a, j, kk] = ratio
+                    if ratio < 1.0:
+                        shared[j, 0] += 1.0
+                    if value < 0.0:
+                        shared[j, 1] -= value
+                    if ratio < worst[a]:
+                        worst[a] = ratio
+                else:
+                    _record(a, j, k, ratio, value, surface, totals, worst)
+    for j in range(n_shocks):
+        for k in range(n_second):
+            totals[j, k, 0] += shared[j, 0]
+            totals[j, k, 1] += shared[j, 1]
+    return worst
 
 
 @cpu_kernel
@@ -120,27 +310,153 @@ def span_cpu(position, entry, price, kind, underlying, mark, strike, years, vol,
              vol_scan, extreme_multiple, cover, floor, mmr, amount, out):
     """CME SPAN's 16 risk scenarios per account: price 0, +-1/3, +-2/3, +-1 of the scan range,
     each with vol up and down by vol_scan; and +-extreme_multiple scan ranges (vol unchanged)
-    with cover x the loss. out[a] = the worst loss (>= 0; USD)."""
-    fractions = (0.0, 1.0 / 3.0, -1.0 / 3.0, 2.0 / 3.0, -2.0 / 3.0, 1.0, -1.0)
-    asset_w = np.zeros(price.shape[0])
-    mark_w = np.zeros(position.shape[1])
-    vol_up = np.empty(vol.shape[0])
-    vol_down = np.empty(vol.shape[0])
-    for i in range(vol.shape[0]):
-        vol_up[i] = max(vol[i] + vol_scan, 0.0)
-        vol_down[i] = max(vol[i] - vol_scan, 0.0)
+    with cover x the loss. Every instrument's underlying moves by x times that instrument's
+    own scan range. out[a] = the worst loss of the positions (>= 0; USD).
+
+    The marks and underlyings of every scenario are tabulated once; a perpetual's value
+    does not depend on vol, so an account without options is valued once per price move."""
+    moves = np.array([0.0, 1.0 / 3.0, -1.0 / 3.0, 2.0 / 3.0, -2.0 / 3.0, 1.0, -1.0,
+                      extreme_multiple, -extreme_multiple])  # moves[0] is also the base
+    n_moves = moves.shape[0]
+    n_inst = position.shape[1]
+    vols = np.empty((3, n_inst))  # unchanged, up, down
+    for i in range(n_inst):
+        vols[0, i] = vol[i]
+        vols[1, i] = max(vol[i] + vol_scan, 0.0)
+        vols[2, i] = max(vol[i] - vol_scan, 0.0)
+    mark_x = np.empty((n_moves, n_inst))
+    coin_x = np.empty((n_moves, n_inst))
+    for x_i in range(n_moves):
+        for i in range(n_inst):
+            mark_x[x_i, i] = mark[i] * (1.0 + scan[i] * (moves[x_i] - 0.0))
+            coin_x[x_i, i] = price[underlying[i]] * (1.0 + scan[i] * (moves[x_i] - 0.0))
+    totals = np.empty((n_moves, 3))
     for a in range(position.shape[0]):
-        base = _positions_value(a, 0.0, vol, scan, asset_w, mark_w, position, entry, price, kind,
-                                underlying, mark, strike, years, is_call, floor, mmr, amount)
+        has_options = False
+        for i in range(n_inst):
+            if position[a, i] != 0.0 and kind[i] == 2:
+                has_options = True
+        for x_i in range(n_moves):
+            for v_i in range(3 if has_options else 1):
+                total = 0.0
+                for i in range(n_inst):
+                    if position[a, i] != 0.0:
+                        value, _mm, _unit = instrument_terms(
+                            position[a, i], entry[a, i], kind[i], mark_x[x_i, i], coin_x[x_i, i], strike[i],
+                            years[i], vols[v_i, i], is_call[i], floor, mmr, amount, i, False)
+                        total += value
+                totals[x_i, v_i] = total
+            if not has_options:
+                totals[x_i, 1] = totals[x_i, 0]
+                totals[x_i, 2] = totals[x_i, 0]
+        base = totals[0, 0]
         worst = 0.0
-        for x in fractions:
-            for vols in (vol_up, vol_down):
-                value = _positions_value(a, x, vols, scan, asset_w, mark_w, position, entry, price, kind,
-                                         underlying, mark, strike, years, is_call, floor, mmr, amount)
-                worst = max(worst, base - value)
-        for x in (extreme_multiple, -extreme_multiple):
-            value = _positions_value(a, x, vol, scan, asset_w, mark_w, position, entry, price, kind,
-                                     underlying, mark, strike, years, is_call, floor, mmr, amount)
-            worst = max(worst, cover * (base - value))
+        for x_i in range(7):
+            worst = max(worst, base - totals[x_i, 1])
+            worst = max(worst, base - totals[x_i, 2])
+        for x_i in range(7, 9):
+            worst = max(worst, cover * (base - totals[x_i, 0]))
         out[a] = worst
     return out
+
+
+STRESS_CUDA_SOURCE = r"""
+__device__ double full_value(const Model& m, long long a, double t, const double* asset_w, const double* mark_w) {
+    double n = 0.0;
+    for (int s = 0; s < m.n_assets; ++s) n += m.balance[a * m.n_assets + s] * m.price[s] * (1.0 + asset_w[s] * t);
+    for (int i = 0; i < m.n_inst; ++i) {
+        double q = m.position[a * m.n_inst + i];
+        double iso = m.iso_margin[a * m.n_inst + i];
+        int u = (int)m.underlying[i];
+        double coin = m.price[u] * (1.0 + asset_w[u] * t);
+        if (q == 0.0) { n += iso * (m.kind[i] == INVERSE ? coin : 1.0); continue; }
+        double mk = m.mark[i] * (1.0 + mark_w[i] * t);
+        if (m.kind[i] == LINEAR) n += q * (mk - m.entry[a * m.n_inst + i]) + iso * 1.0;
+        else if (m.kind[i] == INVERSE) n += q * (1.0 / m.entry[a * m.n_inst + i] - 1.0 / mk) * coin + iso * coin;
+        else n += q * black76(coin, m.strike[i], m.years[i], m.vol[i], m.is_call[i]) + iso * 1.0;
+    }
+    return n;
+}
+
+// One thread per (account, price shock): the ratio (lowest part) and full value N for every
+// value of the second axis (haircut and vol tables (K, S) and (K, I)), as stress_cpu.
+extern "C" __global__ void stress_gpu(
+    const double* balance, const double* position, const double* entry, const double* iso_margin,
+    const bool* isolated, const bool* exclude, const double* price, const double* haircuts,
+    const double* beta, const long long* kind, const long long* underlying, const double* mark,
+    const double* strike, const double* years, const double* vols, const bool* is_call,
+    const double* floor, const double* mmr, const double* amount, const double* price_shocks,
+    int n_acc, int n_assets, int n_inst, int n_brackets, int n_shocks, int n_second,
+    double* ratio_out, double* value_out)
+{
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long long)n_acc * n_shocks) return;
+    long long a = idx / n_shocks;
+    int j = (int)(idx % n_shocks);
+    double* ratio_row = ratio_out + idx * n_second;
+    double* value_row = value_out + idx * n_second;
+    if (exclude[a]) {
+        for (int k = 0; k < n_second; ++k) { ratio_row[k] = CUDART_NAN; value_row[k] = CUDART_NAN; }
+        return;
+    }
+    double mark_w[MAX_INST];
+    for (int i = 0; i < n_inst; ++i) mark_w[i] = beta[underlying[i]];
+    int n_parts = 1;
+    if (isolated[a]) for (int i = 0; i < n_inst; ++i) if (position[a * n_inst + i] != 0.0) ++n_parts;
+    double s = price_shocks[j];
+    for (int k = 0; k < n_second; ++k) {
+        Model m = {balance, position, entry, iso_margin, isolated, price, haircuts + (long long)k * n_assets,
+                   beta, kind, underlying, mark, strike, years, vols + (long long)k * n_inst, is_call, floor,
+                   mmr, amount, n_assets, n_inst, n_brackets};
+        double ratio = CUDART_INF;
+        for (int p = 0; p < n_parts; ++p) {
+            double c, r;
+            part_margin(m, a, part_index(m, a, p), s, 0.0, beta, mark_w, &c, &r);
+            double v = r > 0.0 ? c / r : CUDART_INF;
+            if (v < ratio) ratio = v;
+        }
+        ratio_row[k] = ratio;
+        value_row[k] = full_value(m, a, s, beta, mark_w);
+    }
+}
+"""
+_STRESS_MODULE = None
+
+
+def stress_gpu(balance, position, entry, iso_margin, isolated, exclude, m, price_shocks, second, is_vol,
+               keep_surface):
+    """CuPy: one account chunk on the device (account arrays are CuPy; the market ``m`` and
+    the grid NumPy). Returns host (totals (S, K, 2), worst (A,), surface (A, S, K) or None),
+    as ``stress_cpu`` fills them."""
+    global _STRESS_MODULE
+    from ._compile import cupy_module
+    from .liquidation import CUDA_OPTIONS, CUDA_SOURCE
+
+    cp = cupy_module()
+    if _STRESS_MODULE is None:
+        _STRESS_MODULE = cp.RawModule(code="#include <math_constants.h>\n" + CUDA_SOURCE + STRESS_CUDA_SOURCE,
+                                      options=CUDA_OPTIONS)
+    n_acc, n_inst = position.shape
+    if balance.shape[1] > 64 or n_inst > 64:
+        raise ValueError("the GPU kernel handles at most 64 assets and 64 instruments")
+    haircuts, vols = _second_axis_tables(m["haircut"], m["vol"], m["beta"], np.asarray(second, np.float64),
+                                         bool(is_vol))
+    f64 = lambda x: cp.ascontiguousarray(cp.asarray(x, dtype=cp.float64))  # noqa: E731
+    flag = lambda x: cp.ascontiguousarray(cp.asarray(x, dtype=cp.bool_).ravel())  # noqa: E731
+    n_shocks, n_second = len(price_shocks), len(second)
+    ratio = cp.empty((n_acc, n_shocks, n_second))
+    value = cp.empty((n_acc, n_shocks, n_second))
+    args = [f64(balance), f64(position), f64(entry), f64(iso_margin), flag(isolated), flag(exclude),
+            f64(m["price"]), f64(haircuts), f64(m["beta"]), cp.asarray(m["kind"], dtype=cp.int64),
+            cp.asarray(m["underlying"], dtype=cp.int64), f64(m["mark"]), f64(m["strike"]), f64(m["years"]),
+            f64(vols), flag(m["is_call"]), f64(m["floor"]), f64(m["mmr"]), f64(m["amount"]), f64(price_shocks)]
+    threads = 128
+    total = n_acc * n_shocks
+    _STRESS_MODULE.get_function("stress_gpu")(
+        ((total + threads - 1) // threads,), (threads,),
+        (*args, np.int32(n_acc), np.int32(balance.shape[1]), np.int32(n_inst), np.int32(m["floor"].shape[1]),
+         np.int32(n_shocks), np.int32(n_second), ratio, value))
+    totals = cp.stack([(ratio < 1).sum(axis=0).astype(cp.float64),
+                       cp.where(value < 0, -value, 0.0).sum(axis=0)], axis=-1)
+    worst = ratio.min(axis=(1, 2))
+    return totals.get(), worst.get(), ratio.get() if keep_surface else None

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gpu_risk.kernels import cascade, imbalance, liquidation
+import types
+
+from gpu_risk.kernels import cascade, imbalance, liquidation, stress
 
 
 def nvcc():
@@ -19,8 +21,10 @@ def nvcc():
 
 @pytest.mark.parametrize("module,kernels", [(imbalance, ["imbalance_ofi", "imbalance_state"]),
                                             (liquidation, ["liquidation_gpu"]),
-                                            (cascade, ["cascade_gpu"])],
-                         ids=["imbalance", "liquidation", "cascade"])
+                                            (cascade, ["cascade_gpu"]),
+                                            (types.SimpleNamespace(CUDA_SOURCE=liquidation.CUDA_SOURCE + stress.STRESS_CUDA_SOURCE,
+                                                                   CUDA_OPTIONS=liquidation.CUDA_OPTIONS), ["stress_gpu"])],
+                         ids=["imbalance", "liquidation", "cascade", "stress"])
 def test_cuda_source_compiles(module, kernels):
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "kernel.cu"

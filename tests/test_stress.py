@@ -87,11 +87,18 @@ def test_long_only_ratio_falls_with_the_price_and_chunking_does_not_matter(tiny_
     m = store.open_market(tiny_dataset["market"], tiny_dataset["days"][0])
     p = store.open_positions(tiny_dataset["positions"], tiny_dataset["days"][0], market=m)
     shocks = np.linspace(-0.6, 0.6, 25)
-    a = stress_surface(p.chunk({"account": 333}), m, shocks, haircut_shocks=[0.0, 0.2]).compute()
+    a = stress_surface(p.chunk({"account": 333}), m, shocks, haircut_shocks=[0.0, 0.2],
+                       aggregate_chunk=97).compute(scheduler="threads")
     b = stress_surface(p.load(), m, shocks, haircut_shocks=[0.0, 0.2])
     xr.testing.assert_identical(a.collateral_ratio, b.collateral_ratio)
     xr.testing.assert_identical(a.accounts_liquidated, b.accounts_liquidated)
+    xr.testing.assert_identical(a.worst_collateral_ratio, b.worst_collateral_ratio)
+    xr.testing.assert_identical(a.span_requirement, b.span_requirement)
     xr.testing.assert_allclose(a.shortfall, b.shortfall, rtol=1e-12)
+    # the in-kernel aggregates are the account surfaces' aggregates
+    assert (b.accounts_liquidated == (b.collateral_ratio < 1).sum("account")).all()
+    np.testing.assert_array_equal(b.worst_collateral_ratio.values,
+                                  b.collateral_ratio.min(("price_shock", "haircut_shock")).values)
     held = p.load()
     kind = m.kind.values
     long_only = ((held.position.values[:, kind == "linear"] >= 0).all(1)
@@ -181,3 +188,22 @@ def test_span_matches_reference(accs, scan, vol_scan):
         acc = {"balance": balance, "position": q, "entry": entry, "isolated": isolated, "iso_margin": iso}
         want = reference_span(acc, mkt, [scans[i] for i in INSTRUMENTS], vol_scan)
         np.testing.assert_allclose(got.span_requirement.values[n], want, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.cupy
+def test_gpu_matches_cpu(tiny_dataset):
+    """The CUDA kernel against the numba kernel on the synthetic accounts (options, debt,
+    isolated), both axes: ratios, aggregates and SPAN to 1e-9."""
+    from gpu_risk.backend import gpu_available, to_backend
+
+    ok, why = gpu_available()
+    if not ok:
+        pytest.skip(why)
+    m = store.open_market(tiny_dataset["market"], tiny_dataset["days"][0])
+    p = store.open_positions(tiny_dataset["positions"], tiny_dataset["days"][0], market=m)
+    for second in ({"vol_shocks": [-0.1, 0.0, 0.2]}, {"haircut_shocks": [0.0, 0.3]}):
+        cpu = stress_surface(p.load(), m, SHOCKS, **second)
+        gpu = stress_surface(to_backend(p.chunk({"account": 500}), "gpu"), m, SHOCKS, **second).compute()
+        for name in ("collateral_ratio", "worst_collateral_ratio", "shortfall", "span_requirement"):
+            np.testing.assert_allclose(np.asarray(gpu[name].values), cpu[name].values, rtol=1e-9, atol=1e-9)
+        assert (np.asarray(gpu.accounts_liquidated.values) == cpu.accounts_liquidated.values).all()
