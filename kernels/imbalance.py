@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._compile import cpu_kernel, cupy_module
+from ._compile import cpu_inline, cpu_kernel, cupy_module
 
 
 def n_columns(levels: int, bands: int) -> int:
     return 2 * levels + bands + 4
 
 
-@cpu_kernel
+@cpu_inline
 def _state_row(bid_price, ask_price, bid_size, ask_size, n, band_factors, out, row):
     """Write the state variables of snapshot n into out[row] (columns L .. end-1).
     ``band_factors`` (2, B) holds 1 - b/10^4 and 1 + b/10^4, computed once per block (the
@@ -69,7 +69,7 @@ def _state_row(bid_price, ask_price, bid_size, ask_size, n, band_factors, out, r
         out[row, 2 * levels + 3 + j] = (b - a) / (b + a)
 
 
-@cpu_kernel
+@cpu_inline
 def _order_flow(pb, pa, qb, qa, pb0, pa0, qb0, qa0):
     """e of one level: an empty bid level (NaN) compares as -inf, an empty ask level as +inf.
     Branch-free (selects, not jumps), so LLVM can vectorise the loop over levels."""
