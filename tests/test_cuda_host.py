@@ -1,0 +1,114 @@
+"""The CUDA kernels, run on the host (tests/cuda_host.py), against the numba kernels.
+
+No GPU is needed: the CUDA source of each family and its Python wrapper run here, on the
+same inputs as the CPU kernel, and must agree to 1e-9 (SPEC's CPU/GPU tolerance). Where a
+device exists, the GPU tests (marked ``cupy``) run the same comparisons on it.
+"""
+
+import numpy as np
+import pytest
+
+from cuda_host import compiler, cuda_on_host
+from gpu_risk import store
+from gpu_risk.liquidation import FACTOR_RANGE, MARKET_ORDER, SHOCK_RANGE, market_arrays
+from gpu_risk.model import in_market_order
+
+pytestmark = pytest.mark.skipif(compiler() is None, reason="no C++ compiler (g++) to build the CUDA source for the host")
+
+
+def day_inputs(tiny_dataset):
+    day = tiny_dataset["days"][0]
+    market = store.open_market(tiny_dataset["market"], day)
+    pos = in_market_order(store.open_positions(tiny_dataset["positions"], day, market=market), market).compute()
+    f64 = lambda name: np.ascontiguousarray(pos[name].values, np.float64)  # noqa: E731
+    accounts = (f64("balance"), f64("position"), f64("entry_price"), f64("isolated_margin"),
+                np.ascontiguousarray(pos["margin_mode"].values == "isolated"))
+    return accounts, market_arrays(market)
+
+
+def test_liquidation_kernel(tiny_dataset, monkeypatch):
+    from gpu_risk.kernels.liquidation import liquidation_cpu, liquidation_gpu
+
+    accounts, m = day_inputs(tiny_dataset)
+    market = [m[k] for k in MARKET_ORDER]
+    cpu = np.empty((accounts[0].shape[0], accounts[1].shape[1] + 3))
+    liquidation_cpu(*accounts, *market, *FACTOR_RANGE, *SHOCK_RANGE, cpu)
+    with cuda_on_host(monkeypatch):
+        gpu = np.empty_like(cpu)
+        liquidation_gpu(*accounts, *market, *FACTOR_RANGE, *SHOCK_RANGE, gpu)
+    assert np.isfinite(cpu).sum() > cpu.shape[0]  # liquidation prices and shocks were found
+    np.testing.assert_array_equal(np.isnan(gpu), np.isnan(cpu))
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("second_is_vol", [True, False], ids=["vol", "haircut"])
+def test_stress_kernel(tiny_dataset, monkeypatch, second_is_vol):
+    from gpu_risk.kernels.stress import stress_cpu, stress_gpu
+
+    accounts, m = day_inputs(tiny_dataset)
+    n = accounts[0].shape[0]
+    exclude = np.zeros(n, bool)
+    exclude[::97] = True
+    shocks = np.array([-0.5, -0.2, -0.05, 0.0, 0.1, 0.4])
+    second = np.array([-0.1, 0.0, 0.2]) if second_is_vol else np.array([0.0, 0.3])
+    totals = np.zeros((shocks.size, second.size, 2))
+    worst = np.empty(n)
+    surface = np.empty((n, shocks.size, second.size))
+    stress_cpu(*accounts, exclude, *(m[k] for k in MARKET_ORDER), shocks, second, second_is_vol, surface, totals,
+               worst)
+    with cuda_on_host(monkeypatch):
+        g_totals, g_worst, g_surface = stress_gpu(*accounts, exclude, m, shocks, second, second_is_vol, True)
+    np.testing.assert_allclose(g_surface, surface, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(g_worst, worst, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(g_totals[..., 0], totals[..., 0])
+    np.testing.assert_allclose(g_totals[..., 1], totals[..., 1], rtol=1e-9)
+    assert totals[..., 0].max() > 0 and totals[..., 1].max() > 0
+
+
+def test_cascade_kernel(monkeypatch):
+    from gpu_risk.kernels.cascade import cascade_cpu, cascade_gpu
+    from test_cascade import SHOCKS, random_case, run_kernel
+
+    rng = np.random.default_rng(11)
+    for extrapolation in (None, 0.25):
+        for _ in range(60):
+            books, quantity, lp = random_case(rng)
+            cpu = run_kernel(books, quantity, lp, SHOCKS, "cpu", extrapolation)
+            with cuda_on_host(monkeypatch) as cp:
+                from gpu_risk.cascade import position_tables
+
+                long_t, short_t = position_tables(quantity, lp, np.abs(quantity) * lp)
+                out = np.empty_like(cpu)
+                cascade_gpu(*(books[k] for k in ("bid_price", "bid_size", "ask_price", "ask_size")), SHOCKS,
+                            long_t[0, :-1], long_t[1], long_t[2], short_t[0, :-1], short_t[1], short_t[2],
+                            np.nan if extrapolation is None else extrapolation, out)
+            np.testing.assert_array_equal(out, cpu)
+    assert cascade_cpu is not None
+
+
+def test_imbalance_kernel(monkeypatch):
+    from gpu_risk.kernels.imbalance import imbalance_block_cpu, imbalance_block_gpu, n_columns
+
+    rng = np.random.default_rng(5)
+    n, levels = 400, 5
+    mid = 2000 + np.cumsum(rng.integers(-2, 3, size=n))
+    bid = ((mid[:, None] - 1 - 2 * np.arange(levels)) * 0.5).astype(float)
+    ask = ((mid[:, None] + 1 + 2 * np.arange(levels)) * 0.5).astype(float)
+    bid_size = rng.uniform(0, 5, size=(n, levels)).round(2)
+    ask_size = rng.uniform(0, 5, size=(n, levels)).round(2)
+    empty = rng.random(n) < 0.1  # the deepest level empty now and then
+    bid[empty, -1], bid_size[empty, -1] = np.nan, 0.0
+    ask[empty, -1], ask_size[empty, -1] = np.nan, 0.0
+    bucket = np.sort(rng.integers(0, 150, size=n))
+    bucket -= bucket[0]
+    bands = np.array([5.0, 10.0, 50.0])
+    prev = [bid[0] - 0.5, ask[0] + 0.5, bid_size[0], ask_size[0]]
+    for has_prev in (False, True):
+        n_out = int(bucket[-1]) + 1
+        cpu = np.empty((n_out, n_columns(levels, bands.size)))
+        imbalance_block_cpu(bid, ask, bid_size, ask_size, *prev, has_prev, bucket, bands, cpu)
+        with cuda_on_host(monkeypatch):
+            gpu = np.empty_like(cpu)
+            imbalance_block_gpu(bid, ask, bid_size, ask_size, *prev, has_prev, bucket, bands, gpu)
+        np.testing.assert_allclose(gpu, cpu, rtol=1e-12, atol=1e-12, equal_nan=True)
+        assert (cpu[:, -1] == 0).any()  # empty buckets carried forward
