@@ -38,18 +38,22 @@ def n_columns(levels: int, bands: int) -> int:
 
 
 @cpu_inline
-def _state_row(bid_price, ask_price, bid_size, ask_size, n, band_factors, out, row):
+def _state_row(bid_price, ask_price, bid_size, ask_size, n, band_factors, cum_bid, cum_ask, out, row):
     """Write the state variables of snapshot n into out[row] (columns L .. end-1).
     ``band_factors`` (2, B) holds 1 - b/10^4 and 1 + b/10^4, computed once per block (the
-    same operations as inline, so the same bits, without 2 B divisions per bucket)."""
+    same operations as inline, so the same bits, without 2 B divisions per bucket).
+    ``cum_bid``, ``cum_ask`` (L,) are scratch space for the cumulative depths."""
     levels = bid_price.shape[1]
     bands = band_factors.shape[1]
-    cum_bid = 0.0
-    cum_ask = 0.0
+    c_b = 0.0
+    c_a = 0.0
     for k in range(levels):
-        cum_bid += bid_size[n, k]
-        cum_ask += ask_size[n, k]
-        out[row, levels + k] = (cum_bid - cum_ask) / (cum_bid + cum_ask)
+        c_b += bid_size[n, k]
+        c_a += ask_size[n, k]
+        cum_bid[k] = c_b
+        cum_ask[k] = c_a
+    for k in range(levels):  # independent divisions: vectorised
+        out[row, levels + k] = (cum_bid[k] - cum_ask[k]) / (cum_bid[k] + cum_ask[k])
     pb1 = bid_price[n, 0]
     pa1 = ask_price[n, 0]
     qb1 = bid_size[n, 0]
@@ -58,14 +62,20 @@ def _state_row(bid_price, ask_price, bid_size, ask_size, n, band_factors, out, r
     out[row, 2 * levels] = mid
     out[row, 2 * levels + 1] = pa1 - pb1
     out[row, 2 * levels + 2] = (pb1 * qa1 + pa1 * qb1) / (qa1 + qb1)
+    # In a valid book (validate_book_dataset) the levels within a band are a prefix of each
+    # ladder (bids fall and asks rise with the level; empty levels, of size 0, come last),
+    # so a band's depth is the cumulative depth at the number of levels within it: the
+    # same additions, in the same order, as summing size x (price within the band).
     for j in range(bands):
         low = mid * band_factors[0, j]
         high = mid * band_factors[1, j]
-        b = 0.0
-        a = 0.0
-        for k in range(levels):  # branch-free; a comparison with NaN is False
-            b += bid_size[n, k] * (bid_price[n, k] >= low)
-            a += ask_size[n, k] * (ask_price[n, k] <= high)
+        k_b = 0
+        k_a = 0
+        for k in range(levels):  # counts: branch-free integer sums
+            k_b += bid_price[n, k] >= low
+            k_a += ask_price[n, k] <= high
+        b = cum_bid[k_b - 1] if k_b > 0 else 0.0
+        a = cum_ask[k_a - 1] if k_a > 0 else 0.0
         out[row, 2 * levels + 3 + j] = (b - a) / (b + a)
 
 
@@ -92,6 +102,8 @@ def imbalance_block_cpu(bid_price, ask_price, bid_size, ask_size, prev_bid_price
             out[r, c] = 0.0
         out[r, count_col] = 0.0
     acc = np.zeros(levels)  # the current bucket's OFI, written out when the bucket closes
+    cum_bid = np.empty(levels)
+    cum_ask = np.empty(levels)
     band_factors = np.empty((2, band_bps.shape[0]))
     for j in range(band_bps.shape[0]):
         band_factors[0, j] = 1 - band_bps[j] / 1e4
@@ -116,7 +128,7 @@ def imbalance_block_cpu(bid_price, ask_price, bid_size, ask_size, prev_bid_price
                 acc[k] = 0.0
             out[r, count_col] = count
             count = 0.0
-            _state_row(bid_price, ask_price, bid_size, ask_size, n, band_factors, out, r)
+            _state_row(bid_price, ask_price, bid_size, ask_size, n, band_factors, cum_bid, cum_ask, out, r)
     # empty buckets carry the state of the last snapshot before them
     for r in range(1, n_out):
         if out[r, count_col] == 0.0:
