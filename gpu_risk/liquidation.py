@@ -101,7 +101,6 @@ def liquidation(positions: xr.Dataset, market: xr.Dataset, *, map_bins: Sequence
         validate_market(market)
         positions = validate_positions(positions, market) if "qc_row_excluded" not in positions else positions
     instruments = market["instrument"].values
-    assets = market["asset"].values
     pos = in_market_order(positions, market)
     m = market_arrays(market, as_of)
     lazy = isinstance(pos["position"].data, da.Array)
