@@ -97,10 +97,6 @@ def imbalance_block_cpu(bid_price, ask_price, bid_size, ask_size, prev_bid_price
     n_rows, levels = bid_price.shape
     n_out, n_cols = out.shape
     count_col = n_cols - 1
-    for r in range(n_out):
-        for c in range(levels):
-            out[r, c] = 0.0
-        out[r, count_col] = 0.0
     acc = np.zeros(levels)  # the current bucket's OFI, written out when the bucket closes
     cum_bid = np.empty(levels)
     cum_ask = np.empty(levels)
@@ -122,18 +118,24 @@ def imbalance_block_cpu(bid_price, ask_price, bid_size, ask_size, prev_bid_price
                                       prev_bid_price[k], prev_ask_price[k], prev_bid_size[k],
                                       prev_ask_size[k])
         count += 1.0
-        if n == n_rows - 1 or bucket[n + 1] != r:
+        next_bucket = n_out
+        if n < n_rows - 1:
+            next_bucket = bucket[n + 1]
+        if next_bucket != r:
             for k in range(levels):
                 out[r, k] = acc[k]
                 acc[k] = 0.0
             out[r, count_col] = count
             count = 0.0
             _state_row(bid_price, ask_price, bid_size, ask_size, n, band_factors, cum_bid, cum_ask, out, r)
-    # empty buckets carry the state of the last snapshot before them
-    for r in range(1, n_out):
-        if out[r, count_col] == 0.0:
-            for c in range(levels, count_col):
-                out[r, c] = out[r - 1, c]
+            # buckets without a snapshot before the next one: OFI 0, no update, this state,
+            # written now while this row is in cache (no zeroing pass, no carrying pass)
+            for e in range(r + 1, next_bucket):
+                for k in range(levels):
+                    out[e, k] = 0.0
+                for c in range(levels, count_col):
+                    out[e, c] = out[r, c]
+                out[e, count_col] = 0.0
     return out
 
 
