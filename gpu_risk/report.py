@@ -345,6 +345,19 @@ def _cascade_section(results: xr.DataTree, days: list[str]) -> str:
                      "median rounds": float(a.rounds.median())})
     parts.append(f"<h3>At an initial shock of {ref:+.0%}</h3>"
                  + _table(pd.DataFrame(rows).set_index("instrument")))
+    # when in the day the books were most fragile: amplification at the reference shock by
+    # UTC hour, over every day of the results
+    by_hour = at.amplification.groupby(at.time.dt.hour).median()
+    fig, ax = plt.subplots(figsize=(9, 3))
+    for inst in names:
+        ax.plot(by_hour.hour.values, by_hour.sel(instrument=inst).values, marker="o", ms=3, label=inst)
+    ax.axhline(1, color="grey", lw=0.8)
+    ax.set_xlabel("hour of day (UTC)")
+    ax.set_ylabel(f"median amplification at {ref:+.0%}")
+    ax.set_xticks(range(0, 24, 2))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    parts.append("<h3>Fragility by time of day</h3>" + _png(fig))
     frag = at.amplification.to_dataframe().dropna(subset=["amplification"])
     frag = frag.sort_values("amplification", ascending=False).groupby(level="instrument", sort=False).head(3)
     frag = frag.assign(**{"final move (%)": (at.final_price / at.mid_price - 1).to_series().loc[frag.index] * 100,
