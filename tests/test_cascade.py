@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from cascade_reference import brute_force_cascade
 from conftest import MARKET_SPEC, make_book, make_positions
-from gpu_risk import InputError, cascade, liquidation
+from gpu_risk import InputError, cascade, liquidation, store
 from gpu_risk.cascade import position_tables
 from gpu_risk.kernels.cascade import cascade_cpu
 from gpu_risk.store import market_from_dict
@@ -273,3 +273,55 @@ def test_bad_instruments_and_options_are_refused():
         cascade(book, positions, mkt, "1min", [-0.1], depth_extrapolation=-1)
     with pytest.raises(ValueError, match="increasing"):
         cascade(book, positions, mkt, book.time.values[[3, 1]], [-0.1])
+
+
+def test_on_a_real_lobster_book_against_brute_force(tmp_path):
+    """A real 50-level book (LOBSTER AAPL, with empty deep levels) and leveraged accounts
+    around its mid: the API agrees with the brute-force simulator at every cell."""
+    from pathlib import Path
+
+    from gpu_risk.importers.lobster import import_lobster
+
+    real = Path(__file__).resolve().parents[2] / "shared/data/real/lobster_aapl_2012-06-21/bigfatwhale_671rows_level50"
+    if not real.exists():
+        pytest.skip("shared LOBSTER samples not present")
+    import_lobster(next(real.glob("*orderbook*.csv")), next(real.glob("*message*.csv")), "2012-06-21", "AAPL",
+                   tmp_path / "b.zarr")
+    book = store.open_book(tmp_path / "b.zarr")
+    ds = book["AAPL"].to_dataset().load()
+    mid0 = float((ds.bid_price[0, 0] + ds.ask_price[0, 0]) / 2)
+    mkt = market_from_dict({
+        "date": "2012-06-21",
+        "assets": {"USD": {"price": 1.0, "haircut": 0.0, "beta": 0.0},
+                   "AAPL": {"price": mid0, "haircut": 0.2, "beta": 1.0}},
+        "instruments": {"AAPL": {"kind": "linear", "underlying": "AAPL", "mark_price": mid0,
+                                 "brackets": [[0, 0.01, 0], [1_000_000, 0.02, 10_000]]}}})
+    rng = np.random.default_rng(4)
+    n = 300
+    equity = rng.uniform(200, 3_000, size=n)
+    q = np.where(rng.random(n) < 0.6, 1.0, -1.0) * np.round(equity * rng.uniform(15, 60, size=n) / mid0)
+    positions = xr.Dataset(
+        {"balance": (("account", "asset"), np.stack([equity, np.zeros(n)], axis=1)),
+         "position": (("account", "instrument"), q[:, None]),
+         "entry_price": (("account", "instrument"), mid0 * rng.uniform(0.998, 1.002, size=(n, 1))),
+         "margin_mode": ("account", np.full(n, "cross", dtype=object)),
+         "isolated_margin": (("account", "instrument"), np.zeros((n, 1)))},
+        coords={"account": np.arange(n), "asset": ["USD", "AAPL"], "instrument": ["AAPL"]})
+    liq = liquidation(positions, mkt)
+    rows = np.linspace(0, ds.sizes["time"] - 1, 12).astype(int)
+    shocks = [-0.01, -0.003, -0.001, 0.001, 0.003, 0.01]
+    out = cascade(book, positions, mkt, ds.time.values[rows], shocks, liquidation=liq).compute()
+    lp = liq.liquidation_price.values[:, 0]
+    # the book at a time is its last snapshot at or before it (LOBSTER repeats timestamps)
+    used = np.searchsorted(ds.time.values, ds.time.values[rows], side="right") - 1
+    assert (out.snapshot_time.values[0] == ds.time.values[used]).all()
+    for k, row in enumerate(used):
+        for s, s0 in enumerate(shocks):
+            price, total, rounds, exhausted, _ = brute_force_cascade(
+                *(ds[v].values[row] for v in ("bid_price", "bid_size", "ask_price", "ask_size")),
+                s0, q, lp, np.abs(q) * lp)
+            cell = out.isel(instrument=0, time=k, initial_shock=s)
+            assert float(cell.final_price) == price and int(cell.rounds) == rounds
+            assert bool(cell.book_exhausted) == exhausted
+            np.testing.assert_allclose(float(cell.liquidated_notional), total, rtol=1e-12)
+    assert (out.rounds > 1).any() and out.book_exhausted.any() and (out.rounds == 0).any()
