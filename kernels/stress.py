@@ -1,15 +1,17 @@
 """Collateral-ratio stress surfaces (SPEC section 3): every account over a grid of common
-price shocks x a second axis (implied-vol shifts or haircut add-ons), numba CPU kernel.
+price shocks x a second axis (implied-vol shifts or haircut add-ons); numba CPU kernel and
+CUDA kernel side by side.
 
-The account model is the liquidation family's (``kernels/liquidation.py``: one formula,
-``part_margin``); a scenario (s, v) moves every asset price by p (1 + beta s) and every mark
-with its underlying, and either adds v to every option's implied vol (floored at 0) or adds
-v to the haircut of every asset with beta != 0 (capped at 1). Per account and scenario the
-kernel writes the collateral ratio (the lowest of the account's parts) and the account's
-full value N = sum of balance x price + PnL (linear, inverse) + option values + isolated
-margins, without haircuts or margin; the caller sums max(0, -N) into the shortfall.
-Work shared along an axis: an account without options has the same ratio for every vol
-shift, so it is computed once per price shock and copied.
+The account model is the liquidation family's (``kernels/liquidation.py``: one formula for a
+position, ``instrument_terms``; one for an account part, ``part_margin``); a scenario (s, v)
+moves every asset price by p (1 + beta s) and every mark with its underlying, and either adds
+v to every option's implied vol (floored at 0) or adds v to the haircut of every asset with
+beta != 0 (capped at 1). Per account and scenario: the collateral ratio (the lowest of the
+account's parts) and the full value N = sum of balance x price + PnL (linear, inverse) +
+option values + isolated margins, without haircuts or margin. The CPU kernel reduces them
+in place (accounts with ratio < 1, shortfall = sum of max(0, -N), each account's worst
+ratio) and writes the ratios only when asked; the CUDA kernel writes ratio and N per
+scenario and CuPy reduces them.
 """
 
 from __future__ import annotations
