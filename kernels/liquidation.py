@@ -1,5 +1,6 @@
 """The account model (SPEC section 2) and its roots: collateral value C, requirement R,
-liquidation prices and common-shock thresholds, per account (numba CPU kernels).
+liquidation prices and common-shock thresholds, per account (numba CPU kernel; the CUDA
+kernel, one thread per account, is at the end of the file).
 
 Data of one chunk of accounts (A accounts, S assets, I instruments, K brackets):
 
