@@ -179,6 +179,17 @@ def _imbalance_section(results: xr.DataTree, days: list[str]) -> str:
     return "\n".join(parts)
 
 
+def _panels(n: int, height: float):
+    """A figure of ``n`` per-instrument panels in two columns (unused panels hidden); returns
+    (figure, the n axes)."""
+    cols = min(2, n) or 1
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(11, height * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    return fig, axes.ravel()[:max(n, 1)]
+
+
 def _days_with(results: xr.DataTree, days: list[str], family: str) -> list[str]:
     """The complete days whose results hold ``family``."""
     return [d for d in days if family in results[d].children]
@@ -195,10 +206,8 @@ def _liquidation_section(results: xr.DataTree, days: list[str]) -> str:
              "liquidation price lies in each bin of distance from the mark; longs below, shorts above.</p>"]
     perps = [str(i) for i in liq.instrument.values  # instruments with a liquidation map
              if float(liq.liquidation_map.sel(instrument=i).sum()) > 0]
-    cols = min(2, len(perps)) or 1
-    rows_n = (len(perps) + cols - 1) // cols
-    fig, axes = plt.subplots(rows_n, cols, figsize=(11, 2.8 * rows_n), squeeze=False)
-    for ax, inst in zip(axes.ravel(), perps):
+    fig, axes = _panels(len(perps), 2.8)
+    for ax, inst in zip(axes, perps):
         mp = liq.liquidation_map.sel(instrument=inst)
         x = mp.price_bin.values * 100
         width = np.diff(mp.price_bin_lower.values).mean() * 100 if mp.sizes["price_bin"] > 1 else 1
@@ -207,9 +216,7 @@ def _liquidation_section(results: xr.DataTree, days: list[str]) -> str:
         ax.set_title(inst, fontsize=9)
         ax.set_xlabel("liquidation price vs mark (%)", fontsize=8)
         ax.set_ylabel("USD millions", fontsize=8)
-    for ax in axes.ravel()[len(perps):]:
-        ax.axis("off")
-    axes.ravel()[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     parts.append(_png(fig))
     shock = liq.liquidation_shock_down.values
@@ -313,12 +320,10 @@ def _cascade_section(results: xr.DataTree, days: list[str]) -> str:
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     parts.append("<h3>Amplification versus initial shock</h3>" + _png(fig))
-    cols = min(2, len(names))
-    rows_n = (len(names) + cols - 1) // cols
-    fig, axes = plt.subplots(rows_n, cols, figsize=(11, 3.0 * rows_n), squeeze=False)
+    fig, axes = _panels(len(names), 3.0)
     move = (ca.final_price / ca.mid_price - 1) * 100
     lim = float(np.nanpercentile(np.abs(move.values), 99)) if np.isfinite(move.values).any() else 1.0
-    for ax, inst in zip(axes.ravel(), names):
+    for ax, inst in zip(axes, names):
         z = move.sel(instrument=inst).values.T
         mesh = ax.pcolormesh(ca.time.values, np.arange(shocks.size), z, shading="nearest", cmap="RdBu",
                              vmin=-lim, vmax=lim)
@@ -327,8 +332,6 @@ def _cascade_section(results: xr.DataTree, days: list[str]) -> str:
         ax.set_ylabel("initial shock", fontsize=8)
         ax.tick_params(axis="x", labelsize=7, rotation=30)
         fig.colorbar(mesh, ax=ax, label="final move (%)")
-    for ax in axes.ravel()[len(names):]:
-        ax.axis("off")
     fig.tight_layout()
     parts.append("<h3>Final price move, time x initial shock</h3>" + _png(fig))
     down = shocks[shocks < 0]
