@@ -22,7 +22,7 @@ from .errors import InputError
 from .kernels.cascade import FIELDS, cascade_cpu, cascade_gpu
 from .model import notional_at_price
 from .schema import as_str
-from .validate import validate_market, validate_positions
+from .validate import validate_market, validate_positions, without_flagged_rows
 
 _kernel = dispatch(cascade_cpu, cascade_gpu)
 BOOK_ARRAYS = ("bid_price", "bid_size", "ask_price", "ask_size")
@@ -162,12 +162,7 @@ def cascade(book: xr.DataTree | xr.Dataset, positions: xr.Dataset, market: xr.Da
             raise InputError("book instrument not in the market", instrument=name, variable="instrument")
         if kinds[name] == "option":
             raise InputError("cascades walk a perpetual's book; options have none", instrument=name)
-    books = {}
-    for name in names:
-        ds = book[name].to_dataset()
-        if "qc_row_excluded" in ds:
-            ds = ds.isel(time=np.flatnonzero(~np.asarray(ds["qc_row_excluded"].values)))
-        books[name] = ds
+    books = {name: without_flagged_rows(book[name].to_dataset()) for name in names}
     when = cascade_times(books, times)
 
     if liquidation is None:

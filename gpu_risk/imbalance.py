@@ -20,6 +20,7 @@ import xarray as xr
 
 from .backend import dispatch, is_cupy
 from .kernels.imbalance import imbalance_block_cpu, imbalance_block_gpu, n_columns
+from .validate import without_flagged_rows
 
 _kernel = dispatch(imbalance_block_cpu, imbalance_block_gpu)
 BOOK_ARRAYS = ("bid_price", "ask_price", "bid_size", "ask_size")
@@ -74,9 +75,7 @@ def _instrument_grid(ds: xr.Dataset, origin_ns: int, bucket_ns: int, n_buckets: 
                      bands: np.ndarray, levels: int) -> da.Array:
     """(n_buckets, n_columns) packed grid of one instrument, lazily."""
     n_cols = n_columns(levels, bands.size)
-    if "qc_row_excluded" in ds:  # rows left out are not snapshots at all (nor predecessors)
-        keep = np.flatnonzero(~np.asarray(ds["qc_row_excluded"].values))
-        ds = ds.isel(time=keep)
+    ds = without_flagged_rows(ds)
     t = ds["time"].values.astype("datetime64[ns]").view(np.int64)
     arrays = [ds[name].isel(level=slice(0, levels)).data for name in BOOK_ARRAYS]
     like = arrays[0]

@@ -318,3 +318,11 @@ def validate_positions(
         is_cross & (isolated_margin != 0).any("instrument") & isolated_margin.notnull().all("instrument"))
     flags[("qc_bad_isolated_margin", "isolated_margin")] = (isolated_margin < 0).any("instrument")
     return _raise_or_flag(ds, flags, "account", on_bad_rows, store=store, instrument=None)
+
+
+def without_flagged_rows(ds: xr.Dataset) -> xr.Dataset:
+    """A book without the rows ``qc_row_excluded`` marks, and without the qc flags: rows left
+    out are not snapshots at all (nor anyone's predecessor)."""
+    if "qc_row_excluded" in ds:
+        ds = ds.isel(time=np.flatnonzero(~np.asarray(ds["qc_row_excluded"].values)))
+    return ds.drop_vars([v for v in ds.data_vars if v.startswith("qc_")])

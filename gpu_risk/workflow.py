@@ -26,6 +26,7 @@ from .imbalance import imbalance_grid
 from .liquidation import liquidation
 from .stress import stress_surface
 from .summary import book_summary, positions_summary
+from .validate import without_flagged_rows
 
 log = logging.getLogger("gpu_risk")
 
@@ -189,23 +190,16 @@ def compute_day(cfg: WorkflowConfig, date: str, backend: str) -> dict:
     return results
 
 
-def _without_flagged_rows(ds: xr.Dataset) -> xr.Dataset:
-    """Drop the rows marked by the qc flags, and the flags."""
-    if "qc_row_excluded" in ds:
-        ds = ds.isel(time=np.flatnonzero(~np.asarray(ds["qc_row_excluded"].values)))
-    return ds.drop_vars([v for v in ds.data_vars if v.startswith("qc_")])
-
-
 def day_imbalance_grid(cfg: WorkflowConfig, date: str, instruments: list[str], book: xr.DataTree,
                        backend: str) -> xr.Dataset:
     """The day's grid, with the previous day's last snapshot as each instrument's OFI
     predecessor, so that day-by-day grids equal the grid of the whole history."""
     nodes = {}
     for inst in instruments:
-        ds = _without_flagged_rows(book[inst].to_dataset())
+        ds = without_flagged_rows(book[inst].to_dataset())
         earlier = [d for d in store.complete_days(cfg.stores.book, inst) if d < date]
         if earlier:
-            prev = _without_flagged_rows(store.open_book_instrument(
+            prev = without_flagged_rows(store.open_book_instrument(
                 cfg.stores.book, inst, earlier[-1], earlier[-1], on_bad_rows="flag"))
             if prev.sizes["time"]:
                 prev = to_backend(prev.isel(time=[-1]), backend)
