@@ -138,13 +138,14 @@ def stress_surface(positions: xr.Dataset, market: xr.Dataset, price_shocks: Sequ
     kw = {"m": m, "price_shocks": shocks, "second": second, "is_vol": is_vol}
     # the aggregates: per-chunk partial totals (price_shock, second, 2) summed by Dask, and
     # each account's worst ratio; nothing of size accounts x scenarios is materialised
-    arrays, chunks = inputs(max(1, min(n_acc, aggregate_chunk)))
-    blocks = [x.to_delayed().ravel() for x in arrays]
+    agg_arrays, agg_chunks = inputs(max(1, min(n_acc, aggregate_chunk)))  # also SPAN's, below
+    blocks = [x.to_delayed().ravel() for x in agg_arrays]
     run = dask.delayed(_aggregate_block, pure=True, nout=2)
-    parts = [run(*(b[i] for b in blocks), **kw) for i in range(len(chunks))]
+    parts = [run(*(b[i] for b in blocks), **kw) for i in range(len(agg_chunks))]
     totals = da.stack([da.from_delayed(p[0], shape=(shocks.size, second.size, 2), dtype=np.float64)
                        for p in parts]).sum(axis=0)
-    worst = da.concatenate([da.from_delayed(p[1], shape=(n,), dtype=np.float64) for p, n in zip(parts, chunks)])
+    worst = da.concatenate([da.from_delayed(p[1], shape=(n,), dtype=np.float64)
+                            for p, n in zip(parts, agg_chunks)])
     # the account surfaces, only if asked for: chunks small enough that a block's output
     # (accounts x scenarios) stays near 128 MB
     per_account = shocks.size * second.size * 8
@@ -171,10 +172,9 @@ def stress_surface(positions: xr.Dataset, market: xr.Dataset, price_shocks: Sequ
         raise ValueError("span_scan_range x span_extreme_multiple must stay below 1 (prices > 0)")
     if np.ptp(vol_scan) > 0:
         raise ValueError("span_vol_range must be the same for every instrument (one vol move per scenario)")
-    arrays, chunks = inputs(max(1, min(n_acc, aggregate_chunk)))
-    span = da.map_blocks(_span_block, arrays[1], arrays[2], arrays[5][:, None], m=m, scan=scan,
+    span = da.map_blocks(_span_block, agg_arrays[1], agg_arrays[2], agg_arrays[5][:, None], m=m, scan=scan,
                          vol_scan=float(vol_scan[0]), multiple=float(span_extreme_multiple),
-                         cover=float(span_cover), dtype=np.float64, drop_axis=1, chunks=(chunks,))
+                         cover=float(span_cover), dtype=np.float64, drop_axis=1, chunks=(agg_chunks,))
     out["span_requirement"] = xr.DataArray(span, dims="account", coords={"account": pos["account"].values},
                                            attrs={"units": "USD", "long_name": "worst loss over the 16 CME "
                                                   "SPAN scenarios (extremes at the cover fraction)"})
