@@ -19,27 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._compile import cpu_inline, cpu_kernel
-from .liquidation import INVERSE, OPTION, instrument_terms, position_terms
-
-
-@cpu_kernel
-def full_value(a, t, asset_w, mark_w, balance, position, entry, iso_margin, price, kind, underlying,
-               mark, strike, years, vol, is_call, floor, mmr, amount):
-    """N: balances at full price, position values (``position_terms``) and isolated margins;
-    no haircut, no margin."""
-    n = 0.0
-    for s in range(balance.shape[1]):
-        n += balance[a, s] * price[s] * (1.0 + asset_w[s] * t)
-    for i in range(position.shape[1]):
-        if position[a, i] == 0.0:
-            n += iso_margin[a, i] * (price[underlying[i]] * (1.0 + asset_w[underlying[i]] * t)
-                                     if kind[i] == INVERSE else 1.0)
-            continue
-        value, _mm, margin_unit = position_terms(a, i, t, 0.0, asset_w, mark_w, position, entry, price,
-                                                 kind, underlying, mark, strike, years, vol, is_call,
-                                                 floor, mmr, amount, False)
-        n += value + iso_margin[a, i] * margin_unit
-    return n
+from .liquidation import INVERSE, OPTION, instrument_terms
 
 
 @cpu_kernel
@@ -83,11 +63,12 @@ def stress_cpu(balance, position, entry, iso_margin, isolated, exclude, price, h
     sum of max(0, -N), USD), and, when ``surface`` has rows, ``surface[a, j, k]`` = the
     ratio. Nothing of size accounts x scenarios is allocated here.
 
-    Work shared along the axes (the arithmetic per scenario is exactly ``part_margin``'s and
-    ``full_value``'s, in the same order, so results do not depend on the sharing): a cross
-    account's perpetual terms (PnL, maintenance margin) depend on the price shock only and
-    are computed once per shock; option values once per (shock, vol shift); an account
-    without options has the same ratio and value for every vol shift.
+    N is the sum of balance x price, then of position values and isolated margins in slot
+    order (as the CUDA kernel's ``full_value``). Work shared along the axes (the arithmetic
+    per scenario is exactly ``part_margin``'s and N's, in the same order, so results do not
+    depend on the sharing): perpetual terms (PnL, maintenance margin) depend on the price
+    shock only and are computed once per shock; option values once per (shock, vol shift);
+    an account without options has the same ratio and value for every vol shift.
     """
     n_acc, n_inst = position.shape
     n_assets = balance.shape[1]
@@ -101,24 +82,21 @@ def stress_cpu(balance, position, entry, iso_margin, isolated, exclude, price, h
     # axis) are summed once per price shock here, and added to every column at the end
     shared = np.zeros((n_shocks, 2))
     # every price, mark and coin under every price shock, once for all accounts (the same
-    # expressions as part_margin's and full_value's, so the results are theirs to the bit)
-    price_now = np.empty((n_shocks, n_assets))
-    factor = np.empty((n_shocks, n_assets))
-    mark_now = np.empty((n_shocks, n_inst))
-    coin_now = np.empty((n_shocks, n_inst))
+    # expressions as part_margin's and N's, so the results are theirs to the bit),
+    # laid out (asset or instrument, shock): the shock loop is innermost
+    price_t = np.empty((n_assets, n_shocks))
+    factor_t = np.empty((n_assets, n_shocks))
+    mark_t = np.empty((n_inst, n_shocks))
+    coin_t = np.empty((n_inst, n_shocks))
     for j in range(n_shocks):
         s = price_shocks[j]
         for s_i in range(n_assets):
-            factor[j, s_i] = 1.0 + beta[s_i] * s
-            price_now[j, s_i] = price[s_i] * (1.0 + beta[s_i] * (s - 0.0))
+            factor_t[s_i, j] = 1.0 + beta[s_i] * s
+            price_t[s_i, j] = price[s_i] * (1.0 + beta[s_i] * (s - 0.0))
         for i in range(n_inst):
             u = underlying[i]
-            mark_now[j, i] = mark[i] * (1.0 + mark_w[i] * (s - 0.0))
-            coin_now[j, i] = price[u] * (1.0 + beta[u] * (s - 0.0))
-    mark_t = np.ascontiguousarray(mark_now.T)  # (instrument, shock): the shock loop is innermost
-    coin_t = np.ascontiguousarray(coin_now.T)
-    price_t = np.ascontiguousarray(price_now.T)
-    factor_t = np.ascontiguousarray(factor.T)
+            mark_t[i, j] = mark[i] * (1.0 + mark_w[i] * (s - 0.0))
+            coin_t[i, j] = price[u] * (1.0 + beta[u] * (s - 0.0))
     pv = np.empty((n_inst, n_shocks))
     pm = np.empty((n_inst, n_shocks))
     pu = np.empty((n_inst, n_shocks))
@@ -129,9 +107,6 @@ def stress_cpu(balance, position, entry, iso_margin, isolated, exclude, price, h
     open_idx = np.empty(n_inst, dtype=np.int64)
     extra_idx = np.empty(n_inst, dtype=np.int64)  # empty slots with an isolated margin
     held_idx = np.empty(n_assets, dtype=np.int64)  # assets with a balance
-    values = np.empty(n_inst)
-    margins = np.empty(n_inst)
-    units = np.empty(n_inst)
     for a in range(n_acc):
         if exclude[a]:
             worst[a] = np.nan
@@ -156,150 +131,94 @@ def stress_cpu(balance, position, entry, iso_margin, isolated, exclude, price, h
             if balance[a, s_i] != 0.0:
                 held_idx[n_held] = s_i
                 n_held += 1
-        one_column = second_is_vol and not has_options
-        n_columns = 1 if one_column else n_second
-        if not has_options:  # every price shock at once: the shock loop is innermost, so the
-            # shocks' independent arithmetic overlaps; each scenario's operations and their
-            # order are still part_margin's and full_value's
-            for o in range(n_open):
-                i = open_idx[o]
-                q = position[a, i]
-                entry_ai = entry[a, i]
-                k_i = kind[i]
-                for j in range(n_shocks):
-                    pv[o, j], pm[o, j], pu[o, j] = instrument_terms(q, entry_ai, k_i, mark_t[i, j], coin_t[i, j], strike[i],
-                                                                    years[i], vol[i], is_call[i], floor, mmr, amount,
-                                                                    i, True)
-            # the full value N: balances, then positions and isolated margins in slot order
-            value_j[:] = 0.0
-            for h in range(n_held):
-                s_i = held_idx[h]
-                bp = balance[a, s_i] * price[s_i]
-                for j in range(n_shocks):
-                    value_j[j] += bp * factor_t[s_i, j]
-            o = 0
-            x = 0
-            for _ in range(n_open + n_extra):
-                if x >= n_extra or (o < n_open and open_idx[o] < extra_idx[x]):
-                    iso = iso_margin[a, open_idx[o]]
-                    for j in range(n_shocks):
-                        value_j[j] += pv[o, j] + iso * pu[o, j]
-                    o += 1
-                else:
-                    i = extra_idx[x]
-                    iso = iso_margin[a, i]
-                    for j in range(n_shocks):
-                        value_j[j] += iso * (coin_t[i, j] if kind[i] == INVERSE else 1.0)
-                    x += 1
-            for k in range(n_columns):
-                c_j[:] = 0.0
-                r_j[:] = 0.0
+        # every price shock at once: the shock loop is innermost, so the shocks' independent
+        # arithmetic overlaps; each scenario's operations and their order are still
+        # part_margin's and N's
+        one_column = second_is_vol and not has_options  # the same ratio for every vol shift
+        vol_moves_values = second_is_vol and has_options  # option values per vol shift
+        for o in range(n_open):  # position terms at the market's vols
+            i = open_idx[o]
+            q = position[a, i]
+            entry_ai = entry[a, i]
+            k_i = kind[i]
+            for j in range(n_shocks):
+                pv[o, j], pm[o, j], pu[o, j] = instrument_terms(q, entry_ai, k_i, mark_t[i, j], coin_t[i, j], strike[i],
+                                                                years[i], vol[i], is_call[i], floor, mmr, amount,
+                                                                i, True)
+        for k in range(1 if one_column else n_second):
+            if vol_moves_values:  # the options at this vol shift
+                for o in range(n_open):
+                    i = open_idx[o]
+                    if kind[i] == OPTION:
+                        for j in range(n_shocks):
+                            pv[o, j], pm[o, j], pu[o, j] = instrument_terms(
+                                position[a, i], entry[a, i], kind[i], mark_t[i, j], coin_t[i, j], strike[i],
+                                years[i], vols[k, i], is_call[i], floor, mmr, amount, i, True)
+            if k == 0 or vol_moves_values:
+                # the full value N: balances, then positions and isolated margins in slot order
+                value_j[:] = 0.0
                 for h in range(n_held):
                     s_i = held_idx[h]
-                    b = balance[a, s_i]
-                    if b > 0.0:
-                        kept = 1.0 - haircuts[k, s_i]
-                        for j in range(n_shocks):
-                            c_j[j] += b * price_t[s_i, j] * kept
-                    else:
-                        for j in range(n_shocks):
-                            r_j[j] -= b * price_t[s_i, j]
-                if isolated[a]:  # the wallet and each isolated position are parts: the lowest wins
+                    bp = balance[a, s_i] * price[s_i]
                     for j in range(n_shocks):
-                        ratio_j[j] = c_j[j] / r_j[j] if r_j[j] > 0.0 else np.inf
-                    for o in range(n_open):
+                        value_j[j] += bp * factor_t[s_i, j]
+                o = 0
+                x = 0
+                for _ in range(n_open + n_extra):
+                    if x >= n_extra or (o < n_open and open_idx[o] < extra_idx[x]):
                         iso = iso_margin[a, open_idx[o]]
                         for j in range(n_shocks):
-                            part_r = pm[o, j]
-                            part_c = pv[o, j] + iso * pu[o, j]
-                            part_ratio = part_c / part_r if part_r > 0.0 else np.inf
-                            if part_ratio < ratio_j[j]:
-                                ratio_j[j] = part_ratio
-                else:
-                    for o in range(n_open):
-                        for j in range(n_shocks):
-                            c_j[j] += pv[o, j]
-                            r_j[j] += pm[o, j]
-                    for j in range(n_shocks):
-                        ratio_j[j] = c_j[j] / r_j[j] if r_j[j] > 0.0 else np.inf
-                for j in range(n_shocks):
-                    if one_column:
-                        if surface.shape[0] > 0:
-                            for kk in range(surface.shape[2]):
-                                surface[a, j, kk] = ratio_j[j]
-                        if ratio_j[j] < 1.0:
-                            shared[j, 0] += 1.0
-                        if value_j[j] < 0.0:
-                            shared[j, 1] -= value_j[j]
-                        if ratio_j[j] < worst[a]:
-                            worst[a] = ratio_j[j]
-                    else:
-                        _record(a, j, k, ratio_j[j], value_j[j], surface, totals, worst)
-            continue
-        for j in range(n_shocks):
-            # full value of the balances (full_value's terms and order; zero balances add 0)
-            n_balances = 0.0
-            for h in range(n_held):
-                s_i = held_idx[h]
-                n_balances += balance[a, s_i] * price[s_i] * factor[j, s_i]
-            for o in range(n_open):  # perpetual terms (and options when vol is not shocked)
-                i = open_idx[o]
-                values[o], margins[o], units[o] = instrument_terms(
-                    position[a, i], entry[a, i], kind[i], mark_now[j, i], coin_now[j, i], strike[i], years[i],
-                    vol[i], is_call[i], floor, mmr, amount, i, True)
-            for k in range(1 if one_column else n_second):
-                if second_is_vol and has_options:
-                    for o in range(n_open):
-                        i = open_idx[o]
-                        if kind[i] == OPTION:
-                            values[o], margins[o], units[o] = instrument_terms(
-                                position[a, i], entry[a, i], kind[i], mark_now[j, i], coin_now[j, i], strike[i],
-                                years[i], vols[k, i], is_call[i], floor, mmr, amount, i, True)
-                c = 0.0
-                r = 0.0
-                for h in range(n_held):  # part_margin's cross account, term by term
-                    s_i = held_idx[h]
-                    b = balance[a, s_i]
-                    if b > 0.0:
-                        c += b * price_now[j, s_i] * (1.0 - haircuts[k, s_i])
-                    else:
-                        r -= b * price_now[j, s_i]
-                if isolated[a]:  # the wallet and each isolated position are parts: the lowest wins
-                    ratio = c / r if r > 0.0 else np.inf
-                    for o in range(n_open):
-                        part_r = margins[o]
-                        part_c = values[o] + iso_margin[a, open_idx[o]] * units[o]
-                        part_ratio = part_c / part_r if part_r > 0.0 else np.inf
-                        if part_ratio < ratio:
-                            ratio = part_ratio
-                else:
-                    for o in range(n_open):
-                        c += values[o]
-                        r += margins[o]
-                    ratio = c / r if r > 0.0 else np.inf
-                value = n_balances
-                o = 0
-                e = 0
-                for _ in range(n_open + n_extra):  # full_value's positions and margins, slot order
-                    if e >= n_extra or (o < n_open and open_idx[o] < extra_idx[e]):
-                        value += values[o] + iso_margin[a, open_idx[o]] * units[o]
+                            value_j[j] += pv[o, j] + iso * pu[o, j]
                         o += 1
                     else:
-                        i = extra_idx[e]
-                        value += iso_margin[a, i] * (coin_now[j, i] if kind[i] == INVERSE else 1.0)
-                        e += 1
+                        i = extra_idx[x]
+                        iso = iso_margin[a, i]
+                        for j in range(n_shocks):
+                            value_j[j] += iso * (coin_t[i, j] if kind[i] == INVERSE else 1.0)
+                        x += 1
+            c_j[:] = 0.0
+            r_j[:] = 0.0
+            for h in range(n_held):
+                s_i = held_idx[h]
+                b = balance[a, s_i]
+                if b > 0.0:
+                    kept = 1.0 - haircuts[k, s_i]
+                    for j in range(n_shocks):
+                        c_j[j] += b * price_t[s_i, j] * kept
+                else:
+                    for j in range(n_shocks):
+                        r_j[j] -= b * price_t[s_i, j]
+            if isolated[a]:  # the wallet and each isolated position are parts: the lowest wins
+                for j in range(n_shocks):
+                    ratio_j[j] = c_j[j] / r_j[j] if r_j[j] > 0.0 else np.inf
+                for o in range(n_open):
+                    iso = iso_margin[a, open_idx[o]]
+                    for j in range(n_shocks):
+                        part_r = pm[o, j]
+                        part_c = pv[o, j] + iso * pu[o, j]
+                        part_ratio = part_c / part_r if part_r > 0.0 else np.inf
+                        if part_ratio < ratio_j[j]:
+                            ratio_j[j] = part_ratio
+            else:
+                for o in range(n_open):
+                    for j in range(n_shocks):
+                        c_j[j] += pv[o, j]
+                        r_j[j] += pm[o, j]
+                for j in range(n_shocks):
+                    ratio_j[j] = c_j[j] / r_j[j] if r_j[j] > 0.0 else np.inf
+            for j in range(n_shocks):
                 if one_column:
                     if surface.shape[0] > 0:
-                        for kk in range(n_second):
-                            surface[a, j, kk] = ratio
-                    if ratio < 1.0:
+                        for kk in range(surface.shape[2]):
+                            surface[a, j, kk] = ratio_j[j]
+                    if ratio_j[j] < 1.0:
                         shared[j, 0] += 1.0
-                    if value < 0.0:
-                        shared[j, 1] -= value
-                    if ratio < worst[a]:
-                        worst[a] = ratio
+                    if value_j[j] < 0.0:
+                        shared[j, 1] -= value_j[j]
+                    if ratio_j[j] < worst[a]:
+                        worst[a] = ratio_j[j]
                 else:
-                    _record(a, j, k, ratio, value, surface, totals, worst)
+                    _record(a, j, k, ratio_j[j], value_j[j], surface, totals, worst)
     for j in range(n_shocks):
         for k in range(n_second):
             totals[j, k, 0] += shared[j, 0]
