@@ -58,6 +58,11 @@ def is_cupy(array: Any) -> bool:
     return type(meta).__module__.split(".")[0] == "cupy"
 
 
+def to_host(value) -> np.ndarray:
+    """A computed array as a NumPy array, wherever it was computed (CuPy: copied back)."""
+    return value.get() if is_cupy(value) else np.asarray(value)
+
+
 def dispatch(cpu_kernel: Callable, gpu_kernel: Callable) -> Callable:
     """A function that runs ``gpu_kernel`` on CuPy arrays and ``cpu_kernel`` otherwise."""
 

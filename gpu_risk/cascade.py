@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .backend import dispatch, is_cupy
+from .backend import dispatch, is_cupy, to_host
 from .errors import InputError
 from .kernels.cascade import FIELDS, cascade_cpu, cascade_gpu
 from .model import notional_at_price
@@ -175,7 +175,8 @@ def cascade(book: xr.DataTree | xr.Dataset, positions: xr.Dataset, market: xr.Da
             np.asarray(lp["account"].values), np.asarray(pos["account"].values)):
         raise InputError("liquidation result and positions have different accounts", variable="account")
     both = xr.Dataset({"quantity": pos, "liquidation_price": lp}).compute()
-    quantity, liq_price = (_host(both[v].data) for v in ("quantity", "liquidation_price"))
+    quantity, liq_price = (np.asarray(to_host(both[v].data), dtype=np.float64)
+                           for v in ("quantity", "liquidation_price"))
     notional = notional_at_price(quantity, liq_price, market)
 
     lazy = any(isinstance(ds["bid_price"].data, da.Array) for ds in books.values())
@@ -202,7 +203,7 @@ def cascade(book: xr.DataTree | xr.Dataset, positions: xr.Dataset, market: xr.Da
                            dtype=np.float64, meta=np.empty((0, 0, 0)))
         packed.append(out)
         mid = 0.5 * (arrays[0][:, 0] + arrays[2][:, 0])
-        mids.append(mid.map_blocks(_to_host, dtype=np.float64, meta=np.empty(0)) if is_cupy(mid) else mid)
+        mids.append(mid.map_blocks(to_host, dtype=np.float64, meta=np.empty(0)) if is_cupy(mid) else mid)
         snap_times.append(np.where(found, t[row] if t.size else 0, np.iinfo(np.int64).min).astype("datetime64[ns]"))
         no_snapshot.append(~found)
     packed = da.stack(packed, axis=0)
@@ -239,14 +240,6 @@ def cascade(book: xr.DataTree | xr.Dataset, positions: xr.Dataset, market: xr.Da
     out["time"].attrs["long_name"] = "evaluation time (UTC)"
     out.attrs["depth_extrapolation"] = "none" if depth_extrapolation is None else float(depth_extrapolation)
     return out if lazy else out.compute()
-
-
-def _to_host(x):
-    return x.get()
-
-
-def _host(x) -> np.ndarray:
-    return np.asarray(x.get() if is_cupy(x) else x, dtype=np.float64)
 
 
 def _empty_snapshot(ds: xr.Dataset) -> xr.Dataset:

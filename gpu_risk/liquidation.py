@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .backend import is_cupy
+from .backend import is_cupy, to_host
 from .kernels.liquidation import INVERSE, LINEAR, OPTION, liquidation_cpu, liquidation_gpu
 from .model import in_market_order, notional_at_price
 from .schema import as_str
@@ -122,7 +122,7 @@ def liquidation(positions: xr.Dataset, market: xr.Dataset, *, map_bins: Sequence
     packed = da.map_blocks(_block, balance, position, entry, iso, isolated[:, None], exclude[:, None], m=m,
                            dtype=np.float64, chunks=(account_chunks, (n_inst + 3,)), meta=balance._meta)
     if is_cupy(packed):  # results come back to the host: they are small next to the inputs
-        packed = packed.map_blocks(lambda x: x.get(), dtype=np.float64, meta=np.empty((0, 0)))
+        packed = packed.map_blocks(to_host, dtype=np.float64, meta=np.empty((0, 0)))
     acc = {"account": pos["account"].values}
     inst = {"instrument": instruments}
     lp = xr.DataArray(packed[:, 3:], dims=("account", "instrument"), coords=acc | inst,

@@ -12,7 +12,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .backend import dispatch, is_cupy
+from .backend import dispatch, is_cupy, to_host
 from .kernels.positions import open_interest_cpu, open_interest_gpu
 from .model import unit_notional
 
@@ -56,11 +56,6 @@ def open_interest(positions: xr.Dataset, market: xr.Dataset) -> xr.Dataset:
         units="1", long_name="leverage imbalance (L - S)/(L + S)")
     return xr.Dataset({"long_open_interest": long_oi, "short_open_interest": short_oi,
                        "oi_imbalance": imbalance})
-
-
-def _host(value) -> np.ndarray:
-    """A computed result as a NumPy array, wherever it was computed."""
-    return value.get() if hasattr(value, "get") and is_cupy(value) else np.asarray(value)
 
 
 _BOOK_SUMMARY_ATTRS = {
@@ -111,7 +106,7 @@ def book_summary(book: xr.DataTree) -> xr.Dataset:
                 c[key] = np.nan
     out = xr.Dataset(coords={"instrument": np.array(names, dtype=str)})
     for key, (units, long_name) in _BOOK_SUMMARY_ATTRS.items():
-        values = np.array([_host(computed[n][key]).item() for n in names])
+        values = np.array([to_host(computed[n][key]).item() for n in names])
         if key.endswith("_time"):
             values = values.astype("datetime64[ns]")
         attrs = {"long_name": long_name} | ({"units": units} if units else {})
@@ -135,6 +130,6 @@ def positions_summary(positions: xr.Dataset, market: xr.Dataset) -> xr.Dataset:
     values, oi = computed
     out = oi.copy()
     for key, (_, long_name) in counts.items():
-        out[key] = xr.DataArray(int(_host(values[key]).item()),
+        out[key] = xr.DataArray(int(to_host(values[key]).item()),
                                 attrs={"units": "1", "long_name": long_name})
-    return out.map(lambda v: v.copy(data=_host(v.data)))
+    return out.map(lambda v: v.copy(data=to_host(v.data)))
