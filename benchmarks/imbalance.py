@@ -119,6 +119,10 @@ def main() -> None:
     print(f"numba kernel, 1 thread, {args.snapshots:,} snapshots x {args.levels} levels in memory, "
           f"{args.bucket} buckets: {rate / 1e6:.2f} M snapshots/s, {gbs / 1e9:.2f} GB/s read "
           f"= {gbs / bw1:.0%} of the 1-thread read bandwidth")
+    one_bucket = np.zeros_like(bucket)  # the order-flow pass alone: one state row in all
+    seconds = best_of(lambda: run_kernel(bid, ask, bid_size, ask_size, one_bucket, 1), repeat=15)
+    print(f"  the order-flow pass alone (every snapshot in one bucket): {args.snapshots / seconds / 1e6:.2f} M "
+          f"snapshots/s, {nbytes / seconds / 1e9:.2f} GB/s = {nbytes / seconds / bw1:.0%}")
 
     n = min(args.pandas_snapshots, args.snapshots)
     t_pandas = best_of(lambda: pandas_grid(bid[:n], ask[:n], bid_size[:n], ask_size[:n],

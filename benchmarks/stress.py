@@ -122,6 +122,16 @@ def main() -> None:
               f"counted; accounts liquidated, shortfall, worst ratio per account); worst shortfall "
               f"{shortfall:,.0f} USD; SPAN (16 scenarios) for every account: {times['SPAN']:.2f} s; "
               f"peak RSS per worker {', '.join(f'{v:,.0f}' for v in worker_peaks.values())} MiB")
+        # what reading the positions costs, from the same store (one thread)
+        with dask_scheduler("sync"):
+            t0 = time.perf_counter()
+            positions.compute()
+            t_read = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            positions["margin_mode"].compute()
+            t_modes = time.perf_counter() - t0
+        print(f"reading the {args.accounts:,} accounts' positions from the store, one thread: {t_read:.2f} s, of "
+              f"which margin_mode (variable-length strings): {t_modes:.2f} s")
         # 2. perpetual-only portfolios (cross and isolated) and portfolios with options, 2 threads
         # (each subset is written to a store of its own and read back lazily, as a workflow
         # reads its accounts)
