@@ -63,6 +63,16 @@ def to_host(value) -> np.ndarray:
     return value.get() if is_cupy(value) else np.asarray(value)
 
 
+def on_host(x: xr.DataArray) -> xr.DataArray:
+    """The same DataArray with its data (or, lazily, its Dask chunks) on the host: for small
+    results such as per-account flags that are combined with host-side variables."""
+    if not is_cupy(x.data):
+        return x
+    if hasattr(x.data, "map_blocks"):
+        return x.copy(data=x.data.map_blocks(to_host, dtype=x.dtype, meta=np.empty((0,) * x.ndim, x.dtype)))
+    return x.copy(data=to_host(x.data))
+
+
 def dispatch(cpu_kernel: Callable, gpu_kernel: Callable) -> Callable:
     """A function that runs ``gpu_kernel`` on CuPy arrays and ``cpu_kernel`` otherwise."""
 

@@ -26,7 +26,8 @@ def _progress() -> Progress:
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/red] {escape(str(exc))}")  # errors contain [...] locations
+    # errors contain [...] locations; soft_wrap: a store path is never broken across lines
+    console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
     raise typer.Exit(2)
 
 

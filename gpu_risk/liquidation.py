@@ -155,6 +155,7 @@ def liquidation_map(position: xr.DataArray, liquidation_price: xr.DataArray, mar
     q = q.rechunk(lp.chunks)
 
     def block(q, lp):
+        q = to_host(q)  # the liquidation prices are already on the host
         out = np.zeros((q.shape[1], bins.size - 1, 2))
         rel = lp / mark - 1
         notional = notional_at_price(q, lp, market)

@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .backend import is_cupy
+from .backend import is_cupy, to_host
 from .kernels.stress import span_cpu, stress_cpu, stress_gpu
 from .liquidation import MARKET_ORDER, market_arrays
 from .model import in_market_order
@@ -49,6 +49,8 @@ def _surface_block(balance, position, entry, iso_margin, isolated, exclude, *, m
 
 
 def _span_block(position, entry, exclude, m, scan, vol_scan, multiple, cover):
+    # SPAN (16 scenarios, tabulated per price move) has no CUDA kernel: GPU chunks come back
+    position, entry, exclude = to_host(position), to_host(entry), to_host(exclude)
     out = np.empty(position.shape[0])
     span_cpu(np.ascontiguousarray(position, np.float64), np.ascontiguousarray(entry, np.float64),
              m["price"], m["kind"], m["underlying"], m["mark"], m["strike"], m["years"], m["vol"],

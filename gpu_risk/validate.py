@@ -16,6 +16,7 @@ import dask
 import numpy as np
 import xarray as xr
 
+from .backend import on_host
 from .errors import InputError, SchemaError
 from .schema import (
     BOOK_COORDS,
@@ -305,18 +306,19 @@ def validate_positions(
                                  instrument=labels[i], index=i, label=f"{dim} {labels[i]!r}",
                                  count=len(unknown))
             flags[(rule, variable)] = (ds[variable].isel({dim: unknown}) != 0).any(dim)
-    flags[("qc_nan_value", "balance")] = balance.isnull().any("asset")
-    flags[("qc_nan_value", "position")] = position.isnull().any("instrument")
-    flags[("qc_nan_value", "isolated_margin")] = isolated_margin.isnull().any("instrument")
+    # per-account reductions come to the host (numbers may sit on the GPU, margin_mode never does)
+    flags[("qc_nan_value", "balance")] = on_host(balance.isnull().any("asset"))
+    flags[("qc_nan_value", "position")] = on_host(position.isnull().any("instrument"))
+    flags[("qc_nan_value", "isolated_margin")] = on_host(isolated_margin.isnull().any("instrument"))
     entry = ds["entry_price"]
-    flags[("qc_bad_entry_price", "entry_price")] = (
-        (position != 0) & (entry.isnull() | (entry <= 0))).any("instrument")
+    flags[("qc_bad_entry_price", "entry_price")] = on_host(
+        ((position != 0) & (entry.isnull() | (entry <= 0))).any("instrument"))
     mode = ds["margin_mode"]
     is_cross, is_isolated = mode == MARGIN_MODES[0], mode == MARGIN_MODES[1]
     flags[("qc_bad_margin_mode", "margin_mode")] = ~(is_cross | is_isolated)
     flags[("qc_isolated_margin_on_cross", "isolated_margin")] = (
-        is_cross & (isolated_margin != 0).any("instrument") & isolated_margin.notnull().all("instrument"))
-    flags[("qc_bad_isolated_margin", "isolated_margin")] = (isolated_margin < 0).any("instrument")
+        is_cross & on_host((isolated_margin != 0).any("instrument") & isolated_margin.notnull().all("instrument")))
+    flags[("qc_bad_isolated_margin", "isolated_margin")] = on_host((isolated_margin < 0).any("instrument"))
     return _raise_or_flag(ds, flags, "account", on_bad_rows, store=store, instrument=None)
 
 

@@ -307,7 +307,7 @@ extern "C" __global__ void stress_gpu(
     const double* beta, const long long* kind, const long long* underlying, const double* mark,
     const double* strike, const double* years, const double* vols, const bool* is_call,
     const double* floor, const double* mmr, const double* amount, const double* price_shocks,
-    int n_acc, int n_assets, int n_inst, int n_brackets, int n_shocks, int n_second,
+    int n_acc, int n_assets, int n_inst, int n_brackets, int n_shocks, int n_second, int second_is_vol,
     double* ratio_out, double* value_out)
 {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -324,8 +324,13 @@ extern "C" __global__ void stress_gpu(
     for (int i = 0; i < n_inst; ++i) mark_w[i] = beta[underlying[i]];
     int n_parts = 1;
     if (isolated[a]) for (int i = 0; i < n_inst; ++i) if (position[a * n_inst + i] != 0.0) ++n_parts;
+    // a vol shift moves options only: an account without options has one column (as stress_cpu)
+    bool one_column = second_is_vol;
+    for (int i = 0; i < n_inst && one_column; ++i)
+        if (kind[i] == OPTION && position[a * n_inst + i] != 0.0) one_column = false;
     double s = price_shocks[j];
     for (int k = 0; k < n_second; ++k) {
+        if (one_column && k > 0) { ratio_row[k] = ratio_row[0]; value_row[k] = value_row[0]; continue; }
         Model m = {balance, position, entry, iso_margin, isolated, price, haircuts + (long long)k * n_assets,
                    beta, kind, underlying, mark, strike, years, vols + (long long)k * n_inst, is_call, floor,
                    mmr, amount, n_assets, n_inst, n_brackets};
@@ -376,7 +381,7 @@ def stress_gpu(balance, position, entry, iso_margin, isolated, exclude, m, price
     _STRESS_MODULE.get_function("stress_gpu")(
         ((total + threads - 1) // threads,), (threads,),
         (*args, np.int32(n_acc), np.int32(balance.shape[1]), np.int32(n_inst), np.int32(m["floor"].shape[1]),
-         np.int32(n_shocks), np.int32(n_second), ratio, value))
+         np.int32(n_shocks), np.int32(n_second), np.int32(bool(is_vol)), ratio, value))
     totals = cp.stack([(ratio < 1).sum(axis=0).astype(cp.float64),
                        cp.where(value < 0, -value, 0.0).sum(axis=0)], axis=-1)
     worst = ratio.min(axis=(1, 2))
