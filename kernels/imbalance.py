@@ -38,7 +38,8 @@ def n_columns(levels: int, bands: int) -> int:
 
 
 @cpu_inline
-def _state_row(bid_price, ask_price, bid_size, ask_size, n, band_factors, cum_bid, cum_ask, out, row):
+def _state_row(bid_price, ask_price, bid_size, ask_size, n, band_factors, band_order, cum_bid, cum_ask, out,
+               row):
     """Write the state variables of snapshot n into out[row] (columns L .. end-1).
     ``band_factors`` (2, B) holds 1 - b/10^4 and 1 + b/10^4, computed once per block (the
     same operations as inline, so the same bits, without 2 B divisions per bucket).
@@ -66,14 +67,18 @@ def _state_row(bid_price, ask_price, bid_size, ask_size, n, band_factors, cum_bi
     # ladder (bids fall and asks rise with the level; empty levels, of size 0, come last),
     # so a band's depth is the cumulative depth at the number of levels within it: the
     # same additions, in the same order, as summing size x (price within the band).
-    for j in range(bands):
+    # Taking the bands narrowest first, each band's prefix extends the previous one's: one
+    # walk down each ladder for all bands (L + B comparisons, not L x B).
+    k_b = 0
+    k_a = 0
+    for jj in range(bands):
+        j = band_order[jj]
         low = mid * band_factors[0, j]
         high = mid * band_factors[1, j]
-        k_b = 0
-        k_a = 0
-        for k in range(levels):  # counts: branch-free integer sums
-            k_b += bid_price[n, k] >= low
-            k_a += ask_price[n, k] <= high
+        while k_b < levels and bid_price[n, k_b] >= low:
+            k_b += 1
+        while k_a < levels and ask_price[n, k_a] <= high:
+            k_a += 1
         b = cum_bid[k_b - 1] if k_b > 0 else 0.0
         a = cum_ask[k_a - 1] if k_a > 0 else 0.0
         out[row, 2 * levels + 3 + j] = (b - a) / (b + a)
@@ -82,12 +87,16 @@ def _state_row(bid_price, ask_price, bid_size, ask_size, n, band_factors, cum_bi
 @cpu_inline
 def _order_flow(pb, pa, qb, qa, pb0, pa0, qb0, qa0):
     """e of one level: an empty bid level (NaN) compares as -inf, an empty ask level as +inf.
-    Branch-free (selects, not jumps), so LLVM can vectorise the loop over levels."""
-    pb = -np.inf if pb != pb else pb
-    pa = np.inf if pa != pa else pa
-    pb0 = -np.inf if pb0 != pb0 else pb0
-    pa0 = np.inf if pa0 != pa0 else pa0
-    return qb * (pb >= pb0) - qb0 * (pb <= pb0) - qa * (pa <= pa0) + qa0 * (pa >= pa0)
+    Each indicator is an ordered comparison or'ed with the NaN case that makes it true
+    (e.g. Pb >= Pb0 holds with Pb0 = -inf), and size x indicator is a select of the size or 0
+    (the same value for the finite, non-negative sizes of a valid book): no int-to-float
+    conversions and no blends, so LLVM vectorises the loop over levels cheaply."""
+    bid_up = (pb >= pb0) | (pb0 != pb0)
+    bid_down = (pb <= pb0) | (pb != pb)
+    ask_down = (pa <= pa0) | (pa0 != pa0)
+    ask_up = (pa >= pa0) | (pa != pa)
+    return ((qb if bid_up else 0.0) - (qb0 if bid_down else 0.0) - (qa if ask_down else 0.0)
+            + (qa0 if ask_up else 0.0))
 
 
 @cpu_kernel
@@ -104,6 +113,7 @@ def imbalance_block_cpu(bid_price, ask_price, bid_size, ask_size, prev_bid_price
     for j in range(band_bps.shape[0]):
         band_factors[0, j] = 1 - band_bps[j] / 1e4
         band_factors[1, j] = 1 + band_bps[j] / 1e4
+    band_order = np.argsort(band_bps)  # narrowest band first
     count = 0.0
     for n in range(n_rows):
         r = bucket[n]
@@ -127,7 +137,8 @@ def imbalance_block_cpu(bid_price, ask_price, bid_size, ask_size, prev_bid_price
                 acc[k] = 0.0
             out[r, count_col] = count
             count = 0.0
-            _state_row(bid_price, ask_price, bid_size, ask_size, n, band_factors, cum_bid, cum_ask, out, r)
+            _state_row(bid_price, ask_price, bid_size, ask_size, n, band_factors, band_order, cum_bid, cum_ask, out,
+                       r)
             # buckets without a snapshot before the next one: OFI 0, no update, this state,
             # written now while this row is in cache (no zeroing pass, no carrying pass)
             for e in range(r + 1, next_bucket):
