@@ -20,9 +20,11 @@ snapshot get ofi 0, n_updates 0 and the state of the last snapshot before them. 
 caller splits blocks at bucket boundaries, so every bucket is summed by one call, in time
 order: results do not depend on how the time axis is chunked.
 
-The numba kernel makes one row-major pass; the CUDA kernels (CuPy RawKernel, source
-below) run one thread per (bucket, level) for OFI, summing the bucket's snapshots in the
-same order, and one thread per bucket for the state variables.
+The numba kernel makes one pass, bucket by bucket: a flat, fully vectorised loop over the
+bucket's stretch of each flattened array for the order-flow terms, the terms added per
+level in time order, then the state row of the bucket's last snapshot. The CUDA kernels
+(CuPy RawKernel, source below) run one thread per (bucket, level) for OFI, summing the
+bucket's snapshots in the same order, and one thread per bucket for the state variables.
 """
 
 from __future__ import annotations
@@ -99,14 +101,28 @@ def _order_flow(pb, pa, qb, qa, pb0, pa0, qb0, qa0):
             + (qa0 if ask_up else 0.0))
 
 
+# order-flow terms of up to this many snapshots per flat loop: few, so that the loop's memory
+# reads and the additions into acc interleave finely (256 left memory idle during the additions)
+SCRATCH_ROWS = 16
+
+
 @cpu_kernel
 def imbalance_block_cpu(bid_price, ask_price, bid_size, ask_size, prev_bid_price, prev_ask_price,
                         prev_bid_size, prev_ask_size, has_prev, bucket, band_bps, out):
-    """numba: one row-major pass over the block (see the module docstring)."""
+    """numba: one row-major pass over the block (see the module docstring), bucket by bucket."""
     n_rows, levels = bid_price.shape
     n_out, n_cols = out.shape
     count_col = n_cols - 1
-    acc = np.zeros(levels)  # the current bucket's OFI, written out when the bucket closes
+    # a bucket's snapshots are consecutive rows, so their order-flow terms e[n, k] lie on one
+    # contiguous stretch of each flattened array, the predecessor of element i at i - L: one
+    # flat loop computes them all (fully vectorised, with no per-row remainder of L mod the
+    # vector width), then each level's terms are added in time order, as a per-row loop would
+    flat_bid_price = bid_price.reshape(bid_price.size)
+    flat_ask_price = ask_price.reshape(ask_price.size)
+    flat_bid_size = bid_size.reshape(bid_size.size)
+    flat_ask_size = ask_size.reshape(ask_size.size)
+    terms = np.empty(SCRATCH_ROWS * levels)
+    acc = np.empty(levels)  # the current bucket's OFI
     cum_bid = np.empty(levels)
     cum_ask = np.empty(levels)
     band_factors = np.empty((2, band_bps.shape[0]))
@@ -114,39 +130,52 @@ def imbalance_block_cpu(bid_price, ask_price, bid_size, ask_size, prev_bid_price
         band_factors[0, j] = 1 - band_bps[j] / 1e4
         band_factors[1, j] = 1 + band_bps[j] / 1e4
     band_order = np.argsort(band_bps)  # narrowest band first
-    count = 0.0
-    for n in range(n_rows):
+    n = 0
+    while n < n_rows:
         r = bucket[n]
-        if n > 0:
-            for k in range(levels):
-                acc[k] += _order_flow(bid_price[n, k], ask_price[n, k], bid_size[n, k], ask_size[n, k],
-                                      bid_price[n - 1, k], ask_price[n - 1, k], bid_size[n - 1, k],
-                                      ask_size[n - 1, k])
-        elif has_prev:
-            for k in range(levels):
-                acc[k] += _order_flow(bid_price[0, k], ask_price[0, k], bid_size[0, k], ask_size[0, k],
-                                      prev_bid_price[k], prev_ask_price[k], prev_bid_size[k],
-                                      prev_ask_size[k])
-        count += 1.0
-        next_bucket = n_out
-        if n < n_rows - 1:
-            next_bucket = bucket[n + 1]
-        if next_bucket != r:
-            for k in range(levels):
-                out[r, k] = acc[k]
-                acc[k] = 0.0
-            out[r, count_col] = count
-            count = 0.0
-            _state_row(bid_price, ask_price, bid_size, ask_size, n, band_factors, band_order, cum_bid, cum_ask, out,
-                       r)
-            # buckets without a snapshot before the next one: OFI 0, no update, this state,
-            # written now while this row is in cache (no zeroing pass, no carrying pass)
-            for e in range(r + 1, next_bucket):
+        end = n + 1
+        while end < n_rows and bucket[end] == r:
+            end += 1
+        for k in range(levels):
+            acc[k] = 0.0
+        first = n
+        if n == 0:
+            if has_prev:
                 for k in range(levels):
-                    out[e, k] = 0.0
-                for c in range(levels, count_col):
-                    out[e, c] = out[r, c]
-                out[e, count_col] = 0.0
+                    acc[k] += _order_flow(bid_price[0, k], ask_price[0, k], bid_size[0, k], ask_size[0, k],
+                                          prev_bid_price[k], prev_ask_price[k], prev_bid_size[k],
+                                          prev_ask_size[k])
+            first = 1
+        row = first
+        while row < end:
+            stop = min(end, row + SCRATCH_ROWS)
+            base = row * levels
+            for i in range((stop - row) * levels):
+                # unsigned indices: numba adds no wrap-around of negative indices, which would
+                # keep LLVM from vectorising the loop
+                j = np.uint64(base + i)
+                p = np.uint64(base + i - levels)
+                terms[i] = _order_flow(flat_bid_price[j], flat_ask_price[j], flat_bid_size[j], flat_ask_size[j],
+                                       flat_bid_price[p], flat_ask_price[p], flat_bid_size[p], flat_ask_size[p])
+            for q in range(stop - row):
+                for k in range(levels):
+                    acc[k] += terms[q * levels + k]
+            row = stop
+        for k in range(levels):
+            out[r, k] = acc[k]
+        out[r, count_col] = float(end - n)
+        _state_row(bid_price, ask_price, bid_size, ask_size, end - 1, band_factors, band_order, cum_bid, cum_ask,
+                   out, r)
+        # buckets without a snapshot before the next one: OFI 0, no update, this state,
+        # written now while this row is in cache (no zeroing pass, no carrying pass)
+        next_bucket = bucket[end] if end < n_rows else n_out
+        for e in range(r + 1, next_bucket):
+            for k in range(levels):
+                out[e, k] = 0.0
+            for c in range(levels, count_col):
+                out[e, c] = out[r, c]
+            out[e, count_col] = 0.0
+        n = end
     return out
 
 
