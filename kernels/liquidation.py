@@ -91,7 +91,7 @@ def position_terms(a, i, t, t0, asset_w, mark_w, position, entry, price, kind, u
                             is_call[i], floor, mmr, amount, i, with_margin)
 
 
-@cpu_kernel
+@cpu_inline
 def part_margin(a, part, t, t0, asset_w, mark_w, balance, position, entry, iso_margin, isolated,
                 price, haircut, kind, underlying, mark, strike, years, vol, is_call,
                 floor, mmr, amount):
@@ -128,7 +128,7 @@ def part_margin(a, part, t, t0, asset_w, mark_w, balance, position, entry, iso_m
     return c, r
 
 
-@cpu_kernel
+@cpu_inline
 def _gap(a, part, t, t0, asset_w, mark_w, balance, position, entry, iso_margin, isolated, price,
          haircut, kind, underlying, mark, strike, years, vol, is_call, floor, mmr, amount):
     c, r = part_margin(a, part, t, t0, asset_w, mark_w, balance, position, entry, iso_margin,
