@@ -12,6 +12,7 @@ and the ratio. Also the single-thread kernel rate.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -66,6 +67,8 @@ def main() -> None:
     with synthetic_as_of_date(args.accounts, "gpu_risk_liq_") as (market, positions):
         n_inst = market.sizes["instrument"]
         with dask_scheduler("local") as where:
+            # the workers load (or, without numba's cache, compile) the kernel outside the timing
+            liquidation(positions.isel(account=slice(0, 100)), market, validate=False).compute()
             t0 = time.perf_counter()
             result = liquidation(positions, market, validate=False).compute()
             seconds = time.perf_counter() - t0
@@ -94,6 +97,27 @@ def main() -> None:
               f"(liquidation prices only) {rows.size / t_numpy:,.0f} accounts/s; ratio "
               f"{t_numpy / t_kernel:.1f}x; liquidation prices agree to 1e-9")
         print(f"collateral ratio < 1 (liquidatable now): {int((result.collateral_ratio < 1).sum()):,} accounts")
+    print(f"first call in a fresh process without numba's on-disk cache (compiling the kernel): "
+          f"{first_call_seconds():.1f} s")
+
+
+def first_call_seconds() -> float:
+    """Seconds of the first ``liquidation`` call in a new process whose numba cache is empty."""
+    import subprocess
+    import tempfile
+
+    code = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from _common import synthetic_as_of_date\n"
+        "from gpu_risk.liquidation import liquidation\n"
+        "with synthetic_as_of_date(100, 'gpu_risk_first_') as (market, positions):\n"
+        "    positions = positions.compute(); t0 = time.perf_counter()\n"
+        "    liquidation(positions, market, validate=False)\n"
+        "    print(time.perf_counter() - t0)\n")
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        done = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parent)], env=env,
+                              capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ def part_margin(a, part, t, t0, asset_w, mark_w, balance, position, entry, iso_m
     return c, r
 
 
-@cpu_inline
+@cpu_kernel
 def _gap(a, part, t, t0, asset_w, mark_w, balance, position, entry, iso_margin, isolated, price,
          haircut, kind, underlying, mark, strike, years, vol, is_call, floor, mmr, amount):
     c, r = part_margin(a, part, t, t0, asset_w, mark_w, balance, position, entry, iso_margin,
