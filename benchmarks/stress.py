@@ -131,7 +131,7 @@ def main() -> None:
             positions["margin_mode"].compute()
             t_modes = time.perf_counter() - t0
         print(f"reading the {args.accounts:,} accounts' positions from the store, one thread: {t_read:.2f} s, of "
-              f"which margin_mode (variable-length strings): {t_modes:.2f} s")
+              f"which margin_mode (stored as flag codes, decoded to strings): {t_modes:.2f} s")
         # 2. perpetual-only portfolios (cross and isolated) and portfolios with options, 2 threads
         # (each subset is written to a store of its own and read back lazily, as a workflow
         # reads its accounts)

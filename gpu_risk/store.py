@@ -34,6 +34,7 @@ from .errors import InputError, SchemaError
 from .schema import (
     BOOK_OPTIONAL_VARS,
     BOOK_VARS,
+    MARGIN_MODES,
     MARKET_ASSET_VARS,
     MARKET_BRACKET_VARS,
     MARKET_INSTRUMENT_VARS,
@@ -209,8 +210,9 @@ class RegionWriter:
     """
 
     def __init__(self, template: xr.Dataset, path: PathLike, group: str, dim: str, chunk: int,
-                 chunk_dims: dict[str, int] | None = None):
+                 chunk_dims: dict[str, int] | None = None, encode=None):
         self.path, self.group, self.dim, self.chunk = str(path), group, dim, chunk
+        self._encode = encode or (lambda ds: ds)  # applied to each slab before it is written
         chunk_dims = dict(chunk_dims or {})
         chunk_dims[dim] = chunk
         template = _prepare(template)
@@ -225,7 +227,7 @@ class RegionWriter:
         if start % self.chunk:
             raise ValueError(f"region start {start} not aligned to chunk {self.chunk}")
         stop = start + slab.sizes[self.dim]
-        slab = _prepare(slab.drop_vars([n for n in self._static if n in slab.variables]))
+        slab = _prepare(self._encode(slab.drop_vars([n for n in self._static if n in slab.variables])))
         slab.to_zarr(self.path, group=self.group, region={self.dim: slice(start, stop)},
                      mode="r+", **_zarr_kwargs())
 
@@ -374,6 +376,55 @@ def open_book(path: PathLike, instruments: Iterable[str] | None = None, start: A
 
 # ---------------------------------------------------------------------- positions
 
+# margin_mode is stored as CF flag codes (uint8 with flag_values / flag_meanings) and read
+# back as strings: decoding a million variable-length strings cost 0.2-0.3 s, about as much
+# as the stress kernel's work on those accounts; codes decode in milliseconds. Stores holding
+# strings (written by other tools, or before this encoding) are read as they are.
+_UNKNOWN_MODE = 255  # anything else: decoded to "" and flagged qc_bad_margin_mode on validation
+_MODE_TABLE = np.full(256, "", dtype="<U8")
+_MODE_TABLE[: len(MARGIN_MODES)] = MARGIN_MODES
+
+
+def _mode_codes(modes) -> np.ndarray:
+    modes = np.asarray(modes)
+    codes = np.full(modes.shape, _UNKNOWN_MODE, dtype=np.uint8)
+    for code, name in enumerate(MARGIN_MODES):
+        codes[modes == name] = code
+    return codes
+
+
+def _mode_names(codes) -> np.ndarray:
+    return _MODE_TABLE[np.asarray(codes)]
+
+
+def encode_margin_mode(ds: xr.Dataset) -> xr.Dataset:
+    """``margin_mode`` as uint8 flag codes (0 cross, 1 isolated, 255 anything else)."""
+    mode = ds.get("margin_mode")
+    if mode is None or mode.dtype.kind not in "UTO":
+        return ds
+    data = mode.data
+    if hasattr(data, "map_blocks"):
+        codes = data.map_blocks(_mode_codes, dtype=np.uint8)
+    else:
+        codes = _mode_codes(data)
+    attrs = dict(mode.attrs, flag_values=list(range(len(MARGIN_MODES))), flag_meanings=" ".join(MARGIN_MODES))
+    return ds.assign(margin_mode=(mode.dims, codes, attrs))
+
+
+def decode_margin_mode(ds: xr.Dataset) -> xr.Dataset:
+    """Back to strings (``<U8``) where ``margin_mode`` holds flag codes; lazily where lazy."""
+    mode = ds.get("margin_mode")
+    if mode is None or mode.dtype.kind not in "iu" or "flag_meanings" not in mode.attrs:
+        return ds
+    if tuple(mode.attrs["flag_meanings"].split()) != MARGIN_MODES:
+        raise InputError(f"margin_mode flag_meanings {mode.attrs['flag_meanings']!r}, expected "
+                         f"{' '.join(MARGIN_MODES)!r}", store=ds.attrs.get("store"), variable="margin_mode")
+    data = mode.data
+    names = (data.map_blocks(_mode_names, dtype=_MODE_TABLE.dtype) if hasattr(data, "map_blocks")
+             else _mode_names(data))
+    attrs = {k: v for k, v in mode.attrs.items() if k not in ("flag_values", "flag_meanings")}
+    return ds.assign(margin_mode=(mode.dims, names, attrs))
+
 
 def write_positions(ds: xr.Dataset, path: PathLike, date: Any,
                     chunk_rows: int = ACCOUNT_CHUNK_ROWS) -> str:
@@ -381,7 +432,7 @@ def write_positions(ds: xr.Dataset, path: PathLike, date: Any,
     validate_positions(ds, store=str(path))
     init_store(path, "positions")
     key = day_key(date)
-    ds = _with_attrs(ds, POSITION_VARS)
+    ds = encode_margin_mode(_with_attrs(ds, POSITION_VARS))
     ds.attrs["date"] = key
     write_day_dataset(ds, path, key, {"account": chunk_rows})
     return key
@@ -395,14 +446,17 @@ def positions_writer(path: PathLike, date: Any, accounts: np.ndarray, assets: li
     sizes = {"account": len(accounts), "asset": len(assets), "instrument": len(instruments)}
     variables = {}
     for name, var in POSITION_VARS.items():
-        dtype = np.dtypes.StringDType() if name == "margin_mode" else np.dtype("float64")
-        variables[name] = (var.dims, dtype, describe(var))
+        if name == "margin_mode":
+            variables[name] = (var.dims, np.dtype(np.uint8), describe(var) | {
+                "flag_values": list(range(len(MARGIN_MODES))), "flag_meanings": " ".join(MARGIN_MODES)})
+        else:
+            variables[name] = (var.dims, np.dtype("float64"), describe(var))
     coords = {"account": ("account", np.asarray(accounts, dtype=np.int64)),
               "asset": ("asset", np.asarray(assets, dtype=object)),
               "instrument": ("instrument", np.asarray(instruments, dtype=object))}
     template = _lazy_template(coords, variables, sizes, {"account": chunk_rows})
     template.attrs["date"] = key
-    return RegionWriter(template, path, key, "account", chunk_rows)
+    return RegionWriter(template, path, key, "account", chunk_rows, encode=encode_margin_mode)
 
 
 def positions_dates(path: PathLike) -> list[str]:
@@ -432,6 +486,7 @@ def open_positions(path: PathLike, date: Any = None, *, market: xr.Dataset | Non
     key = _pick_date(path, positions_dates(path), date, "positions")
     ds = open_day_dataset(path, key, chunks)
     ds.attrs.update(date=key, store=str(path))
+    ds = decode_margin_mode(ds)
     if validate:
         ds = validate_positions(ds, market, store=str(path), on_bad_rows=on_bad_rows)
     return ds

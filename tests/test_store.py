@@ -86,6 +86,44 @@ def test_positions_round_trip_both_write_paths(tmp_path, market):
     assert latest.attrs["date"] == "2026-01-06"
 
 
+def test_margin_mode_stored_as_flag_codes_and_string_stores_still_read(tmp_path, market):
+    """margin_mode goes to disk as CF flag codes (uint8) and comes back as the same strings;
+    a store whose margin_mode holds strings (another tool's) reads the same; a mode that is
+    neither cross nor isolated, written by the slab writer (which does not validate), comes
+    back flagged, never as a valid mode."""
+    pos = make_positions(n=40)
+    store.write_positions(pos, tmp_path / "p.zarr", "2026-01-05", chunk_rows=16)
+    raw = zarr.open_group(str(tmp_path / "p.zarr"), path="2026-01-05", mode="r")["margin_mode"]
+    assert raw.dtype == np.uint8 and raw.attrs["flag_meanings"] == "cross isolated"
+    np.testing.assert_array_equal(raw[:], np.where(pos.margin_mode.values == "isolated", 1, 0))
+    back = store.open_positions(tmp_path / "p.zarr", market=market).compute()
+    assert back.margin_mode.dtype.kind == "U" and "flag_meanings" not in back.margin_mode.attrs
+    assert list(back.margin_mode.values) == list(pos.margin_mode.values)
+    # strings on disk (written directly, as another tool would)
+    other = store._with_attrs(pos, store.POSITION_VARS)
+    other.attrs["date"] = "2026-01-06"
+    store.init_store(tmp_path / "p.zarr", "positions")
+    store.write_day_dataset(other, tmp_path / "p.zarr", "2026-01-06", {"account": 16})
+    raw = zarr.open_group(str(tmp_path / "p.zarr"), path="2026-01-06", mode="r")["margin_mode"]
+    assert raw.dtype.kind != "u"
+    strings = store.open_positions(tmp_path / "p.zarr", "2026-01-06", market=market).compute()
+    assert list(as_str(strings.margin_mode.values)) == list(pos.margin_mode.values)
+    # an unknown mode through the slab writer: decoded to "", flagged or refused on opening
+    bad = pos.copy()
+    modes = bad.margin_mode.values.copy()
+    modes[7] = "portfolio"
+    bad["margin_mode"] = ("account", modes)
+    writer = store.positions_writer(tmp_path / "p.zarr", "2026-01-07", pos.account.values,
+                                    list(pos.asset.values), list(pos.instrument.values), chunk_rows=16)
+    for start in range(0, 40, 16):
+        writer.write(start, bad.isel(account=slice(start, start + 16)))
+    writer.close()
+    with pytest.raises(InputError, match="neither 'cross' nor 'isolated'"):
+        store.open_positions(tmp_path / "p.zarr", "2026-01-07", market=market)
+    flagged = store.open_positions(tmp_path / "p.zarr", "2026-01-07", market=market, on_bad_rows="flag").compute()
+    assert np.flatnonzero(flagged.qc_bad_margin_mode.values).tolist() == [7]
+
+
 def test_market_round_trip_zarr_yaml_toml(tmp_path, market):
     import yaml
 
