@@ -166,8 +166,8 @@ def test_flag_mode_runs_on_bad_rows_and_counts_them(tiny_dataset, tmp_path):
     data["positions"] = str(tmp_path / "positions.zarr")
     day = tiny_dataset["days"][0]
     node = zarr.open_group(data["positions"], path=day, mode="r+")
-    mode = node["margin_mode"][:]
-    mode[[4, 9]] = "portfolio"
+    mode = node["margin_mode"][:]  # flag codes on disk (0 cross, 1 isolated)
+    mode[[4, 9]] = 7  # a code outside flag_values: neither cross nor isolated
     node["margin_mode"][:] = mode
     with pytest.raises(Exception, match="margin_mode"):
         run_workflow(load_config(write_config(tmp_path, data, dates=[day])))
