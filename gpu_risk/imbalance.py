@@ -1,8 +1,10 @@
 """Imbalance grids over book stores of any size (SPEC section 1), lazily on Dask.
 
-Each instrument's time axis is re-split so that block boundaries fall on bucket
-boundaries (a bucket is summed by one kernel call, in time order), and each block gets the
-snapshot before it as its OFI predecessor, across chunk and day boundaries. A block owns
+Each instrument's time axis is cut into blocks whose boundaries fall on bucket boundaries
+(a bucket is summed by one kernel call, in time order), and each block gets the snapshot
+before it as its OFI predecessor, across chunk and day boundaries. Blocks are read from the
+input chunks as they are: a block is its chunk from its first whole bucket on, plus the
+rows of its last bucket that run into the next chunk(s); only those rows are copied. A block owns
 the buckets from its first snapshot's bucket up to the next block's first bucket, so empty
 buckets are carried forward inside the kernel. Results therefore do not depend on the
 chunking of the input, the scheduler or the backend.
@@ -48,27 +50,56 @@ def _block_bounds(bucket_index: np.ndarray, chunk_starts: Iterable[int]) -> list
     return starts + [n]
 
 
-def _run_block(arrays, prev, runs, bands, n_out, levels, lead_in=False):
-    bid_price, ask_price, bid_size, ask_size = arrays
-    bucket = np.repeat(*runs)
+def _run_block(parts, prev_row, runs, bands, n_out, levels, lead_in=False, split=None):
+    """The grid rows of one block of whole buckets.
+
+    ``parts``: for each of the 4 book arrays, the block's rows as a list of consecutive
+    pieces (the Dask chunks it overlaps, cut to the block); ``prev_row``: the 4 rows
+    before the block (None at the instrument's first row); ``runs``: run-length encoded
+    bucket of each row, relative to the block's first bucket. ``split`` = (row, bucket):
+    the first row of the block's last bucket, when that bucket continues past the first
+    piece. The buckets before it are computed on the first piece as it is (no copy); only
+    the last bucket's rows are joined. Every bucket is still summed by one kernel call, in
+    time order, so the result does not depend on where the chunks end.
+    """
+    first = parts[0][0]
     xp = np
-    if is_cupy(bid_price):
+    if is_cupy(first):
         import cupy as xp  # noqa: PLC0415
-    has_prev = prev is not None
-    if not has_prev:
-        prev = [xp.full(levels, np.nan) for _ in range(4)]
+    bucket = np.repeat(*runs)
+    n_cols = n_columns(levels, bands.size)
+
+    def call(arrays, prev, bucket, n):
+        has_prev = prev is not None
+        if not has_prev:
+            prev = [xp.full(levels, np.nan) for _ in range(4)]
+        out = xp.empty((n, n_cols), dtype=np.float64)
+        if xp is np:
+            arrays = [np.ascontiguousarray(a, dtype=np.float64) for a in arrays]
+            prev = [np.ascontiguousarray(p, dtype=np.float64) for p in prev]
+            return _kernel(*arrays, *prev, has_prev, bucket, bands, out)
+        return _kernel(*arrays, *prev, has_prev, xp.asarray(bucket), xp.asarray(bands), out)
+
+    if split is None or split[0] == 0:
+        arrays = [piece[0] if len(piece) == 1 else xp.concatenate(piece) for piece in parts]
+        out = call(arrays, prev_row, bucket, n_out)
     else:
-        prev = [p[-1] for p in prev]
-    out = xp.empty((n_out, n_columns(levels, bands.size)), dtype=np.float64)
-    if not is_cupy(bid_price):
-        arrays = [np.ascontiguousarray(a, dtype=np.float64) for a in arrays]
-        prev = [np.ascontiguousarray(p, dtype=np.float64) for p in prev]
-    else:
-        bucket, bands = xp.asarray(bucket), xp.asarray(bands)
-    out = _kernel(*arrays, *prev, has_prev, bucket, bands, out)
+        row, b_last = split
+        head = call([piece[0][:row] for piece in parts], prev_row, bucket[:row], b_last)
+        tail_arrays = [xp.concatenate([piece[0][row:], *piece[1:]]) for piece in parts]
+        tail = call(tail_arrays, [piece[0][row - 1] for piece in parts], bucket[row:] - b_last, n_out - b_last)
+        out = xp.concatenate([head, tail])
     if lead_in:  # the predecessor row from before `start` is not an update of this grid
         out[0, -1] -= 1
     return out
+
+
+def _rows(block, start, stop):
+    return block[start:stop]
+
+
+def _row(block, i):
+    return block[i]
 
 
 def _instrument_grid(ds: xr.Dataset, origin_ns: int, bucket_ns: int, n_buckets: int,
@@ -93,17 +124,35 @@ def _instrument_grid(ds: xr.Dataset, origin_ns: int, bucket_ns: int, n_buckets: 
         arrays = [ds[name].isel(level=slice(0, levels)).data for name in BOOK_ARRAYS]
     bucket_index = np.maximum((t - origin_ns) // bucket_ns, 0)
     arrays = [a if lazy else da.from_array(a, chunks=(a.shape[0], a.shape[1])) for a in arrays]
-    chunk_starts = np.cumsum((0,) + arrays[0].chunks[0])[:-1]
-    bounds = _block_bounds(bucket_index, chunk_starts)
-    sizes = tuple(np.diff(bounds))
-    arrays = [a.rechunk((sizes, -1)) for a in arrays]
+    arrays = [a.rechunk({1: -1}) for a in arrays]
+    chunk_edges = np.cumsum((0,) + arrays[0].chunks[0])
+    bounds = _block_bounds(bucket_index, chunk_edges[:-1])
+    # blocks of whole buckets over the original chunks: no rechunking (which copied every
+    # chunk to move a few rows across its edges); a task reads the pieces it overlaps
     blocks = [a.to_delayed().ravel() for a in arrays]
+    cut = dask.delayed(_rows, pure=True)
+    row_of = dask.delayed(_row, pure=True)
+
+    def pieces_of(start, stop):
+        """Per array, the delayed pieces covering rows [start, stop), in order."""
+        first_chunk = int(np.searchsorted(chunk_edges, start, side="right")) - 1
+        last_chunk = int(np.searchsorted(chunk_edges, stop, side="left")) - 1
+        out = []
+        for blk in blocks:
+            per = []
+            for c in range(first_chunk, last_chunk + 1):
+                lo, hi = max(start, chunk_edges[c]) - chunk_edges[c], min(stop, chunk_edges[c + 1]) - chunk_edges[c]
+                whole = lo == 0 and hi == chunk_edges[c + 1] - chunk_edges[c]
+                per.append(blk[c] if whole else cut(blk[c], lo, hi))
+            out.append(per)
+        return out, first_chunk
+
     pieces = []
     first_bucket = int(bucket_index[0])
     if first_bucket > 0:  # before the instrument's first snapshot
         pieces.append(_empty_buckets(first_bucket, levels, n_cols, meta))
     run = dask.delayed(_run_block, pure=True)
-    for i in range(len(sizes)):
+    for i in range(len(bounds) - 1):
         start, stop = bounds[i], bounds[i + 1]
         b0 = int(bucket_index[start])
         b1 = int(bucket_index[stop]) if stop < t.size else n_buckets
@@ -112,8 +161,17 @@ def _instrument_grid(ds: xr.Dataset, origin_ns: int, bucket_ns: int, n_buckets: 
         change = np.flatnonzero(np.diff(rel)) + 1
         runs = (rel[np.concatenate([[0], change])].astype(np.int64),
                 np.diff(np.concatenate([[0], change, [rel.size]])).astype(np.int64))
-        prev = [blk[i - 1] for blk in blocks] if i > 0 else None
-        task = run([blk[i] for blk in blocks], prev, runs, bands, b1 - b0, levels, lead_in and i == 0)
+        parts, first_chunk = pieces_of(start, stop)
+        split = None
+        if len(parts[0]) > 1:  # the last bucket runs on past the first chunk's end
+            first_end = min(stop, chunk_edges[first_chunk + 1]) - start
+            row = int(np.searchsorted(rel, rel[first_end - 1], side="left"))
+            split = (row, int(rel[row]))
+        prev = None
+        if start > 0:  # the row before the block: the OFI predecessor of its first row
+            c = int(np.searchsorted(chunk_edges, start - 1, side="right")) - 1
+            prev = [row_of(blk[c], start - 1 - chunk_edges[c]) for blk in blocks]
+        task = run(parts, prev, runs, bands, b1 - b0, levels, lead_in and i == 0, split)
         pieces.append(da.from_delayed(task, shape=(b1 - b0, n_cols), dtype=np.float64, meta=meta))
     return da.concatenate(pieces, axis=0)
 
