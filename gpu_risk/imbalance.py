@@ -87,7 +87,8 @@ def _run_block(parts, prev_row, runs, bands, n_out, levels, lead_in=False, split
         row, b_last = split
         head = call([piece[0][:row] for piece in parts], prev_row, bucket[:row], b_last)
         tail_arrays = [xp.concatenate([piece[0][row:], *piece[1:]]) for piece in parts]
-        tail = call(tail_arrays, [piece[0][row - 1] for piece in parts], bucket[row:] - b_last, n_out - b_last)
+        tail = call(tail_arrays, [piece[0][row - 1] for piece in parts], bucket[row:] - b_last,
+                    n_out - b_last)
         out = xp.concatenate([head, tail])
     if lead_in:  # the predecessor row from before `start` is not an update of this grid
         out[0, -1] -= 1
@@ -125,6 +126,7 @@ def _instrument_grid(ds: xr.Dataset, origin_ns: int, bucket_ns: int, n_buckets: 
     bucket_index = np.maximum((t - origin_ns) // bucket_ns, 0)
     arrays = [a if lazy else da.from_array(a, chunks=(a.shape[0], a.shape[1])) for a in arrays]
     arrays = [a.rechunk({1: -1}) for a in arrays]
+    arrays = [a.rechunk((arrays[0].chunks[0], -1)) for a in arrays]  # one time chunking for all four
     chunk_edges = np.cumsum((0,) + arrays[0].chunks[0])
     bounds = _block_bounds(bucket_index, chunk_edges[:-1])
     # blocks of whole buckets over the original chunks: no rechunking (which copied every
@@ -141,8 +143,9 @@ def _instrument_grid(ds: xr.Dataset, origin_ns: int, bucket_ns: int, n_buckets: 
         for blk in blocks:
             per = []
             for c in range(first_chunk, last_chunk + 1):
-                lo, hi = max(start, chunk_edges[c]) - chunk_edges[c], min(stop, chunk_edges[c + 1]) - chunk_edges[c]
-                whole = lo == 0 and hi == chunk_edges[c + 1] - chunk_edges[c]
+                edge, size = chunk_edges[c], chunk_edges[c + 1] - chunk_edges[c]
+                lo, hi = max(start, edge) - edge, min(stop, edge + size) - edge
+                whole = lo == 0 and hi == size
                 per.append(blk[c] if whole else cut(blk[c], lo, hi))
             out.append(per)
         return out, first_chunk

@@ -7,13 +7,14 @@ import dask
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import make_book
 from hypothesis import given
 from hypothesis import strategies as st
+from imbalance_reference import reference_grid
 
 from gpu_risk import store
 from gpu_risk.imbalance import imbalance_grid
 from gpu_risk.validate import validate_book_dataset
-from imbalance_reference import reference_grid
 
 VARS = ["ofi", "depth_imbalance", "mid_price", "spread", "microprice", "band_imbalance", "n_updates"]
 
@@ -176,3 +177,17 @@ def test_gpu_matches_cpu(bucket):
     for name in VARS:
         g = gpu[name].data.get()
         np.testing.assert_allclose(g, cpu[name].values, rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=name)
+
+
+def test_arrays_chunked_differently_give_the_same_grid():
+    """Blocks are read from the input chunks in place: the four book arrays may come with
+    different time chunks (and a chunked level axis), and the grid is still identical."""
+    book = make_book(n=200, levels=5)
+    reference = imbalance_grid(book, "1min")
+    mixed = book.copy()
+    for name, chunks in (("bid_price", {"time": 7}), ("ask_size", {"time": 13, "level": 2}),
+                         ("bid_size", {"time": 50}), ("ask_price", {"time": 200})):
+        mixed[name] = book[name].chunk(chunks)
+    got = imbalance_grid(mixed, "1min").compute()
+    for name in reference.data_vars:
+        np.testing.assert_array_equal(got[name].values, reference[name].values, err_msg=name)
