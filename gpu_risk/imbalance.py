@@ -125,8 +125,8 @@ def _instrument_grid(ds: xr.Dataset, origin_ns: int, bucket_ns: int, n_buckets: 
         arrays = [ds[name].isel(level=slice(0, levels)).data for name in BOOK_ARRAYS]
     bucket_index = np.maximum((t - origin_ns) // bucket_ns, 0)
     arrays = [a if lazy else da.from_array(a, chunks=(a.shape[0], a.shape[1])) for a in arrays]
-    arrays = [a.rechunk({1: -1}) for a in arrays]
-    arrays = [a.rechunk((arrays[0].chunks[0], -1)) for a in arrays]  # one time chunking for all four
+    time_chunks = arrays[0].chunks[0]
+    arrays = [a.rechunk((time_chunks, -1)) for a in arrays]  # one time chunking for all four, whole rows
     chunk_edges = np.cumsum((0,) + arrays[0].chunks[0])
     bounds = _block_bounds(bucket_index, chunk_edges[:-1])
     # blocks of whole buckets over the original chunks: no rechunking (which copied every

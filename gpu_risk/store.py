@@ -402,13 +402,10 @@ def encode_margin_mode(ds: xr.Dataset) -> xr.Dataset:
     mode = ds.get("margin_mode")
     if mode is None or mode.dtype.kind not in "UTO":
         return ds
-    data = mode.data
-    if hasattr(data, "map_blocks"):
-        codes = data.map_blocks(_mode_codes, dtype=np.uint8)
-    else:
-        codes = _mode_codes(data)
+    codes = xr.apply_ufunc(_mode_codes, mode, dask="parallelized", output_dtypes=[np.uint8],
+                           keep_attrs=False)
     attrs = dict(mode.attrs, flag_values=list(range(len(MARGIN_MODES))), flag_meanings=" ".join(MARGIN_MODES))
-    return ds.assign(margin_mode=(mode.dims, codes, attrs))
+    return ds.assign(margin_mode=codes.assign_attrs(attrs))
 
 
 def decode_margin_mode(ds: xr.Dataset) -> xr.Dataset:
@@ -419,11 +416,10 @@ def decode_margin_mode(ds: xr.Dataset) -> xr.Dataset:
     if tuple(mode.attrs["flag_meanings"].split()) != MARGIN_MODES:
         raise InputError(f"margin_mode flag_meanings {mode.attrs['flag_meanings']!r}, expected "
                          f"{' '.join(MARGIN_MODES)!r}", store=ds.attrs.get("store"), variable="margin_mode")
-    data = mode.data
-    names = (data.map_blocks(_mode_names, dtype=_MODE_TABLE.dtype) if hasattr(data, "map_blocks")
-             else _mode_names(data))
+    names = xr.apply_ufunc(_mode_names, mode, dask="parallelized", output_dtypes=[_MODE_TABLE.dtype],
+                           keep_attrs=False)
     attrs = {k: v for k, v in mode.attrs.items() if k not in ("flag_values", "flag_meanings")}
-    return ds.assign(margin_mode=(mode.dims, names, attrs))
+    return ds.assign(margin_mode=names.assign_attrs(attrs))
 
 
 def write_positions(ds: xr.Dataset, path: PathLike, date: Any,

@@ -94,6 +94,8 @@ def _raise_or_flag(
     store: str | None,
     instrument: str | None,
 ) -> xr.Dataset:
+    # flags are small per-row results: on the host, whatever backend the data is on
+    flags = {key: on_host(flag) for key, flag in flags.items()}
     if on_bad_rows == "raise":
         found = _first_bad(flags)
         for (rule, variable), (count, first) in found.items():
@@ -306,19 +308,19 @@ def validate_positions(
                                  instrument=labels[i], index=i, label=f"{dim} {labels[i]!r}",
                                  count=len(unknown))
             flags[(rule, variable)] = (ds[variable].isel({dim: unknown}) != 0).any(dim)
-    # per-account reductions come to the host (numbers may sit on the GPU, margin_mode never does)
-    flags[("qc_nan_value", "balance")] = on_host(balance.isnull().any("asset"))
-    flags[("qc_nan_value", "position")] = on_host(position.isnull().any("instrument"))
-    flags[("qc_nan_value", "isolated_margin")] = on_host(isolated_margin.isnull().any("instrument"))
+    flags[("qc_nan_value", "balance")] = balance.isnull().any("asset")
+    flags[("qc_nan_value", "position")] = position.isnull().any("instrument")
+    flags[("qc_nan_value", "isolated_margin")] = isolated_margin.isnull().any("instrument")
     entry = ds["entry_price"]
-    flags[("qc_bad_entry_price", "entry_price")] = on_host(
-        ((position != 0) & (entry.isnull() | (entry <= 0))).any("instrument"))
+    flags[("qc_bad_entry_price", "entry_price")] = (
+        (position != 0) & (entry.isnull() | (entry <= 0))).any("instrument")
     mode = ds["margin_mode"]
     is_cross, is_isolated = mode == MARGIN_MODES[0], mode == MARGIN_MODES[1]
     flags[("qc_bad_margin_mode", "margin_mode")] = ~(is_cross | is_isolated)
+    # margin_mode is always on the host; the numbers may be on the GPU
     flags[("qc_isolated_margin_on_cross", "isolated_margin")] = (
         is_cross & on_host((isolated_margin != 0).any("instrument") & isolated_margin.notnull().all("instrument")))
-    flags[("qc_bad_isolated_margin", "isolated_margin")] = on_host((isolated_margin < 0).any("instrument"))
+    flags[("qc_bad_isolated_margin", "isolated_margin")] = (isolated_margin < 0).any("instrument")
     return _raise_or_flag(ds, flags, "account", on_bad_rows, store=store, instrument=None)
 
 
