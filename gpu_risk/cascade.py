@@ -22,7 +22,7 @@ from .errors import InputError
 from .kernels.cascade import FIELDS, cascade_cpu, cascade_gpu
 from .model import notional_at_price
 from .schema import as_str
-from .validate import validate_market, validate_positions, without_flagged_rows
+from .validate import ensure_book, ensure_market, ensure_positions, without_flagged_rows
 
 _kernel = dispatch(cascade_cpu, cascade_gpu)
 BOOK_ARRAYS = ("bid_price", "bid_size", "ask_price", "ask_size")
@@ -143,9 +143,8 @@ def cascade(book: xr.DataTree | xr.Dataset, positions: xr.Dataset, market: xr.Da
     NaN). Lazy (Dask) where the book is lazy; the positions side is computed eagerly.
     """
     if validate:
-        validate_market(market)
-        if "qc_row_excluded" not in positions:
-            positions = validate_positions(positions, market)
+        market = ensure_market(market)
+        positions = ensure_positions(positions, market)
     shocks = _check_shocks(initial_shocks)
     if depth_extrapolation is not None and not (np.isfinite(depth_extrapolation) and depth_extrapolation > 0):
         raise ValueError(f"depth_extrapolation must be None or a positive number, not {depth_extrapolation!r}")
@@ -162,7 +161,10 @@ def cascade(book: xr.DataTree | xr.Dataset, positions: xr.Dataset, market: xr.Da
             raise InputError("book instrument not in the market", instrument=name, variable="instrument")
         if kinds[name] == "option":
             raise InputError("cascades walk a perpetual's book; options have none", instrument=name)
-    books = {name: without_flagged_rows(book[name].to_dataset()) for name in names}
+    books = {name: book[name].to_dataset() for name in names}
+    if validate:
+        books = {name: ensure_book(ds, instrument=name) for name, ds in books.items()}
+    books = {name: without_flagged_rows(ds) for name, ds in books.items()}
     when = cascade_times(books, times)
 
     if liquidation is None:

@@ -22,7 +22,7 @@ import xarray as xr
 
 from .backend import dispatch, is_cupy
 from .kernels.imbalance import imbalance_block_cpu, imbalance_block_gpu, n_columns
-from .validate import without_flagged_rows
+from .validate import ensure_book, without_flagged_rows
 
 _kernel = dispatch(imbalance_block_cpu, imbalance_block_gpu)
 BOOK_ARRAYS = ("bid_price", "ask_price", "bid_size", "ask_size")
@@ -196,7 +196,8 @@ def _empty_buckets(n: int, levels: int, n_cols: int, meta) -> da.Array:
 
 def imbalance_grid(book: xr.DataTree | xr.Dataset, bucket="1s", levels: int | None = None,
                    bands_bps: Sequence[float] = (5, 10, 25, 50, 100),
-                   instruments: Iterable[str] | None = None, start=None, end=None) -> xr.Dataset:
+                   instruments: Iterable[str] | None = None, start=None, end=None,
+                   validate: bool = True) -> xr.Dataset:
     """Order-book imbalance grids per instrument x time bucket x depth (SPEC section 1).
 
     Parameters
@@ -215,6 +216,9 @@ def imbalance_grid(book: xr.DataTree | xr.Dataset, bucket="1s", levels: int | No
     end : optional time; the grid then runs to the bucket ending at ``end`` (carrying
         the state forward) and leaves out snapshots at or after it. With ``start`` and
         ``end`` at consecutive midnights, day grids tile the history's grid exactly.
+    validate : check the SPEC's bad-input rules on a book that has not been validated yet
+        (``open_book`` and ``validate_book_dataset`` stamp what they checked); an
+        :class:`~gpu_risk.errors.InputError` names the first bad snapshot.
 
     Returns a Dataset with dims (instrument, time, level) and (instrument, time, band):
     ``ofi`` and ``depth_imbalance`` [base units; 1], ``mid_price``, ``spread``,
@@ -227,6 +231,8 @@ def imbalance_grid(book: xr.DataTree | xr.Dataset, bucket="1s", levels: int | No
     if not names:
         raise ValueError("the book has no instrument")
     datasets = {name: book[name].to_dataset() for name in names}
+    if validate:  # a no-op for books validated before (stamped or flagged)
+        datasets = {name: ensure_book(ds, instrument=name) for name, ds in datasets.items()}
     book_levels = {ds.sizes["level"] for ds in datasets.values()}
     max_levels = min(book_levels)
     levels = max_levels if levels is None else int(levels)

@@ -18,7 +18,7 @@ from .kernels.liquidation import INVERSE, LINEAR, OPTION, liquidation_cpu, liqui
 from .model import in_market_order, notional_at_price
 from .schema import as_str
 from .summary import open_interest
-from .validate import validate_market, validate_positions
+from .validate import ensure_market, ensure_positions
 
 KIND_CODES = {"linear": LINEAR, "inverse": INVERSE, "option": OPTION}
 FACTOR_RANGE = (1e-6, 100.0)  # liquidation prices searched between 1e-6 and 100 x the mark
@@ -98,8 +98,8 @@ def liquidation(positions: xr.Dataset, market: xr.Dataset, *, map_bins: Sequence
     (instrument) [1]. Lazy where the positions are.
     """
     if validate:
-        validate_market(market)
-        positions = validate_positions(positions, market) if "qc_row_excluded" not in positions else positions
+        market = ensure_market(market)
+        positions = ensure_positions(positions, market)
     instruments = market["instrument"].values
     pos = in_market_order(positions, market)
     m = market_arrays(market, as_of)

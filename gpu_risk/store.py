@@ -42,9 +42,21 @@ from .schema import (
     as_str,
     describe,
 )
-from .validate import OnBadRows, validate_book_dataset, validate_market, validate_positions
+from .validate import (
+    QC_RULES_VERSION,
+    OnBadRows,
+    book_qc_summary,
+    is_clean_summary,
+    no_flags,
+    stamp_validated,
+    validate_book_dataset,
+    validate_market,
+    validate_positions,
+    without_flagged_rows,
+)
 
 COMPLETE = "gpu_risk_complete"
+QC_ATTR = "gpu_risk_qc"  # a book day's validation summary (validate.book_qc_summary)
 STORE_KIND = "gpu_risk_store"
 SCHEMA_VERSION = 1
 BOOK_CHUNK_ROWS = 262_144  # ~21 MB per float64 variable at 10 levels: Dask tasks of ~100 MB
@@ -210,8 +222,9 @@ class RegionWriter:
     """
 
     def __init__(self, template: xr.Dataset, path: PathLike, group: str, dim: str, chunk: int,
-                 chunk_dims: dict[str, int] | None = None, encode=None):
+                 chunk_dims: dict[str, int] | None = None, encode=None, before_complete=None):
         self.path, self.group, self.dim, self.chunk = str(path), group, dim, chunk
+        self._before_complete = before_complete  # called with (path, group) before marking complete
         self._encode = encode or (lambda ds: ds)  # applied to each slab before it is written
         chunk_dims = dict(chunk_dims or {})
         chunk_dims[dim] = chunk
@@ -232,6 +245,8 @@ class RegionWriter:
                      mode="r+", **_zarr_kwargs())
 
     def close(self) -> None:
+        if self._before_complete is not None:
+            self._before_complete(self.path, self.group)
         mark_complete(self.path, self.group)
 
 
@@ -291,6 +306,9 @@ def write_book(ds: xr.Dataset, path: PathLike, instrument: str,
         part = _with_attrs(ds.isel(time=np.flatnonzero(day == d)), BOOK_VARS)
         key = day_key(d)
         part.attrs.update(instrument=instrument, date=key)
+        rows = part.sizes["time"]  # validated above: every row is clean
+        part.attrs[QC_ATTR] = {"rules": QC_RULES_VERSION, "rows": rows, "bad_rows": 0,
+                               "last_valid_row": rows - 1}
         write_day_dataset(part, path, f"{instrument}/{key}", {"time": chunk_rows})
         written.append(key)
     return written
@@ -315,7 +333,16 @@ def book_writer(path: PathLike, instrument: str, date: Any, time: np.ndarray, le
               "level": ("level", np.arange(1, levels + 1, dtype=np.int16))}
     template = _lazy_template(coords, variables, sizes, {"time": chunk_rows})
     template.attrs.update(instrument=instrument, date=key, **(extra_attrs or {}))
-    return RegionWriter(template, path, f"{instrument}/{key}{suffix}", "time", chunk_rows)
+    return RegionWriter(template, path, f"{instrument}/{key}{suffix}", "time", chunk_rows,
+                        before_complete=record_book_qc)
+
+
+def record_book_qc(path: PathLike, group: str) -> dict:
+    """Validate a written book day in one pass and record the summary on its group."""
+    ds = open_day_dataset(path, group)
+    summary = book_qc_summary(ds)
+    zarr.open_group(str(path), path=group, mode="r+", zarr_format=3).attrs[QC_ATTR] = summary
+    return summary
 
 
 def book_instruments(path: PathLike) -> list[str]:
@@ -345,12 +372,33 @@ def open_book_instrument(path: PathLike, instrument: str, start: Any = None, end
     if not days:
         raise InputError(f"no complete day in [{start}, {end}]", store=str(path), instrument=instrument)
     parts = [open_day_dataset(path, f"{instrument}/{d}", chunks) for d in days]
+    # days validated when written (their recorded summary says clean) are not read again:
+    # only the order of time across their boundaries is checked here
+    clean = all(is_clean_summary(p.attrs.get(QC_ATTR), p.sizes["time"]) for p in parts) and all(
+        a["time"].values[-1] <= b["time"].values[0]
+        for a, b in zip(parts, parts[1:]) if a.sizes["time"] and b.sizes["time"])
     ds = parts[0] if len(parts) == 1 else xr.concat(
         parts, dim="time", data_vars="minimal", coords="minimal", compat="override", join="exact")
     ds.attrs = {"instrument": instrument, "days": days, "store": str(path)}
+    if validate and clean:
+        return stamp_validated(no_flags(ds) if on_bad_rows == "flag" else ds, "book")
     if validate:
         ds = validate_book_dataset(ds, store=str(path), instrument=instrument, on_bad_rows=on_bad_rows)
     return ds
+
+
+def last_valid_snapshot(path: PathLike, instrument: str, day: str) -> xr.Dataset | None:
+    """The last snapshot of ``day`` that breaks no rule (one row), or None: read from the
+    day's recorded validation summary where it has one, else by validating the day."""
+    ds = open_day_dataset(path, f"{instrument}/{day}")
+    summary = ds.attrs.get(QC_ATTR)
+    if isinstance(summary, dict) and summary.get("rules") == QC_RULES_VERSION \
+            and summary.get("rows") == ds.sizes["time"]:
+        row = int(summary["last_valid_row"])
+    else:
+        kept = without_flagged_rows(validate_book_dataset(ds, on_bad_rows="flag"))
+        return kept.isel(time=[-1]) if kept.sizes["time"] else None
+    return ds.isel(time=[row]) if row >= 0 else None
 
 
 def open_book(path: PathLike, instruments: Iterable[str] | None = None, start: Any = None,

@@ -13,7 +13,7 @@ from .backend import is_cupy, to_host
 from .kernels.stress import span_cpu, stress_cpu, stress_gpu
 from .liquidation import MARKET_ORDER, market_arrays
 from .model import in_market_order
-from .validate import validate_market, validate_positions
+from .validate import ensure_market, ensure_positions
 
 AGGREGATE_CHUNK = 32_768  # accounts per aggregate task: small inputs, many tasks for the cores
 # on the GPU a task's fixed costs (launch, allocations, reductions, copies back) dominate below
@@ -120,9 +120,8 @@ def stress_surface(positions: xr.Dataset, market: xr.Dataset, price_shocks: Sequ
     if ((1 + np.outer(shocks, beta)) <= 0).any():
         raise ValueError("a price shock makes a price <= 0 (1 + beta s <= 0)")
     if validate:
-        validate_market(market)
-        if "qc_row_excluded" not in positions:
-            positions = validate_positions(positions, market)
+        market = ensure_market(market)
+        positions = ensure_positions(positions, market)
     pos = in_market_order(positions, market)
     m = market_arrays(market, as_of)
     lazy = isinstance(pos["position"].data, da.Array)

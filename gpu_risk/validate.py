@@ -13,10 +13,12 @@ from __future__ import annotations
 from typing import Literal
 
 import dask
+import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .backend import on_host
+from .backend import is_cupy, on_host
+from .kernels.qc import BOOK_RULE_BITS, book_rules_cpu
 from .errors import InputError, SchemaError
 from .schema import (
     BOOK_COORDS,
@@ -35,8 +37,14 @@ from .schema import (
 
 OnBadRows = Literal["raise", "flag"]
 
+# Bump when a rule changes: stamps (in memory and in stores) of another version are not
+# trusted, so data validated under older rules is validated again.
+QC_RULES_VERSION = 2
+VALIDATED_ATTR = "gpu_risk_validated"
+BOOK_ARRAYS = ("bid_price", "ask_price", "bid_size", "ask_size")
+
 QC_DESCRIPTIONS = {
-    "qc_bad_size": "a size is NaN or negative, or positive at an empty level",
+    "qc_bad_size": "a size is NaN, infinite or negative, or positive at an empty level",
     "qc_bad_price": "a price is zero, negative or infinite",
     "qc_ladder": "price ladder not strictly monotone, or a filled level below an empty one",
     "qc_crossed": "crossed book: best bid >= best ask",
@@ -75,6 +83,64 @@ def check_structure(
                               store=store, variable=name, instrument=instrument)
 
 
+def _data_token(ds: xr.Dataset, names) -> str:
+    """Identifies the data behind ``names``: a Dask array by its graph name (any change to
+    the data makes a new name), an in-memory array by its buffer address, shape and strides;
+    the time axis by its length and end points."""
+    parts = []
+    for name in names:
+        data = ds[name].data
+        if isinstance(data, da.Array):
+            parts.append(data.name)
+        else:
+            iface = getattr(data, "__cuda_array_interface__", None) or np.asarray(data).__array_interface__
+            parts.append(f"{iface['data'][0]:x}{tuple(data.shape)}{iface.get('strides')}")
+    if "time" in ds.indexes:
+        t = ds.indexes["time"]
+        parts.append(f"t{len(t)}:{t[0] if len(t) else ''}:{t[-1] if len(t) else ''}")
+    return "|".join(parts)
+
+
+def _stamp_value(ds: xr.Dataset, kind: str, names) -> str:
+    if kind == "market":  # small and in memory: its content, hashed
+        token = dask.base.tokenize({name: np.asarray(ds[name].values) for name in names})
+    else:
+        token = _data_token(ds, names)
+    return f"{kind}/v{QC_RULES_VERSION}/{token}"
+
+
+def _stamped_names(ds: xr.Dataset, kind: str) -> list[str]:
+    if kind == "book":
+        return list(BOOK_ARRAYS)
+    if kind.startswith("positions"):
+        return [name for name in POSITION_VARS if name in ds]
+    return sorted(str(name) for name in ds.variables)  # market: every variable
+
+
+def stamp_validated(ds: xr.Dataset, kind: str) -> xr.Dataset:
+    """Record on ``ds`` (in place; returned) that its data passed validation as ``kind``
+    (``book``, ``positions`` or ``market``), so that later families do not validate it
+    again. The stamp names the data it covers: a dataset whose data changed afterwards
+    (any new Dask graph, another buffer) no longer matches it and is validated again;
+    NumPy data modified in place is not detected."""
+    ds.attrs[VALIDATED_ATTR] = _stamp_value(ds, kind, _stamped_names(ds, kind))
+    return ds
+
+
+def is_validated(ds: xr.Dataset, kind: str) -> bool:
+    """Whether ``ds`` carries a validation stamp for exactly its current data, or flags
+    (``qc_row_excluded``) from a validation in flag mode."""
+    if "qc_row_excluded" in ds:
+        return True
+    stamp = ds.attrs.get(VALIDATED_ATTR)
+    if not isinstance(stamp, str):
+        return False
+    try:
+        return stamp == _stamp_value(ds, kind, _stamped_names(ds, kind))
+    except (KeyError, IndexError):
+        return False
+
+
 def _first_bad(flags: dict[tuple[str, str], xr.DataArray]) -> dict[tuple[str, str], tuple[int, int]]:
     """(count, first index) of every flag, computed in one pass over the data."""
     keys = list(flags)
@@ -104,6 +170,11 @@ def _raise_or_flag(
                 raise InputError(QC_DESCRIPTIONS[rule], store=store, variable=variable,
                                  instrument=instrument, index=first, label=label, count=count)
         return ds
+    return _with_flags(ds, flags, dim)
+
+
+def _with_flags(ds: xr.Dataset, flags: dict[tuple[str, str], xr.DataArray], dim: str) -> xr.Dataset:
+    """``ds`` with one ``qc_*`` variable per rule and their union ``qc_row_excluded``."""
     out = ds.copy()
     merged: dict[str, xr.DataArray] = {}
     for (rule, _variable), flag in flags.items():
@@ -128,7 +199,7 @@ def book_row_flags(ds: xr.Dataset) -> dict[tuple[str, str], xr.DataArray]:
     for side in ("bid", "ask"):
         price, size = ds[f"{side}_price"], ds[f"{side}_size"]
         flags[("qc_bad_size", f"{side}_size")] = (
-            size.isnull() | (size < 0) | ((size > 0) & price.isnull())
+            size.isnull() | (size < 0) | np.isinf(size) | ((size > 0) & price.isnull())
         ).any("level")
         flags[("qc_bad_price", f"{side}_price")] = ((price <= 0) | np.isinf(price)).any("level")
         upper, lower = price.isel(level=slice(None, -1)), price.isel(level=slice(1, None))
@@ -143,6 +214,33 @@ def book_row_flags(ds: xr.Dataset) -> dict[tuple[str, str], xr.DataArray]:
     return flags
 
 
+def _rules_block(bid_price, ask_price, bid_size, ask_size):
+    out = np.empty(bid_price.shape[0], dtype=np.uint8)
+    arrays = [np.ascontiguousarray(a, dtype=np.float64) for a in (bid_price, ask_price, bid_size, ask_size)]
+    return book_rules_cpu(*arrays, out)
+
+
+def book_rule_mask(ds: xr.Dataset) -> np.ndarray:
+    """Per snapshot, the bit mask of broken rules (``kernels.qc.BOOK_RULE_BITS``), computed
+    in one pass: one task per chunk of a Dask-backed book."""
+    arrays = [ds[name].transpose("time", "level").data for name in BOOK_ARRAYS]
+    if not any(isinstance(a, da.Array) for a in arrays):
+        return _rules_block(*arrays)
+    arrays = [a if isinstance(a, da.Array) else da.from_array(a, chunks=(-1, -1)) for a in arrays]
+    time_chunks = arrays[0].chunks[0]
+    arrays = [a.rechunk((time_chunks, -1)) for a in arrays]
+    mask = da.map_blocks(_rules_block, *arrays, drop_axis=1, dtype=np.uint8,
+                         meta=np.empty((0,), dtype=np.uint8))
+    return np.asarray(mask.compute())
+
+
+def _book_flags_fused(ds: xr.Dataset) -> dict[tuple[str, str], xr.DataArray]:
+    mask = book_rule_mask(ds)
+    coords = {"time": ds["time"]} if "time" in ds.coords else None
+    return {key: xr.DataArray((mask & bit) != 0, dims=("time",), coords=coords)
+            for key, bit in BOOK_RULE_BITS.items()}
+
+
 def time_order_flags(time: np.ndarray) -> np.ndarray:
     """True where time is NaT or earlier than the running maximum of the times before it."""
     t = np.asarray(time).astype("datetime64[ns]").view("i8")
@@ -152,6 +250,33 @@ def time_order_flags(time: np.ndarray) -> np.ndarray:
     earlier = np.zeros(t.shape, dtype=bool)
     earlier[1:] = t[1:] < running[:-1]
     return nat | earlier
+
+
+def book_qc_summary(ds: xr.Dataset) -> dict:
+    """What a store records of one validated book day (``gpu_risk_qc``): the rules version,
+    its rows, how many break a rule and the last row that breaks none (-1: none), so that
+    opening it later, and the next day's OFI predecessor, need not validate it again."""
+    check_structure(ds, BOOK_VARS, store=ds.attrs.get("store"))
+    mask = book_rule_mask(ds) != 0
+    mask |= time_order_flags(ds["time"].values)
+    good = np.flatnonzero(~mask)
+    return {"rules": QC_RULES_VERSION, "rows": int(mask.size), "bad_rows": int(mask.sum()),
+            "last_valid_row": int(good[-1]) if good.size else -1}
+
+
+def is_clean_summary(summary, rows: int) -> bool:
+    """Whether a recorded ``gpu_risk_qc`` says a day of ``rows`` snapshots breaks no rule
+    under the current rules."""
+    return (isinstance(summary, dict) and summary.get("rules") == QC_RULES_VERSION
+            and summary.get("rows") == rows and summary.get("bad_rows") == 0)
+
+
+def no_flags(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with every book ``qc_*`` flag all false (flag mode on data known to be clean)."""
+    coords = {"time": ds["time"]}
+    zeros = xr.DataArray(np.zeros(ds.sizes["time"], dtype=bool), dims=("time",), coords=coords)
+    keys = list(BOOK_RULE_BITS) + [("qc_time_order", "time")]
+    return _with_flags(ds, {key: zeros for key in keys}, "time")
 
 
 def validate_book_dataset(
@@ -168,11 +293,16 @@ def validate_book_dataset(
     _check_on_bad_rows(on_bad_rows)
     check_structure(ds, BOOK_VARS, store=store, instrument=instrument)
     check_structure(ds, BOOK_COORDS, store=store, instrument=instrument)
-    flags = book_row_flags(ds)
+    # the fused kernel on host data; the reference expressions on the GPU
+    on_gpu = any(is_cupy(ds[name].data) for name in BOOK_ARRAYS)
+    flags = book_row_flags(ds) if on_gpu else _book_flags_fused(ds)
     time_bad = time_order_flags(ds["time"].values)
     flags[("qc_time_order", "time")] = xr.DataArray(time_bad, dims=("time",),
                                                     coords={"time": ds["time"]})
-    return _raise_or_flag(ds, flags, "time", on_bad_rows, store=store, instrument=instrument)
+    out = _raise_or_flag(ds, flags, "time", on_bad_rows, store=store, instrument=instrument)
+    if out is ds:  # raise mode, nothing raised: a copy carries the stamp, not the caller's ds
+        out = ds.copy()
+    return stamp_validated(out, "book")
 
 
 # ---------------------------------------------------------------------- market
@@ -272,7 +402,8 @@ def validate_market(ds: xr.Dataset, *, store: str | None = None) -> xr.Dataset:
             j = int(np.argmax(~np.isfinite(a)))
             raise InputError("maintenance_amount NaN", store=store, variable="maintenance_amount",
                              instrument=inst, index=j, label=f"bracket {j}")
-    return ds
+    ds.attrs.pop(VALIDATED_ATTR, None)
+    return stamp_validated(ds, "market")
 
 
 # -------------------------------------------------------------------- positions
@@ -321,7 +452,30 @@ def validate_positions(
     flags[("qc_isolated_margin_on_cross", "isolated_margin")] = (
         is_cross & on_host((isolated_margin != 0).any("instrument") & isolated_margin.notnull().all("instrument")))
     flags[("qc_bad_isolated_margin", "isolated_margin")] = (isolated_margin < 0).any("instrument")
-    return _raise_or_flag(ds, flags, "account", on_bad_rows, store=store, instrument=None)
+    out = _raise_or_flag(ds, flags, "account", on_bad_rows, store=store, instrument=None)
+    # checked against a market or not: a family given a market trusts only the former
+    return stamp_validated(out.copy() if out is ds else out,
+                           "positions+market" if market is not None else "positions")
+
+
+def ensure_book(ds: xr.Dataset, *, instrument: str | None = None) -> xr.Dataset:
+    """``ds`` itself when validated (stamped or flagged), else validated (raise mode)."""
+    if is_validated(ds, "book"):
+        return ds
+    return validate_book_dataset(ds, store=ds.attrs.get("store"), instrument=instrument)
+
+
+def ensure_market(market: xr.Dataset) -> xr.Dataset:
+    """``market`` itself when stamped as validated, else validated."""
+    return market if is_validated(market, "market") else validate_market(market, store=market.attrs.get("store"))
+
+
+def ensure_positions(positions: xr.Dataset, market: xr.Dataset | None = None) -> xr.Dataset:
+    """``positions`` itself when validated (stamped or flagged), else validated (raise)."""
+    if is_validated(positions, "positions+market") or (
+            market is None and is_validated(positions, "positions")):
+        return positions
+    return validate_positions(positions, market, store=positions.attrs.get("store"))
 
 
 def without_flagged_rows(ds: xr.Dataset) -> xr.Dataset:

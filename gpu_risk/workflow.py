@@ -198,17 +198,15 @@ def day_imbalance_grid(cfg: WorkflowConfig, date: str, instruments: list[str], b
     for inst in instruments:
         ds = without_flagged_rows(book[inst].to_dataset())
         earlier = [d for d in store.complete_days(cfg.stores.book, inst) if d < date]
-        if earlier:
-            prev = without_flagged_rows(store.open_book_instrument(
-                cfg.stores.book, inst, earlier[-1], earlier[-1], on_bad_rows="flag"))
-            if prev.sizes["time"]:
-                prev = to_backend(prev.isel(time=[-1]), backend)
-                ds = xr.concat([prev, ds], "time", data_vars="minimal", coords="minimal",
-                               compat="override", join="override")
+        prev = store.last_valid_snapshot(cfg.stores.book, inst, earlier[-1]) if earlier else None
+        if prev is not None:
+            prev = to_backend(prev, backend)
+            ds = xr.concat([prev, ds], "time", data_vars="minimal", coords="minimal",
+                           compat="override", join="override")
         nodes[f"/{inst}"] = ds
     c = cfg.imbalance
     return imbalance_grid(xr.DataTree.from_dict(nodes), bucket=c.bucket, levels=c.levels,
-                          bands_bps=c.bands_bps, start=date,
+                          bands_bps=c.bands_bps, start=date, validate=False,
                           end=np.datetime64(date) + np.timedelta64(1, "D"))
 
 
