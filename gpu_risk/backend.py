@@ -76,10 +76,15 @@ def on_host(x: xr.DataArray) -> xr.DataArray:
 def dispatch(cpu_kernel: Callable, gpu_kernel: Callable) -> Callable:
     """A function that runs ``gpu_kernel`` on CuPy arrays and ``cpu_kernel`` otherwise."""
 
-    def run(first, *args, **kwargs):
-        return (gpu_kernel if is_cupy(first) else cpu_kernel)(first, *args, **kwargs)
+    from .timing import timed_kernel  # noqa: PLC0415
 
-    run.__name__ = getattr(cpu_kernel, "__name__", "kernel").removesuffix("_cpu")
+    name = getattr(cpu_kernel, "__name__", "kernel").removesuffix("_cpu")
+    timed_cpu, timed_gpu = timed_kernel(name, cpu_kernel), timed_kernel(name, gpu_kernel)
+
+    def run(first, *args, **kwargs):
+        return (timed_gpu if is_cupy(first) else timed_cpu)(first, *args, **kwargs)
+
+    run.__name__ = name
     return run
 
 

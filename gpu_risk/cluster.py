@@ -65,3 +65,18 @@ def dask_scheduler(spec: str = "local", *, backend: str = "cpu", memory_limit: s
     with Client(spec, timeout="30s") as client:
         n = len(client.scheduler_info().get("workers", {}))
         yield f"Dask scheduler at {spec} ({n} workers)"
+
+
+def scheduler_threads(spec: str) -> int:
+    """Threads that run tasks under the active scheduler ``spec`` (for the time breakdown)."""
+    if spec == "sync":
+        return 1
+    if spec == "threads":
+        return _local_workers()
+    try:
+        from distributed import default_client  # noqa: PLC0415
+
+        workers = default_client().scheduler_info().get("workers", {})
+        return max(1, sum(w.get("nthreads", 1) for w in workers.values()))
+    except (ImportError, ValueError):
+        return _local_workers()

@@ -14,11 +14,17 @@ import pandas as pd
 import xarray as xr
 
 from .backend import is_cupy, to_host
-from .kernels.liquidation import INVERSE, LINEAR, OPTION, liquidation_cpu, liquidation_gpu
+from .kernels.liquidation import INVERSE, LINEAR, OPTION
+from .kernels.liquidation import liquidation_cpu as _liquidation_cpu
+from .kernels.liquidation import liquidation_gpu as _liquidation_gpu
 from .model import in_market_order, notional_at_price
 from .schema import as_str
 from .summary import open_interest
+from .timing import timed_kernel
 from .validate import ensure_market, ensure_positions
+
+liquidation_cpu = timed_kernel("liquidation", _liquidation_cpu)
+liquidation_gpu = timed_kernel("liquidation", _liquidation_gpu)
 
 KIND_CODES = {"linear": LINEAR, "inverse": INVERSE, "option": OPTION}
 FACTOR_RANGE = (1e-6, 100.0)  # liquidation prices searched between 1e-6 and 100 x the mark

@@ -29,6 +29,7 @@ import pandas as pd
 import xarray as xr
 import yaml
 import zarr
+from zarr.codecs import BloscCodec
 
 from .errors import InputError, SchemaError
 from .schema import (
@@ -165,12 +166,23 @@ def recover_day(path: PathLike, group: str) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+# Numbers (book, positions, results) are compressed with LZ4 inside Blosc: decoding a book
+# runs 2.4x as fast as with zarr's default (Zstandard, level 0) and writing 3x, for files
+# 1.7x as large (docs/performance.md, "Store format", lists every candidate measured).
+# Blosc is in the Zarr 3 specification, so any Zarr 3 reader decodes these stores; stores
+# written with other codecs read as before (the codec is in each array's metadata).
+NUMBER_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"),)
+
+
 def _encoding(ds: xr.Dataset, chunk_dims: dict[str, int]) -> dict:
     enc: dict[str, dict] = {}
     for name, var in ds.variables.items():
         e: dict[str, Any] = {}
+        if var.dtype.kind in "fiub" and var.ndim:
+            e["compressors"] = NUMBER_COMPRESSORS
         if np.issubdtype(var.dtype, np.datetime64):
             e.update(TIME_ENCODING)
+            e["compressors"] = NUMBER_COMPRESSORS
         if var.dims and name not in ds.dims:
             e["chunks"] = tuple(min(chunk_dims.get(d, var.sizes[d]), var.sizes[d]) or 1
                                 for d in var.dims)
@@ -363,8 +375,12 @@ def _select_days(days: Iterable[str], start: Any, end: Any) -> list[str]:
 
 def open_book_instrument(path: PathLike, instrument: str, start: Any = None, end: Any = None,
                          *, validate: bool = True, on_bad_rows: OnBadRows = "raise",
-                         chunks: Any = None) -> xr.Dataset:
-    """One instrument's book over the complete days in [start, end], lazily (Dask)."""
+                         chunks: Any = None, trust_recorded: bool = True) -> xr.Dataset:
+    """One instrument's book over the complete days in [start, end], lazily (Dask).
+
+    ``trust_recorded``: days whose recorded validation (written with the day) says they
+    are clean are not read to be validated again; False validates every day (for stores
+    edited by other tools since they were written)."""
     _open_root(path, "book")
     if instrument not in child_groups(path):
         raise InputError("instrument not in the book store", store=str(path), instrument=instrument)
@@ -374,7 +390,7 @@ def open_book_instrument(path: PathLike, instrument: str, start: Any = None, end
     parts = [open_day_dataset(path, f"{instrument}/{d}", chunks) for d in days]
     # days validated when written (their recorded summary says clean) are not read again:
     # only the order of time across their boundaries is checked here
-    clean = all(is_clean_summary(p.attrs.get(QC_ATTR), p.sizes["time"]) for p in parts) and all(
+    clean = trust_recorded and all(is_clean_summary(p.attrs.get(QC_ATTR), p.sizes["time"]) for p in parts) and all(
         a["time"].values[-1] <= b["time"].values[0]
         for a, b in zip(parts, parts[1:]) if a.sizes["time"] and b.sizes["time"])
     ds = parts[0] if len(parts) == 1 else xr.concat(
@@ -403,20 +419,23 @@ def last_valid_snapshot(path: PathLike, instrument: str, day: str) -> xr.Dataset
 
 def open_book(path: PathLike, instruments: Iterable[str] | None = None, start: Any = None,
               end: Any = None, *, validate: bool = True, on_bad_rows: OnBadRows = "raise",
-              chunks: Any = None) -> xr.DataTree:
+              chunks: Any = None, trust_recorded: bool = True) -> xr.DataTree:
     """Open a book store as a :class:`xarray.DataTree` with one node per instrument.
 
     Each node holds that instrument's snapshots (dims ``time``, ``level``) over the
     complete days in ``[start, end]`` (inclusive; all days by default), Dask-backed with
     the on-disk chunks. ``validate`` checks the SPEC's bad-input rules: an
     :class:`~gpu_risk.errors.InputError` under ``on_bad_rows="raise"``, ``qc_*``
-    variables under ``"flag"``.
+    variables under ``"flag"``. Days are validated when written and that is recorded with
+    them: opening them again validates only what has no (current) record, unless
+    ``trust_recorded=False``.
     """
     names = list(instruments) if instruments is not None else book_instruments(path)
     nodes = {}
     for inst in names:
         nodes[f"/{inst}"] = open_book_instrument(path, inst, start, end, validate=validate,
-                                                 on_bad_rows=on_bad_rows, chunks=chunks)
+                                                 on_bad_rows=on_bad_rows, chunks=chunks,
+                                                 trust_recorded=trust_recorded)
     tree = xr.DataTree.from_dict(nodes)
     tree.attrs = {"store": str(path)}
     return tree
@@ -655,6 +674,25 @@ def write_results_day(path: PathLike, date: Any, families: dict[str, xr.Dataset]
         write_day_dataset(ds, path, f"{key}/{family}", (chunks or {}).get(family))
     _crash_point("after-families")
     mark_complete(path, key)
+
+
+RUN_STAGES = "gpu_risk_stages"
+
+
+def record_run_stages(path: PathLike, date: Any, stages: dict) -> None:
+    """Record where a complete day's run spent its time on the day's group (the report
+    shows it); written after the day is complete, as it includes the writing."""
+    zarr.open_group(str(path), path=day_key(date), mode="r+", zarr_format=3).attrs[RUN_STAGES] = stages
+
+
+def run_stages(path: PathLike) -> dict[str, dict]:
+    """The recorded time breakdown of each complete day that has one."""
+    out = {}
+    for key in results_days(path):
+        stages = zarr.open_group(str(path), path=key, mode="r", zarr_format=3).attrs.get(RUN_STAGES)
+        if isinstance(stages, dict):
+            out[key] = stages
+    return out
 
 
 def open_results(path: PathLike, families: Iterable[str] | None = None) -> xr.DataTree:

@@ -10,9 +10,14 @@ import numpy as np
 import xarray as xr
 
 from .backend import is_cupy, to_host
-from .kernels.stress import span_cpu, stress_cpu, stress_gpu
+from .kernels import stress as _kernels
 from .liquidation import MARKET_ORDER, market_arrays
 from .model import in_market_order
+from .timing import timed_kernel
+
+stress_cpu = timed_kernel("stress", _kernels.stress_cpu)
+stress_gpu = timed_kernel("stress", _kernels.stress_gpu)
+span_cpu = timed_kernel("span", _kernels.span_cpu)
 from .validate import ensure_market, ensure_positions
 
 AGGREGATE_CHUNK = 32_768  # accounts per aggregate task: small inputs, many tasks for the cores

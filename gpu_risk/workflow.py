@@ -7,6 +7,7 @@ when complete) and skip days already complete on a re-run. Then write the HTML r
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -21,11 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from . import store
 from .backend import choose_backend, to_backend
 from .cascade import cascade
-from .cluster import dask_scheduler
+from .cluster import dask_scheduler, scheduler_threads
 from .imbalance import imbalance_grid
 from .liquidation import liquidation
 from .stress import stress_surface
 from .summary import book_summary, positions_summary
+from .timing import Stages
 from .validate import without_flagged_rows
 
 log = logging.getLogger("gpu_risk")
@@ -159,20 +161,30 @@ def as_of_dates(cfg: WorkflowConfig) -> list[str]:
             and (cfg.end is None or d <= store.day_key(cfg.end))]
 
 
-def compute_day(cfg: WorkflowConfig, date: str, backend: str) -> dict:
-    """Every requested family for one as-of date (datasets in host memory)."""
+def open_day(cfg: WorkflowConfig, date: str, backend: str) -> dict:
+    """The day's inputs the families need, opened and validated once (lazily where large)."""
     needs = {k for f in cfg.families for k in NEEDS[f]}
+    inputs: dict = {}
     if "positions" in needs:
         market = store.open_market(cfg.stores.market, date)
         positions = store.open_positions(cfg.stores.positions, date, market=market,
                                          on_bad_rows=cfg.on_bad_rows)
-        host_positions = positions  # liquidation stays on the host until its CUDA kernel has run on a device
-        positions = to_backend(positions, backend)
+        inputs.update(market=market, host_positions=positions,
+                      positions=to_backend(positions, backend))
     if "book" in needs:
         instruments = [i for i, days in store.book_days(cfg.stores.book).items() if date in days]
         book = store.open_book(cfg.stores.book, instruments, start=date, end=date,
                                on_bad_rows=cfg.on_bad_rows)
-        book = book.map_over_datasets(lambda ds: to_backend(ds, backend))
+        inputs.update(instruments=instruments,
+                      book=book.map_over_datasets(lambda ds: to_backend(ds, backend)))
+    return inputs
+
+
+def compute_day(cfg: WorkflowConfig, date: str, backend: str, inputs: dict | None = None) -> dict:
+    """Every requested family for one as-of date (lazy where the inputs are)."""
+    inputs = open_day(cfg, date, backend) if inputs is None else inputs
+    market, positions, host_positions = (inputs.get(k) for k in ("market", "positions", "host_positions"))
+    book, instruments = inputs.get("book"), inputs.get("instruments")
     results = {}
     if "imbalance" in cfg.families:
         results["imbalance"] = day_imbalance_grid(cfg, date, instruments, book, backend)
@@ -230,8 +242,20 @@ def day_cascade(cfg: WorkflowConfig, book: xr.DataTree, positions: xr.Dataset, m
                    depth_extrapolation=c.depth_extrapolation, instruments=names, validate=False)
 
 
-def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] | None = None) -> dict:
-    """Run the batch; returns a summary (days computed and skipped, timings, paths)."""
+def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] | None = None,
+                 performance_report: str | Path | None = None) -> dict:
+    """Run the batch; returns a summary (days computed and skipped, timings, paths, and per
+    day ``stages``: where the time went, see :class:`gpu_risk.timing.Stages`).
+    ``performance_report``: also write Dask's HTML performance report there (needs the
+    ``local`` scheduler or a scheduler ADDRESS)."""
+    if performance_report is not None and cfg.scheduler in ("sync", "threads"):
+        raise ValueError("--performance-report needs a distributed scheduler (local or an ADDRESS), "
+                         f"not {cfg.scheduler!r}")
+    if performance_report is not None:
+        import importlib.util  # noqa: PLC0415
+
+        if importlib.util.find_spec("bokeh") is None:
+            raise ValueError("--performance-report needs bokeh: pip install 'gpu_risk[cluster]'")
     emit = on_event or (lambda event, info: None)
     backend, why = choose_backend(cfg.backend)
     emit("backend", {"backend": backend, "why": why})
@@ -241,16 +265,30 @@ def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] |
     done = set(store.results_days(cfg.output))
     todo = [d for d in dates if d not in done]
     emit("plan", {"dates": dates, "skipped": [d for d in dates if d in done], "todo": todo})
-    timings = {}
+    timings, stages = {}, {}
     if todo:
         with dask_scheduler(cfg.scheduler, backend=backend, memory_limit=cfg.memory_limit) as where:
             emit("scheduler", {"scheduler": where})
-            for date in todo:
-                t0 = time.perf_counter()
-                results = compute_day(cfg, date, backend)
-                store.write_results_day(cfg.output, date, results, RESULT_CHUNKS)
-                timings[date] = time.perf_counter() - t0
-                emit("day", {"date": date, "seconds": timings[date]})
+            threads = scheduler_threads(cfg.scheduler)
+            report_ctx = contextlib.nullcontext()
+            if performance_report is not None:
+                from distributed import performance_report as dask_performance_report  # noqa: PLC0415
+
+                report_ctx = dask_performance_report(filename=str(performance_report))
+            with report_ctx:
+                for date in todo:
+                    t0 = time.perf_counter()
+                    clock = Stages(threads)
+                    with clock.stage("open_validate"):
+                        inputs = open_day(cfg, date, backend)
+                    with clock.stage("graph"):
+                        results = compute_day(cfg, date, backend, inputs)
+                    with clock.stage("compute_write"):
+                        store.write_results_day(cfg.output, date, results, RESULT_CHUNKS)
+                    timings[date] = time.perf_counter() - t0
+                    stages[date] = clock.summary()
+                    store.record_run_stages(cfg.output, date, stages[date])
+                    emit("day", {"date": date, "seconds": timings[date], "stages": stages[date]})
     report = None
     if cfg.report is not None:
         from .report import write_report  # noqa: PLC0415  (matplotlib only when reporting)
@@ -261,4 +299,5 @@ def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] |
         emit("report", {"path": str(report)})
     return {"workflow": cfg.name, "backend": backend, "dates": dates,
             "computed": list(timings), "skipped": [d for d in dates if d in done],
-            "seconds": timings, "output": str(cfg.output), "report": str(report) if report else None}
+            "seconds": timings, "stages": stages, "output": str(cfg.output),
+            "report": str(report) if report else None}

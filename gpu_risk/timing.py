@@ -1,0 +1,156 @@
+"""Where a batch's time goes: stages timed on the driver, task time by kind, kernel time.
+
+Three sources, combined per family and day by :func:`breakdown`:
+
+- wall-clock stages on the driver (:class:`Stages`): opening and validating the inputs,
+  building the graph, computing and writing the results;
+- the time of every Dask task, summed by what the task does (:func:`task_kind`): reading
+  and decoding Zarr chunks, encoding and writing them, the family's kernel tasks, other
+  work; on the local schedulers through a Dask callback, on a distributed cluster through
+  its task stream;
+- the kernels' own time (:func:`timed_kernel` wraps every kernel call), summed per
+  process and fetched from the workers of a distributed cluster.
+
+Scheduling (and idle) time is the compute stage's wall time times the workers' threads,
+less the time spent inside tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+import time
+from collections import defaultdict
+from typing import Callable, Iterator
+
+from dask.callbacks import Callback
+from dask.utils import key_split
+
+_lock = threading.Lock()
+_kernel_seconds: dict[str, float] = defaultdict(float)
+
+
+def timed_kernel(name: str, fn: Callable) -> Callable:
+    """``fn`` with its run time added to this process's kernel counter ``name``."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            elapsed = time.perf_counter() - t0
+            with _lock:
+                _kernel_seconds[name] += elapsed
+
+    return run
+
+
+def kernel_seconds() -> dict[str, float]:
+    """This process's kernel time so far, per kernel (seconds)."""
+    with _lock:
+        return dict(_kernel_seconds)
+
+
+def task_kind(key) -> str:
+    """``read`` (Zarr chunks read and decoded), ``write`` (encoded and stored) or ``other``;
+    Dask fuses tasks, so a fused read-and-concatenate counts as a read."""
+    name = key_split(key)
+    if "store" in name:
+        return "write"
+    if name.startswith(("open_dataset", "original", "from-zarr")):
+        return "read"
+    return "other"
+
+
+class _TaskClock(Callback):
+    """Sums the time of tasks by kind on the synchronous and threaded schedulers."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._started: dict = {}
+
+    def _pretask(self, key, dsk, state):
+        self._started[key] = time.perf_counter()
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        t0 = self._started.pop(key, None)
+        if t0 is not None:
+            self.seconds[task_kind(key)] += time.perf_counter() - t0
+
+
+def _client():
+    try:
+        from distributed import default_client  # noqa: PLC0415
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def _all_kernel_seconds(client) -> dict[str, float]:
+    totals = defaultdict(float, kernel_seconds())
+    if client is not None:
+        for per_worker in client.run(kernel_seconds).values():
+            for name, seconds in per_worker.items():
+                totals[name] += seconds
+    return dict(totals)
+
+
+class Stages:
+    """Wall-clock stages of one day, plus task and kernel time while the stages run."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self.wall: dict[str, float] = defaultdict(float)
+        self.tasks: dict[tuple[str, str], float] = defaultdict(float)
+        self.kernels: dict[str, float] = defaultdict(float)
+        self._client = _client()
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        before = _all_kernel_seconds(self._client)
+        t0 = time.perf_counter()
+        if self._client is not None:
+            from distributed import get_task_stream  # noqa: PLC0415
+
+            with get_task_stream(self._client) as stream:
+                yield
+            for task in stream.data:
+                for part in task.get("startstops", ()):
+                    if part.get("action") == "compute":
+                        self.tasks[(name, task_kind(task["key"]))] += part["stop"] - part["start"]
+        else:
+            with _TaskClock() as clock:
+                yield
+            for kind, seconds in clock.seconds.items():
+                self.tasks[(name, kind)] += seconds
+        self.wall[name] += time.perf_counter() - t0
+        after = _all_kernel_seconds(self._client)
+        for name_, seconds in after.items():
+            self.kernels[name_] += seconds - before.get(name_, 0.0)
+
+    def summary(self) -> dict:
+        """Seconds: ``wall`` per stage (``open_validate``, ``graph``, ``compute_write``, on
+        the driver); inside the compute stage's tasks ``read_decode``, ``kernel`` (per
+        kernel in ``kernels``), ``encode_write`` and ``other_tasks``; ``scheduling_idle``
+        (threads x compute wall - task time); ``threads``."""
+        compute = [k for k in self.wall if k not in ("open_validate", "graph")]
+        tasks = defaultdict(float)
+        for (stage, kind), seconds in self.tasks.items():
+            if stage in compute:
+                tasks[kind] += seconds
+        kernel = sum(self.kernels.values())
+        compute_wall = sum(self.wall[k] for k in compute)
+        return {
+            "wall": {k: round(v, 4) for k, v in self.wall.items()},
+            "read_decode": round(tasks["read"], 4),
+            "kernel": round(kernel, 4),
+            "kernels": {k: round(v, 4) for k, v in self.kernels.items() if v},
+            "encode_write": round(tasks["write"], 4),
+            "other_tasks": round(max(tasks["other"] - kernel, 0.0), 4),
+            "scheduling_idle": round(max(self.threads * compute_wall - sum(tasks.values()), 0.0), 4),
+            "threads": self.threads,
+        }
