@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -110,3 +111,20 @@ def to_backend(ds: xr.Dataset, backend: str) -> xr.Dataset:
             out[name] = var.copy(data=var.data.map_blocks(cupy.asarray, dtype=var.dtype,
                                                           meta=cupy.empty((0,) * var.ndim, var.dtype)))
     return out
+
+
+def in_memory_dask(array, rows: int | None = None):
+    """A Dask array over an in-memory (NumPy or CuPy) array, cut along its first axis into
+    pieces of ``rows`` (one piece by default), without copying or hashing it:
+    ``dask.array.from_array`` copies the whole array and hashes it with SHA-1, which on a
+    book in memory cost more than the kernels. The pieces are views; the name is random."""
+    import dask.array as da  # noqa: PLC0415
+
+    n = array.shape[0]
+    rows = n if not rows or rows >= n else int(rows)
+    starts = list(range(0, n, rows)) or [0]
+    name = f"in-memory-{uuid.uuid4().hex}"
+    rest = (0,) * (array.ndim - 1)
+    dsk = {(name, i, *rest): array[s:s + rows] for i, s in enumerate(starts)}
+    chunks = (tuple(min(rows, n - s) for s in starts) if n else (0,),) + tuple((d,) for d in array.shape[1:])
+    return da.Array(dsk, name, chunks, meta=array[:0], dtype=array.dtype)

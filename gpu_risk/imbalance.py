@@ -12,6 +12,7 @@ chunking of the input, the scheduler or the backend.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterable, Sequence
 
 import dask
@@ -20,13 +21,14 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .backend import dispatch, is_cupy
+from .backend import dispatch, in_memory_dask, is_cupy
 from .kernels.imbalance import imbalance_block_cpu, imbalance_block_gpu, n_columns
 from .validate import ensure_book, without_flagged_rows
 
 _kernel = dispatch(imbalance_block_cpu, imbalance_block_gpu)
 BOOK_ARRAYS = ("bid_price", "ask_price", "bid_size", "ask_size")
 DAY_NS = 86_400 * 10**9
+IN_MEMORY_ROWS = 262_144
 
 
 def _bucket_ns(bucket) -> int:
@@ -105,16 +107,17 @@ def _row(block, i):
 
 def _instrument_grid(ds: xr.Dataset, origin_ns: int, bucket_ns: int, n_buckets: int,
                      bands: np.ndarray, levels: int) -> da.Array:
-    """(n_buckets, n_columns) packed grid of one instrument, lazily."""
+    """(n_buckets, n_columns) packed grid of one instrument: lazily (Dask) where the book
+    is lazy, else computed at once."""
     n_cols = n_columns(levels, bands.size)
     ds = without_flagged_rows(ds)
     t = ds["time"].values.astype("datetime64[ns]").view(np.int64)
     arrays = [ds[name].isel(level=slice(0, levels)).data for name in BOOK_ARRAYS]
     like = arrays[0]
     lazy = isinstance(like, da.Array)
-    meta = like._meta if lazy else like
+    meta = like._meta if lazy else like[:0]  # never the data itself: Dask would hash it
     if t.size == 0:
-        return _empty_buckets(n_buckets, levels, n_cols, meta)
+        return _empty_buckets(n_buckets, levels, n_cols, meta, lazy)
     lead_in = bool(t[0] < origin_ns)
     if lead_in:
         # snapshots before `start`: keep the last one, in the first bucket, as the OFI
@@ -124,19 +127,44 @@ def _instrument_grid(ds: xr.Dataset, origin_ns: int, bucket_ns: int, n_buckets: 
         t = t[keep:]
         arrays = [ds[name].isel(level=slice(0, levels)).data for name in BOOK_ARRAYS]
     bucket_index = np.maximum((t - origin_ns) // bucket_ns, 0)
-    arrays = [a if lazy else da.from_array(a, chunks=(a.shape[0], a.shape[1])) for a in arrays]
-    time_chunks = arrays[0].chunks[0]
-    arrays = [a.rechunk((time_chunks, -1)) for a in arrays]  # one time chunking for all four, whole rows
-    chunk_edges = np.cumsum((0,) + arrays[0].chunks[0])
+    if lazy:
+        time_chunks = arrays[0].chunks[0]
+        arrays = [a.rechunk((time_chunks, -1)) for a in arrays]  # one time chunking for all four, whole rows
+        chunk_edges = np.cumsum((0,) + arrays[0].chunks[0])
+        # blocks of whole buckets over the original chunks: no rechunking (which copied every
+        # chunk to move a few rows across its edges); a task reads the pieces it overlaps
+        blocks = [a.to_delayed().ravel() for a in arrays]
+        # explicit task names, from the input arrays' names: delayed(pure=True) would hash
+        # the arguments (run lengths, bands) with SHA-1 for every task
+        base = dask.base.tokenize(*(a.name for a in arrays), origin_ns, bucket_ns, n_buckets,
+                                  bands.tobytes(), levels)
+
+        def cut(chunk, lo, hi):
+            return dask.delayed(_rows)(chunk, lo, hi, dask_key_name=f"imbalance-rows-{base}-{chunk.key}-{lo}-{hi}")
+
+        def row_of(chunk, i):
+            return dask.delayed(_row)(chunk, i, dask_key_name=f"imbalance-row-{base}-{chunk.key}-{i}")
+
+        def run(i, n_out, *args):
+            task = dask.delayed(_run_block)(*args, dask_key_name=f"imbalance-block-{base}-{i}")
+            return da.from_delayed(task, shape=(n_out, n_cols), dtype=np.float64, meta=meta,
+                                   name=f"{task.key}-grid")
+    else:
+        # in memory: no graph at all (building and hashing one cost more than the kernel);
+        # the same blocks, over views of IN_MEMORY_ROWS rows, on a pool of threads
+        n = t.size
+        chunk_edges = np.array(list(range(0, n, IN_MEMORY_ROWS)) + [n])
+        blocks = [[a[lo:hi] for lo, hi in zip(chunk_edges[:-1], chunk_edges[1:])] for a in arrays]
+        cut, row_of = _rows, _row
+        pool = ThreadPoolExecutor(1 if is_cupy(meta) else _threads())
+
+        def run(i, n_out, *args):
+            return pool.submit(_run_block, *args)
+
     bounds = _block_bounds(bucket_index, chunk_edges[:-1])
-    # blocks of whole buckets over the original chunks: no rechunking (which copied every
-    # chunk to move a few rows across its edges); a task reads the pieces it overlaps
-    blocks = [a.to_delayed().ravel() for a in arrays]
-    cut = dask.delayed(_rows, pure=True)
-    row_of = dask.delayed(_row, pure=True)
 
     def pieces_of(start, stop):
-        """Per array, the delayed pieces covering rows [start, stop), in order."""
+        """Per array, the pieces covering rows [start, stop), in order."""
         first_chunk = int(np.searchsorted(chunk_edges, start, side="right")) - 1
         last_chunk = int(np.searchsorted(chunk_edges, stop, side="left")) - 1
         out = []
@@ -153,8 +181,7 @@ def _instrument_grid(ds: xr.Dataset, origin_ns: int, bucket_ns: int, n_buckets: 
     pieces = []
     first_bucket = int(bucket_index[0])
     if first_bucket > 0:  # before the instrument's first snapshot
-        pieces.append(_empty_buckets(first_bucket, levels, n_cols, meta))
-    run = dask.delayed(_run_block, pure=True)
+        pieces.append(_empty_buckets(first_bucket, levels, n_cols, meta, lazy))
     for i in range(len(bounds) - 1):
         start, stop = bounds[i], bounds[i + 1]
         b0 = int(bucket_index[start])
@@ -174,9 +201,27 @@ def _instrument_grid(ds: xr.Dataset, origin_ns: int, bucket_ns: int, n_buckets: 
         if start > 0:  # the row before the block: the OFI predecessor of its first row
             c = int(np.searchsorted(chunk_edges, start - 1, side="right")) - 1
             prev = [row_of(blk[c], start - 1 - chunk_edges[c]) for blk in blocks]
-        task = run(parts, prev, runs, bands, b1 - b0, levels, lead_in and i == 0, split)
-        pieces.append(da.from_delayed(task, shape=(b1 - b0, n_cols), dtype=np.float64, meta=meta))
-    return da.concatenate(pieces, axis=0)
+        pieces.append(run(i, b1 - b0, parts, prev, runs, bands, b1 - b0, levels, lead_in and i == 0, split))
+    if lazy:
+        return da.concatenate(pieces, axis=0)
+    pool.shutdown(wait=True)
+    done = [p.result() if isinstance(p, Future) else p for p in pieces]
+    xp = _array_module(meta)
+    return done[0] if len(done) == 1 else xp.concatenate(done, axis=0)
+
+
+def _threads() -> int:
+    from .cluster import _local_workers  # noqa: PLC0415
+
+    return _local_workers()
+
+
+def _array_module(meta):
+    if is_cupy(meta):
+        import cupy  # noqa: PLC0415
+
+        return cupy
+    return np
 
 
 def _to_cupy(x):
@@ -185,11 +230,13 @@ def _to_cupy(x):
     return cupy.asarray(x)
 
 
-def _empty_buckets(n: int, levels: int, n_cols: int, meta) -> da.Array:
+def _empty_buckets(n: int, levels: int, n_cols: int, meta, lazy: bool = True):
     """Buckets before an instrument's first snapshot: NaN state, OFI 0, no updates."""
     pad = np.full((n, n_cols), np.nan)
     pad[:, :levels] = 0.0
     pad[:, -1] = 0.0
+    if not lazy:
+        return _array_module(meta).asarray(pad)
     arr = da.from_array(pad, chunks=(max(n, 1), n_cols))
     return arr.map_blocks(_to_cupy, dtype=np.float64, meta=meta) if is_cupy(meta) else arr
 
@@ -269,7 +316,11 @@ def imbalance_grid(book: xr.DataTree | xr.Dataset, bucket="1s", levels: int | No
     lazy = any(isinstance(ds["bid_price"].data, da.Array) for ds in datasets.values())
     grids = [_instrument_grid(ds, origin_ns, bucket_ns, n_buckets, bands, levels)
              for ds in datasets.values()]
-    packed = da.stack(grids, axis=0)  # (instrument, time, column)
+    if lazy:  # an instrument in memory beside lazy ones joins them as one chunk
+        grids = [g if isinstance(g, da.Array) else in_memory_dask(g) for g in grids]
+        packed = da.stack(grids, axis=0)  # (instrument, time, column)
+    else:
+        packed = _array_module(grids[0]).stack(grids, axis=0)
     labels = (origin_ns + (np.arange(n_buckets, dtype=np.int64) + 1) * bucket_ns).astype("datetime64[ns]")
     coords = {"instrument": np.array(names, dtype=str), "time": labels,
               "level": np.arange(1, levels + 1), "band": bands}
