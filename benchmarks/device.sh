@@ -4,6 +4,7 @@
 #   bash benchmarks/device.sh gputests   # pytest -m cupy: every CUDA kernel against the shared references
 #   bash benchmarks/device.sh tests      # the whole suite with the GPU visible (backend auto -> GPU)
 #   bash benchmarks/device.sh bench      # benchmarks/gpu.py, then the families' benchmarks' GPU sections
+#   bash benchmarks/device.sh batch      # benchmarks/batch.py --demo with the CPU and with the GPU
 # Logs go to $OUT (or ./device-logs).
 set -uo pipefail
 LOGS=${OUT:-device-logs}
@@ -31,6 +32,10 @@ for step in "$@"; do
       $PY -m pytest -q -p no:cacheprovider -n 8 -rs --timeout 600 2>&1 | tee "$LOGS/tests.log" | tail -40 || status=1 ;;
     bench)
       $PY benchmarks/gpu.py 2>&1 | tee "$LOGS/bench_gpu.log" || status=1 ;;
+    batch)
+      for backend in cpu gpu; do
+        $PY benchmarks/batch.py --demo --backend $backend 2>&1 | tee "$LOGS/batch_$backend.log" || status=1
+      done ;;
     bench-families)
       for b in imbalance cascade; do
         $PY benchmarks/$b.py 2>&1 | tee "$LOGS/bench_$b.log" || status=1

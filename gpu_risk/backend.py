@@ -80,7 +80,7 @@ def dispatch(cpu_kernel: Callable, gpu_kernel: Callable) -> Callable:
     from .timing import timed_kernel  # noqa: PLC0415
 
     name = getattr(cpu_kernel, "__name__", "kernel").removesuffix("_cpu")
-    timed_cpu, timed_gpu = timed_kernel(name, cpu_kernel), timed_kernel(name, gpu_kernel)
+    timed_cpu, timed_gpu = timed_kernel(name, cpu_kernel), timed_kernel(f"{name}[gpu]", gpu_kernel)
 
     def run(first, *args, **kwargs):
         return (timed_gpu if is_cupy(first) else timed_cpu)(first, *args, **kwargs)

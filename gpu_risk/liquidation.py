@@ -24,7 +24,7 @@ from .timing import timed_kernel
 from .validate import ensure_market, ensure_positions
 
 liquidation_cpu = timed_kernel("liquidation", _liquidation_cpu)
-liquidation_gpu = timed_kernel("liquidation", _liquidation_gpu)
+liquidation_gpu = timed_kernel("liquidation[gpu]", _liquidation_gpu)
 
 KIND_CODES = {"linear": LINEAR, "inverse": INVERSE, "option": OPTION}
 FACTOR_RANGE = (1e-6, 100.0)  # liquidation prices searched between 1e-6 and 100 x the mark

@@ -16,7 +16,7 @@ from .model import in_market_order
 from .timing import timed_kernel
 
 stress_cpu = timed_kernel("stress", _kernels.stress_cpu)
-stress_gpu = timed_kernel("stress", _kernels.stress_gpu)
+stress_gpu = timed_kernel("stress[gpu]", _kernels.stress_gpu)
 span_cpu = timed_kernel("span", _kernels.span_cpu)
 from .validate import ensure_market, ensure_positions
 

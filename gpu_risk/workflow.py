@@ -169,8 +169,7 @@ def open_day(cfg: WorkflowConfig, date: str, backend: str) -> dict:
         market = store.open_market(cfg.stores.market, date)
         positions = store.open_positions(cfg.stores.positions, date, market=market,
                                          on_bad_rows=cfg.on_bad_rows)
-        inputs.update(market=market, host_positions=positions,
-                      positions=to_backend(positions, backend))
+        inputs.update(market=market, positions=to_backend(positions, backend))
     if "book" in needs:
         instruments = [i for i, days in store.book_days(cfg.stores.book).items() if date in days]
         book = store.open_book(cfg.stores.book, instruments, start=date, end=date,
@@ -183,17 +182,17 @@ def open_day(cfg: WorkflowConfig, date: str, backend: str) -> dict:
 def compute_day(cfg: WorkflowConfig, date: str, backend: str, inputs: dict | None = None) -> dict:
     """Every requested family for one as-of date (lazy where the inputs are)."""
     inputs = open_day(cfg, date, backend) if inputs is None else inputs
-    market, positions, host_positions = (inputs.get(k) for k in ("market", "positions", "host_positions"))
+    market, positions = inputs.get("market"), inputs.get("positions")
     book, instruments = inputs.get("book"), inputs.get("instruments")
     results = {}
     if "imbalance" in cfg.families:
         results["imbalance"] = day_imbalance_grid(cfg, date, instruments, book, backend)
     if "liquidation" in cfg.families:
-        results["liquidation"] = liquidation(host_positions, market, validate=False)
+        results["liquidation"] = liquidation(positions, market, validate=False)
     if "stress" in cfg.families:
-        results["stress"] = day_stress(cfg, host_positions, market)
+        results["stress"] = day_stress(cfg, positions, market)
     if "cascade" in cfg.families:
-        results["cascade"] = day_cascade(cfg, book, host_positions, market, results.get("liquidation"))
+        results["cascade"] = day_cascade(cfg, book, positions, market, results.get("liquidation"))
     if "summary" in cfg.families:
         results["book_summary"] = book_summary(book)
         results["positions_summary"] = positions_summary(positions, market)

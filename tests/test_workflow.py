@@ -174,3 +174,43 @@ def test_flag_mode_runs_on_bad_rows_and_counts_them(tiny_dataset, tmp_path):
     run_workflow(load_config(write_config(tmp_path, data, dates=[day], on_bad_rows="flag")))
     out = store.open_results(tmp_path / "results.zarr")[day]["positions_summary"].to_dataset()
     assert int(out.n_excluded) == 2
+
+
+def test_stage_breakdown_adds_up_and_is_recorded(tiny_dataset, tmp_path):
+    """Every day reports where its time went; the parts are real measurements that add up."""
+    summary = run_workflow(load_config(write_config(tmp_path, tiny_dataset, scheduler="threads")))
+    for day in summary["computed"]:
+        st = summary["stages"][day]
+        assert set(st["wall"]) == {"open_validate", "graph", "compute_write"}
+        assert st["read_decode"] > 0 and st["encode_write"] > 0 and st["threads"] >= 1
+        # every family's kernel ran, and its time is counted
+        for kernel in ("imbalance_block", "liquidation", "stress", "cascade", "open_interest"):
+            assert st["kernels"].get(kernel, 0) > 0, kernel
+        inside = st["read_decode"] + st["kernel"] + st["encode_write"] + st["other_tasks"]
+        assert inside <= st["threads"] * sum(st["wall"].values()) * 1.05
+    assert store.run_stages(tmp_path / "results.zarr") == summary["stages"]
+
+
+def test_performance_report_needs_a_distributed_scheduler(tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match="distributed scheduler"):
+        run_workflow(load_config(write_config(tmp_path, tiny_dataset, scheduler="threads")),
+                     performance_report=tmp_path / "dask.html")
+
+
+@pytest.mark.cupy
+def test_gpu_batch_runs_every_cuda_kernel_and_matches_the_cpu(tiny_dataset, tmp_path, reference):
+    """--backend gpu: each family's CUDA kernel runs (its timer says so) and the results
+    equal the CPU run's to the kernels' tolerances."""
+    pytest.importorskip("cupy")
+    from gpu_risk.backend import gpu_available
+
+    if not gpu_available()[0]:
+        pytest.skip("no CUDA device")
+    summary = run_workflow(load_config(write_config(tmp_path, tiny_dataset, backend="gpu")))
+    ran = set().union(*(st["kernels"] for st in summary["stages"].values()))
+    for kernel in ("imbalance_block[gpu]", "liquidation[gpu]", "stress[gpu]", "cascade[gpu]"):
+        assert kernel in ran, (kernel, ran)
+    ra, rb = results_of(reference), results_of(tmp_path / "results.zarr")
+    assert sorted(ra) == sorted(rb)
+    for key in ra:
+        xr.testing.assert_allclose(ra[key], rb[key], rtol=1e-9, atol=1e-9)

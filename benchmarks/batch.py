@@ -1,0 +1,246 @@
+"""The batch as users run it, against the kernels alone and the machine's bandwidth.
+
+    python benchmarks/batch.py [--snapshots 1000000] [--days 2] [--instruments 2]
+                               [--demo] [--history] [--keep DIR]
+
+One run prints, on the same synthetic data and the same cores:
+
+1. `gpu-risk imbalance` Zarr to Zarr (the workflow the command runs, threads and a
+   LocalCluster): snapshots/s, the ratio to the imbalance kernel alone on the same data
+   (all cores, data in memory), GB/s of uncompressed book read against the machine's
+   read bandwidth, and where the time went (stages from the run's own breakdown);
+2. the public API on a book in memory (`imbalance_grid`): against the one-thread read
+   bandwidth, the kernel alone and a pandas implementation;
+3. with --demo, the whole overnight workflow on the demo data (every family): each
+   stage's share of the wall time;
+4. with --history, the same snapshots stored as 2 days and as 180 days: opening plus a
+   1-minute grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import best_of, machine, read_bandwidth  # noqa: E402
+from imbalance import BANDS, make_block, pandas_grid, run_kernel  # noqa: E402
+
+BOOK = ("bid_price", "ask_price", "bid_size", "ask_size")
+THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def kernel_alone(book_path: str, bucket_ns: int) -> tuple[float, int, int]:
+    """(seconds, snapshots, bytes): the numba kernel over every instrument-day of the store,
+    data already in memory, one block per instrument-day spread over all cores."""
+    from gpu_risk import store
+
+    blocks = []
+    for inst, days in store.book_days(book_path).items():
+        for day in days:
+            ds = store.open_day_dataset(book_path, f"{inst}/{day}").load()
+            t = ds["time"].values.view(np.int64)
+            bucket = t // bucket_ns - t[0] // bucket_ns
+            blocks.append(([np.ascontiguousarray(ds[n].values) for n in BOOK], bucket))
+    run_kernel(*[a[:100] for a in blocks[0][0]], blocks[0][1][:100], int(blocks[0][1][99]) + 1)
+
+    def one(block):
+        arrays, bucket = block
+        run_kernel(*arrays, bucket, int(bucket[-1]) + 1)
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        seconds = best_of(lambda: list(pool.map(one, blocks)), repeat=3)
+    snapshots = sum(b[1].size for b in blocks)
+    nbytes = sum(sum(a.nbytes for a in b[0]) + b[1].nbytes for b in blocks)
+    return seconds, snapshots, nbytes
+
+
+def run_family_workflow(book: str, out: Path, scheduler: str, bucket: str, backend: str) -> dict:
+    from gpu_risk.workflow import WorkflowConfig, run_workflow
+
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = WorkflowConfig(name="imbalance", stores={"book": book}, families=["imbalance"],
+                         imbalance={"bucket": bucket}, output=out, scheduler=scheduler, backend=backend)
+    t0 = time.perf_counter()
+    summary = run_workflow(cfg)
+    summary["wall"] = time.perf_counter() - t0
+    return summary
+
+
+def stage_shares(summary: dict) -> dict[str, float]:
+    """Seconds per stage over all days: driver stages (wall) and, inside the compute
+    stage, task time spread over the threads (so that the parts add up to the wall)."""
+    totals: dict[str, float] = {}
+    for st in summary["stages"].values():
+        threads = st["threads"]
+        for k, v in st["wall"].items():
+            if k != "compute_write":
+                totals[k] = totals.get(k, 0.0) + v
+        for k in ("read_decode", "kernel", "encode_write", "other_tasks", "scheduling_idle"):
+            totals[k] = totals.get(k, 0.0) + st[k] / threads
+    return totals
+
+
+def print_stages(summary: dict, wall: float) -> None:
+    shares = stage_shares(summary)
+    parts = ", ".join(f"{k} {v:.2f} s ({v / wall:.0%})" for k, v in shares.items())
+    print(f"    where the time went (task time / threads): {parts}")
+
+
+def zarr_to_zarr(args, tmp: Path, bw1: float, bw2: float) -> None:
+    from gpu_risk.synth import SynthConfig, synth
+
+    data_dir = Path(args.keep) if args.keep else tmp / "data"
+    book = data_dir / "book.zarr"
+    if not book.exists():
+        synth(SynthConfig(out=str(data_dir), days=args.days, instruments=args.instruments,
+                          accounts=100, levels=args.levels, snapshots_per_day=args.snapshots))
+    bucket_ns = pd.Timedelta(args.bucket).value
+    k_seconds, snapshots, nbytes = kernel_alone(str(book), bucket_ns)
+    print(f"kernel alone ({THREADS} threads, {snapshots:,} snapshots in memory, {args.bucket} buckets): "
+          f"{k_seconds:.3f} s, {snapshots / k_seconds / 1e6:.1f} M snapshots/s, "
+          f"{nbytes / k_seconds / 1e9:.1f} GB/s = {nbytes / k_seconds / bw2:.0%} of the {THREADS}-thread bandwidth")
+    for scheduler in ("threads", "local"):
+        run_family_workflow(str(book), tmp / "warm.zarr", scheduler, args.bucket, args.backend)  # compile, caches
+        summary = run_family_workflow(str(book), tmp / "grid.zarr", scheduler, args.bucket, args.backend)
+        seconds = sum(summary["seconds"].values())
+        print(f"gpu-risk imbalance Zarr to Zarr ({scheduler}, backend {summary['backend']}, {len(summary['computed'])} days): {seconds:.2f} s, "
+              f"{snapshots / seconds / 1e6:.2f} M snapshots/s; kernel alone / this = {k_seconds / seconds:.3f} "
+              f"(1/{seconds / k_seconds:.0f}); {nbytes / seconds / 1e9:.2f} GB/s of uncompressed book = "
+              f"{nbytes / seconds / bw2:.1%} of the {THREADS}-thread read bandwidth")
+        print_stages(summary, seconds)
+    t0 = time.perf_counter()
+    cli = subprocess.run([sys.executable, "-m", "gpu_risk.cli", "imbalance", "--book", str(book),
+                          "--out", str(tmp / "cli.zarr"), "--bucket", args.bucket, "--scheduler", "threads",
+                          "--backend", args.backend,
+                          "--json"], capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - t0
+    days = sum(json.loads(cli.stdout)["seconds"].values())
+    print(f"the same as a command (new process, threads): {wall:.2f} s wall, of which the days {days:.2f} s "
+          f"(the rest: starting Python, importing, loading compiled kernels)")
+
+
+def api_in_memory(args, bw1: float) -> None:
+    import gpu_risk
+
+    n = args.api_snapshots
+    bid, ask, bid_size, ask_size, t = make_block(n, args.levels)
+    time_ns = t.astype("timedelta64[ns]") + np.datetime64("2026-01-05", "ns")
+    ds = xr.Dataset({name: (("time", "level"), a) for name, a in zip(BOOK, (bid, ask, bid_size, ask_size))},
+                    coords={"time": time_ns, "level": np.arange(1, args.levels + 1)})
+    ds = gpu_risk.validate_book_dataset(ds)
+    gpu_risk.imbalance_grid(ds.isel(time=slice(0, 1000)), args.bucket)
+    bucket_ns = pd.Timedelta(args.bucket).value
+    bucket = t // bucket_ns - t[0] // bucket_ns
+    nbytes = 4 * bid.nbytes + t.nbytes
+    ratios, api_best, kernel_best = [], np.inf, np.inf
+    for _ in range(args.rounds):  # interleaved: this VM's bandwidth moves from minute to minute
+        bw = read_bandwidth()
+        api = best_of(lambda: gpu_risk.imbalance_grid(ds, args.bucket), repeat=3)
+        kernel = best_of(lambda: run_kernel(bid, ask, bid_size, ask_size, bucket, int(bucket[-1]) + 1), repeat=3)
+        ratios.append(nbytes / api / bw)
+        api_best, kernel_best = min(api_best, api), min(kernel_best, kernel)
+    m = min(args.pandas_snapshots, n)
+    t_pandas = best_of(lambda: pandas_grid(bid[:m], ask[:m], bid_size[:m], ask_size[:m], t[:m], bucket_ns), repeat=2)
+    print(f"imbalance_grid on a book in memory ({n:,} snapshots, {args.bucket}): {api_best:.3f} s, "
+          f"{n / api_best / 1e6:.1f} M snapshots/s, {nbytes / api_best / 1e9:.1f} GB/s; of the 1-thread read "
+          f"bandwidth measured in the same round: median {np.median(ratios):.0%} (range {min(ratios):.0%}-"
+          f"{max(ratios):.0%}); kernel alone on 1 thread {kernel_best:.3f} s (API / kernel {api_best / kernel_best:.2f}); "
+          f"pandas ({m:,} snapshots) {m / t_pandas / 1e6:.2f} M snapshots/s: API {(n / api_best) / (m / t_pandas):.0f}x")
+
+
+def demo_workflow(args, tmp: Path) -> None:
+    from gpu_risk.synth import SynthConfig, synth
+    from gpu_risk.workflow import load_config, run_workflow
+
+    data = tmp / "demo"
+    synth(SynthConfig(out=str(data), days=3, instruments=4, accounts=50_000, levels=10,
+                      snapshots_per_day=50_000))
+    repo = Path(__file__).resolve().parents[1]
+    for scheduler in ("local", "threads"):
+        out = tmp / f"overnight-{scheduler}.zarr"
+        cfg = load_config(repo / "workflows" / "overnight.yaml", {
+            "stores": {"book": str(data / "book.zarr"), "positions": str(data / "positions.zarr"),
+                       "market": str(data / "market.zarr")},
+            "output": str(out), "report": None, "scheduler": scheduler, "backend": args.backend})
+        t0 = time.perf_counter()
+        summary = run_workflow(cfg)
+        wall = time.perf_counter() - t0
+        days = sum(summary["seconds"].values())
+        print(f"overnight workflow, demo data (3 days x 4 instruments x 50,000 snapshots, 50,000 accounts, "
+              f"{scheduler}, backend {summary['backend']}): {wall:.1f} s wall, days {days:.1f} s")
+        print_stages(summary, days)
+        kernels: dict[str, float] = {}
+        for st in summary["stages"].values():
+            for k, v in st["kernels"].items():
+                kernels[k] = kernels.get(k, 0.0) + v
+        print("    kernel time by kernel: " + ", ".join(f"{k} {v:.2f} s" for k, v in kernels.items()))
+
+
+def history(args, tmp: Path) -> None:
+    import gpu_risk
+    from gpu_risk import store
+    from gpu_risk.synth import SynthConfig, synth
+
+    total = args.history_snapshots
+    for days in (2, 180):
+        data = tmp / f"history-{days}"
+        synth(SynthConfig(out=str(data), days=days, instruments=2, accounts=10, levels=10,
+                          snapshots_per_day=total // (2 * days)))
+        t0 = time.perf_counter()
+        book = store.open_book(data / "book.zarr")
+        t_open = time.perf_counter() - t0
+        grid = gpu_risk.imbalance_grid(book, "1min")
+        grid.compute(scheduler="threads")
+        t_all = time.perf_counter() - t0
+        print(f"history: {total:,} snapshots as {days} days x 2 instruments: open {t_open:.2f} s, "
+              f"open + 1-minute grid {t_all:.2f} s ({t_all / days * 1000 / 2:.0f} ms per instrument-day)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--snapshots", type=int, default=1_000_000, help="per instrument and day")
+    p.add_argument("--days", type=int, default=2)
+    p.add_argument("--instruments", type=int, default=2)
+    p.add_argument("--levels", type=int, default=10)
+    p.add_argument("--bucket", default="1s")
+    p.add_argument("--api-snapshots", type=int, default=2_000_000)
+    p.add_argument("--pandas-snapshots", type=int, default=200_000)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--demo", action="store_true", help="also the overnight workflow on the demo data")
+    p.add_argument("--history", action="store_true", help="also 2 days against 180 days")
+    p.add_argument("--history-snapshots", type=int, default=1_800_000)
+    p.add_argument("--keep", help="directory for the synthetic store (reused when present)")
+    p.add_argument("--backend", default="cpu", help="cpu | gpu | auto (the batch runs; the kernel-alone "
+                   "and API lines are the CPU kernel's)")
+    args = p.parse_args()
+    print(f"machine: {machine()}")
+    bw1, bw2 = read_bandwidth(threads=1), read_bandwidth(threads=THREADS)
+    print(f"memory read bandwidth (numba streaming sum, 512 MiB): 1 thread {bw1 / 1e9:.1f} GB/s, "
+          f"{THREADS} threads {bw2 / 1e9:.1f} GB/s")
+    tmp = Path(tempfile.mkdtemp(prefix="gpu_risk_batch_"))
+    try:
+        zarr_to_zarr(args, tmp, bw1, bw2)
+        api_in_memory(args, bw1)
+        if args.demo:
+            demo_workflow(args, tmp)
+        if args.history:
+            history(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
