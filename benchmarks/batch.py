@@ -15,6 +15,8 @@ One run prints, on the same synthetic data and the same cores:
    stage's share of the wall time;
 4. with --history, the same snapshots stored as 2 days and as 180 days: opening plus a
    1-minute grid.
+
+With --backend gpu the batch runs its CUDA kernels (on a GPU machine run it with both).
 """
 
 from __future__ import annotations

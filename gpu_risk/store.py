@@ -31,6 +31,16 @@ import yaml
 import zarr
 from zarr.codecs import BloscCodec
 
+from .coding import (
+    TICK_FILL,
+    TICKED_VARS,
+    TICKS_ATTR,
+    cf_scale_factor,
+    decode_ticked,
+    encode_ticked,
+    encode_with,
+    tick_attrs,
+)
 from .errors import InputError, SchemaError
 from .schema import (
     BOOK_OPTIONAL_VARS,
@@ -172,6 +182,8 @@ def recover_day(path: PathLike, group: str) -> None:
 # Blosc is in the Zarr 3 specification, so any Zarr 3 reader decodes these stores; stores
 # written with other codecs read as before (the codec is in each array's metadata).
 NUMBER_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"),)
+# book prices and sizes as exact int32 ticks (gpu_risk.coding): byte shuffle then LZ4
+TICK_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
 
 
 def _encoding(ds: xr.Dataset, chunk_dims: dict[str, int]) -> dict:
@@ -180,6 +192,8 @@ def _encoding(ds: xr.Dataset, chunk_dims: dict[str, int]) -> dict:
         e: dict[str, Any] = {}
         if var.dtype.kind in "fiub" and var.ndim:
             e["compressors"] = NUMBER_COMPRESSORS
+        if TICKS_ATTR in var.attrs and var.dtype == np.int32:
+            e.update(compressors=TICK_COMPRESSORS, _FillValue=TICK_FILL)
         if np.issubdtype(var.dtype, np.datetime64):
             e.update(TIME_ENCODING)
             e["compressors"] = NUMBER_COMPRESSORS
@@ -206,6 +220,16 @@ def _prepare(ds: xr.Dataset) -> xr.Dataset:
     return out
 
 
+def _add_cf_scale(path: PathLike, group: str) -> None:
+    """Give every ticked array of ``group`` its CF ``scale_factor`` (after xarray wrote it),
+    so that CF readers other than gpu_risk get the values back too."""
+    node = zarr.open_group(str(path), path=group, mode="r+", zarr_format=3)
+    for name, array in node.arrays():
+        factor = cf_scale_factor(dict(array.attrs))
+        if factor is not None and "scale_factor" not in array.attrs:
+            array.attrs["scale_factor"] = factor
+
+
 def write_day_dataset(
     ds: xr.Dataset, path: PathLike, group: str, chunk_dims: dict[str, int] | None = None
 ) -> None:
@@ -222,6 +246,8 @@ def write_day_dataset(
         ds = ds.chunk({d: chunk_dims.get(d, -1) for d in ds.dims})
     ds.attrs[COMPLETE] = False
     ds.to_zarr(str(path), group=group, mode="w", encoding=enc, **_zarr_kwargs())
+    if any(TICKS_ATTR in v.attrs for v in ds.data_vars.values()):
+        _add_cf_scale(path, group)
     mark_complete(path, group)
 
 
@@ -257,6 +283,7 @@ class RegionWriter:
                      mode="r+", **_zarr_kwargs())
 
     def close(self) -> None:
+        _add_cf_scale(self.path, self.group)
         if self._before_complete is not None:
             self._before_complete(self.path, self.group)
         mark_complete(self.path, self.group)
@@ -275,8 +302,11 @@ def _lazy_template(coords: dict, variables: dict[str, tuple[tuple[str, ...], np.
 
 
 def open_day_dataset(path: PathLike, group: str, chunks: Any = None) -> xr.Dataset:
+    # book arrays stored as ticks are decoded by gpu_risk (exactly, one pass per chunk),
+    # not by xarray's CF mask-and-scale
     ds = xr.open_zarr(str(path), group=group, chunks={} if chunks is None else chunks,
-                      **_zarr_kwargs())
+                      mask_and_scale={name: False for name in TICKED_VARS}, **_zarr_kwargs())
+    ds = decode_ticked(ds)
     # Variable-length strings come back as numpy StringDType; plain `str` labels index best.
     for name in list(ds.coords):
         if ds[name].dtype.kind in "TO":
@@ -321,6 +351,7 @@ def write_book(ds: xr.Dataset, path: PathLike, instrument: str,
         rows = part.sizes["time"]  # validated above: every row is clean
         part.attrs[QC_ATTR] = {"rules": QC_RULES_VERSION, "rows": rows, "bad_rows": 0,
                                "last_valid_row": rows - 1}
+        part = encode_ticked(part.load())[0]  # exact int32 ticks where the values allow
         write_day_dataset(part, path, f"{instrument}/{key}", {"time": chunk_rows})
         written.append(key)
     return written
@@ -328,15 +359,21 @@ def write_book(ds: xr.Dataset, path: PathLike, instrument: str,
 
 def book_writer(path: PathLike, instrument: str, date: Any, time: np.ndarray, levels: int,
                 chunk_rows: int = BOOK_CHUNK_ROWS, extra_attrs: dict | None = None,
-                optional_vars: tuple[str, ...] = (), suffix: str = "") -> RegionWriter:
+                optional_vars: tuple[str, ...] = (), suffix: str = "",
+                ticks: dict[str, tuple[float, float]] | None = None) -> RegionWriter:
     """A :class:`RegionWriter` for one instrument-day whose snapshot times are known;
     ``optional_vars`` names variables of ``BOOK_OPTIONAL_VARS`` the slabs will carry too;
-    ``suffix`` writes a sibling group (``<day><suffix>``) that :func:`replace_day` swaps in."""
+    ``suffix`` writes a sibling group (``<day><suffix>``) that :func:`replace_day` swaps in;
+    ``ticks`` maps book variables to exact tick encodings ``(divisor, multiplier)``
+    (:mod:`gpu_risk.coding`): their slabs are stored as int32 ticks, and a value off the
+    grid raises instead of being rounded."""
+    ticks = {k: v for k, v in (ticks or {}).items() if v is not None}
     _check_instrument_name(instrument)
     init_store(path, "book")
     key = day_key(date)
     sizes = {"time": len(time), "level": levels}
-    variables = {name: (var.dims, np.dtype("float64"), describe(var))
+    variables = {name: (var.dims, np.dtype("int32"), describe(var) | tick_attrs(ticks[name]))
+                 if name in ticks else (var.dims, np.dtype("float64"), describe(var))
                  for name, var in BOOK_VARS.items()}
     for name in optional_vars:
         var = BOOK_OPTIONAL_VARS[name]
@@ -345,8 +382,9 @@ def book_writer(path: PathLike, instrument: str, date: Any, time: np.ndarray, le
               "level": ("level", np.arange(1, levels + 1, dtype=np.int16))}
     template = _lazy_template(coords, variables, sizes, {"time": chunk_rows})
     template.attrs.update(instrument=instrument, date=key, **(extra_attrs or {}))
+    encode = (lambda slab: encode_with(slab, ticks, where=f" of {instrument} {key}")) if ticks else None
     return RegionWriter(template, path, f"{instrument}/{key}{suffix}", "time", chunk_rows,
-                        before_complete=record_book_qc)
+                        encode=encode, before_complete=record_book_qc)
 
 
 def record_book_qc(path: PathLike, group: str) -> dict:

@@ -237,9 +237,12 @@ def write_book_day(path, inst: Instrument, inst_index: int, day_index: int, day:
     path_seed = int(rng.integers(2**31))
     _mid_path(dt, path_seed, math.log(open_price), math.log(close_price), sigma,
               log_mid, vol_ratio, regime)
+    lot = inst.depth / 1000.0  # as in _book_rows: prices are ticks x tick, sizes lots x lot
     writer = store.book_writer(path, inst.name, day, time, levels, chunk_rows,
                                extra_attrs={"source": f"gpu_risk synth seed={seed}",
-                                            "tick_size": inst.tick})
+                                            "tick_size": inst.tick},
+                               ticks={"bid_price": (0.0, inst.tick), "ask_price": (0.0, inst.tick),
+                                      "bid_size": (0.0, lot), "ask_size": (0.0, lot)})
     for start in range(0, snapshots, chunk_rows):
         stop = min(start + chunk_rows, snapshots)
         arrays = [np.empty((stop - start, levels)) for _ in range(4)]

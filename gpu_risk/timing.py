@@ -54,12 +54,12 @@ def kernel_seconds() -> dict[str, float]:
 
 
 def task_kind(key) -> str:
-    """``read`` (Zarr chunks read and decoded), ``write`` (encoded and stored) or ``other``;
-    Dask fuses tasks, so a fused read-and-concatenate counts as a read."""
+    """``read`` (Zarr chunks read and decoded), ``write`` (encoded and stored) or ``other``,
+    by the task's name; Dask fuses tasks, so a fused read-and-decode counts as a read."""
     name = key_split(key)
     if "store" in name:
         return "write"
-    if name.startswith(("open_dataset", "original", "from-zarr")):
+    if name.startswith(("open_dataset", "original", "from-zarr")) or "decode_block" in name:
         return "read"
     return "other"
 
