@@ -193,7 +193,8 @@ def _encoding(ds: xr.Dataset, chunk_dims: dict[str, int]) -> dict:
         if var.dtype.kind in "fiub" and var.ndim:
             e["compressors"] = NUMBER_COMPRESSORS
         if TICKS_ATTR in var.attrs and var.dtype == np.int32:
-            e.update(compressors=TICK_COMPRESSORS, _FillValue=TICK_FILL)
+            # the Zarr fill_value too: a missing chunk reads as empty levels, never as 0
+            e.update(compressors=TICK_COMPRESSORS, _FillValue=TICK_FILL, fill_value=TICK_FILL)
         if np.issubdtype(var.dtype, np.datetime64):
             e.update(TIME_ENCODING)
             e["compressors"] = NUMBER_COMPRESSORS

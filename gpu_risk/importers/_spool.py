@@ -22,6 +22,7 @@ import numpy as np
 import xarray as xr
 
 from .. import store
+from ..coding import TickChooser
 from ..errors import InputError
 
 ORDER = ("bid_price", "bid_size", "ask_price", "ask_size")
@@ -79,9 +80,16 @@ class DaySpool:
         time = np.concatenate(self.times).astype("datetime64[ns]")
         rewrite = self.day == self.rewrite_day
         suffix = ".new" if rewrite else ""
+        # the day's exact tick encodings, from every spooled chunk (float64 where none is exact)
+        choosers = {name: TickChooser() for name in ORDER}
+        for path in self.files:
+            with np.load(path) as data:
+                for i, name in enumerate(ORDER):
+                    choosers[name].feed(data["book"][i])
         writer = store.book_writer(self.out, self.instrument, self.day, time, self.levels,
                                    self.chunk_rows, extra_attrs=self.attrs,
-                                   optional_vars=self.optional, suffix=suffix)
+                                   optional_vars=self.optional, suffix=suffix,
+                                   ticks={name: c.spec for name, c in choosers.items()})
         start = 0
         for path in self.files:
             with np.load(path) as data:
