@@ -82,23 +82,19 @@ def run_family_workflow(book: str, out: Path, scheduler: str, bucket: str, backe
 
 
 def stage_shares(summary: dict) -> dict[str, float]:
-    """Seconds per stage over all days: driver stages (wall) and, inside the compute
-    stage, task time spread over the threads (so that the parts add up to the wall)."""
+    """Wall-clock seconds per part over all days (the run's own breakdown, which adds up
+    to the days' wall time)."""
     totals: dict[str, float] = {}
     for st in summary["stages"].values():
-        threads = st["threads"]
-        for k, v in st["wall"].items():
-            if k != "compute_write":
-                totals[k] = totals.get(k, 0.0) + v
-        for k in ("read_decode", "kernel", "encode_write", "other_tasks", "scheduling_idle"):
-            totals[k] = totals.get(k, 0.0) + st[k] / threads
+        for k, v in st["breakdown"].items():
+            totals[k] = totals.get(k, 0.0) + v
     return totals
 
 
 def print_stages(summary: dict, wall: float) -> None:
     shares = stage_shares(summary)
     parts = ", ".join(f"{k} {v:.2f} s ({v / wall:.0%})" for k, v in shares.items())
-    print(f"    where the time went (task time / threads): {parts}")
+    print(f"    where the time went: {parts}")
 
 
 def zarr_to_zarr(args, tmp: Path, bw1: float, bw2: float) -> None:

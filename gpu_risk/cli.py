@@ -110,9 +110,9 @@ def _run_config(cfg, as_json: bool, performance_report: Optional[Path] = None) -
                 task = bar.add_task("days", total=len(info["todo"]))
             elif event == "day":
                 bar.advance(task)
-                st = info["stages"]
-                console.print(f"  {info['date']} done in {info['seconds']:.1f} s (kernels {st['kernel']:.2f} s, "
-                              f"reading {st['read_decode']:.2f} s, writing {st['encode_write']:.2f} s of task time)")
+                parts = info["stages"]["breakdown"]
+                top = ", ".join(f"{k} {v:.2f} s" for k, v in sorted(parts.items(), key=lambda kv: -kv[1])[:3])
+                console.print(f"  {info['date']} done in {info['seconds']:.1f} s ({top})")
             elif event == "report":
                 console.print(f"report: [bold]{info['path']}[/bold]")
 

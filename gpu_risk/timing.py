@@ -11,8 +11,8 @@ Three sources, combined per family and day by :func:`breakdown`:
 - the kernels' own time (:func:`timed_kernel` wraps every kernel call), summed per
   process and fetched from the workers of a distributed cluster.
 
-Scheduling (and idle) time is the compute stage's wall time times the workers' threads,
-less the time spent inside tasks.
+Scheduling (and idle) time is the compute stage's wall time less the time its tasks took,
+divided over the threads that ran them.
 """
 
 from __future__ import annotations
@@ -133,24 +133,35 @@ class Stages:
             self.kernels[name_] += seconds - before.get(name_, 0.0)
 
     def summary(self) -> dict:
-        """Seconds: ``wall`` per stage (``open_validate``, ``graph``, ``compute_write``, on
-        the driver); inside the compute stage's tasks ``read_decode``, ``kernel`` (per
-        kernel in ``kernels``), ``encode_write`` and ``other_tasks``; ``scheduling_idle``
-        (threads x compute wall - task time); ``threads``."""
-        compute = [k for k in self.wall if k not in ("open_validate", "graph")]
-        tasks = defaultdict(float)
+        """Where the day's time went.
+
+        ``wall``: seconds per driver stage (``open_validate``, ``graph``, ``compute_write``);
+        ``threads``: the threads that run tasks; ``task_seconds``: time inside tasks, summed
+        over threads, by kind (``read_decode``, ``kernel``, ``encode_write``, ``other``);
+        ``kernels``: each kernel's seconds; ``breakdown``: wall-clock seconds that add up to
+        the day's wall time: each kind of task work divided by the threads, the driver's own
+        time in ``open_validate`` and ``graph`` (their wall less the tasks they ran, e.g.
+        a family that computes its inputs eagerly), and ``scheduling_idle`` (the compute
+        stage's wall less its tasks' share)."""
+        threads = self.threads
+        per_stage: dict[str, float] = defaultdict(float)
+        kinds: dict[str, float] = defaultdict(float)
         for (stage, kind), seconds in self.tasks.items():
-            if stage in compute:
-                tasks[kind] += seconds
+            per_stage[stage] += seconds
+            kinds[kind] += seconds
         kernel = sum(self.kernels.values())
-        compute_wall = sum(self.wall[k] for k in compute)
+        task_seconds = {"read_decode": kinds["read"], "kernel": kernel, "encode_write": kinds["write"],
+                        "other": max(kinds["other"] - kernel, 0.0)}
+        breakdown = {
+            "open_validate": max(self.wall["open_validate"] - per_stage["open_validate"] / threads, 0.0),
+            "graph": max(self.wall["graph"] - per_stage["graph"] / threads, 0.0),
+            **{kind: seconds / threads for kind, seconds in task_seconds.items()},
+            "scheduling_idle": max(self.wall["compute_write"] - per_stage["compute_write"] / threads, 0.0),
+        }
         return {
             "wall": {k: round(v, 4) for k, v in self.wall.items()},
-            "read_decode": round(tasks["read"], 4),
-            "kernel": round(kernel, 4),
+            "threads": threads,
+            "task_seconds": {k: round(v, 4) for k, v in task_seconds.items()},
             "kernels": {k: round(v, 4) for k, v in self.kernels.items() if v},
-            "encode_write": round(tasks["write"], 4),
-            "other_tasks": round(max(tasks["other"] - kernel, 0.0), 4),
-            "scheduling_idle": round(max(self.threads * compute_wall - sum(tasks.values()), 0.0), 4),
-            "threads": self.threads,
+            "breakdown": {k: round(v, 4) for k, v in breakdown.items()},
         }
