@@ -68,7 +68,7 @@ def synth(
 def run(
     workflow: Path = typer.Argument(..., exists=True, dir_okay=False, help="workflow YAML"),
     backend: Optional[str] = typer.Option(None, help="auto|cpu|gpu (overrides the workflow)"),
-    scheduler: Optional[str] = typer.Option(None, help="sync|threads|local|ADDRESS (overrides)"),
+    scheduler: Optional[str] = typer.Option(None, help="auto|sync|threads|local|ADDRESS (overrides)"),
     memory_limit: Optional[str] = typer.Option(None, help="per-worker memory limit, e.g. 4GB"),
     output: Optional[Path] = typer.Option(None, help="results store (overrides)"),
     report: Optional[Path] = typer.Option(None, help="HTML report path (overrides)"),
@@ -168,7 +168,7 @@ START = typer.Option(None, help="first as-of date (default: the first day)")
 END = typer.Option(None, help="last as-of date (default: the last day)")
 REPORT = typer.Option(None, help="also write the HTML report here")
 BACKEND = typer.Option("auto", help="auto|cpu|gpu")
-SCHEDULER = typer.Option("local", help="sync|threads|local|ADDRESS")
+SCHEDULER = typer.Option("auto", help="auto|sync|threads|local|ADDRESS (auto: threads; local under --memory-limit)")
 MEMORY = typer.Option(None, help="per-worker memory limit, e.g. 4GB")
 BAD_ROWS = typer.Option("raise", help="raise|flag")
 JSON = typer.Option(False, "--json", help="print a JSON summary on stdout")

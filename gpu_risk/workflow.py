@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from . import store
 from .backend import choose_backend, to_backend
 from .cascade import cascade
-from .cluster import dask_scheduler, scheduler_threads
+from .cluster import dask_scheduler, resolve_scheduler, scheduler_threads
 from .imbalance import imbalance_grid
 from .liquidation import liquidation
 from .stress import stress_surface
@@ -108,7 +108,7 @@ class WorkflowConfig(BaseModel):
     output: Path
     report: Path | None = None
     backend: Literal["auto", "cpu", "gpu"] = "auto"
-    scheduler: str = "local"
+    scheduler: str = "auto"
     memory_limit: str | None = None
     on_bad_rows: Literal["raise", "flag"] = "raise"
 
@@ -247,7 +247,7 @@ def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] |
     day ``stages``: where the time went, see :class:`gpu_risk.timing.Stages`).
     ``performance_report``: also write Dask's HTML performance report there (needs the
     ``local`` scheduler or a scheduler ADDRESS)."""
-    if performance_report is not None and cfg.scheduler in ("sync", "threads"):
+    if performance_report is not None and resolve_scheduler(cfg.scheduler, cfg.memory_limit) in ("sync", "threads"):
         raise ValueError("--performance-report needs a distributed scheduler (local or an ADDRESS), "
                          f"not {cfg.scheduler!r}")
     if performance_report is not None:
@@ -268,7 +268,7 @@ def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] |
     if todo:
         with dask_scheduler(cfg.scheduler, backend=backend, memory_limit=cfg.memory_limit) as where:
             emit("scheduler", {"scheduler": where})
-            threads = scheduler_threads(cfg.scheduler)
+            threads = scheduler_threads(cfg.scheduler, cfg.memory_limit)
             report_ctx = contextlib.nullcontext()
             if performance_report is not None:
                 from distributed import performance_report as dask_performance_report  # noqa: PLC0415
