@@ -221,6 +221,8 @@ def main() -> None:
     p.add_argument("--history", action="store_true", help="also 2 days against 180 days")
     p.add_argument("--history-snapshots", type=int, default=1_800_000)
     p.add_argument("--keep", help="directory for the synthetic store (reused when present)")
+    p.add_argument("--skip", nargs="*", default=[], choices=["zarr", "api"],
+                   help="leave out the Zarr-to-Zarr or the in-memory API part")
     p.add_argument("--backend", default="cpu", help="cpu | gpu | auto (the batch runs; the kernel-alone "
                    "and API lines are the CPU kernel's)")
     args = p.parse_args()
@@ -230,8 +232,10 @@ def main() -> None:
           f"{THREADS} threads {bw2 / 1e9:.1f} GB/s")
     tmp = Path(tempfile.mkdtemp(prefix="gpu_risk_batch_"))
     try:
-        zarr_to_zarr(args, tmp, bw1, bw2)
-        api_in_memory(args, bw1)
+        if "zarr" not in args.skip:
+            zarr_to_zarr(args, tmp, bw1, bw2)
+        if "api" not in args.skip:
+            api_in_memory(args, bw1)
         if args.demo:
             demo_workflow(args, tmp)
         if args.history:

@@ -445,15 +445,26 @@ def open_book_instrument(path: PathLike, instrument: str, start: Any = None, end
 def last_valid_snapshot(path: PathLike, instrument: str, day: str) -> xr.Dataset | None:
     """The last snapshot of ``day`` that breaks no rule (one row), or None: read from the
     day's recorded validation summary where it has one, else by validating the day."""
-    ds = open_day_dataset(path, f"{instrument}/{day}")
-    summary = ds.attrs.get(QC_ATTR)
-    if isinstance(summary, dict) and summary.get("rules") == QC_RULES_VERSION \
-            and summary.get("rows") == ds.sizes["time"]:
-        row = int(summary["last_valid_row"])
-    else:
-        kept = without_flagged_rows(validate_book_dataset(ds, on_bad_rows="flag"))
+    group = f"{instrument}/{day}"
+    node = zarr.open_group(str(path), path=group, mode="r", zarr_format=3)
+    summary = node.attrs.get(QC_ATTR)
+    rows = node["time"].shape[0]
+    if not (isinstance(summary, dict) and summary.get("rules") == QC_RULES_VERSION
+            and summary.get("rows") == rows):
+        kept = without_flagged_rows(validate_book_dataset(open_day_dataset(path, group), on_bad_rows="flag"))
         return kept.isel(time=[-1]) if kept.sizes["time"] else None
-    return ds.isel(time=[row]) if row >= 0 else None
+    row = int(summary["last_valid_row"])
+    if row < 0:
+        return None
+    # one row read straight from Zarr (opening the day with xarray would load its time axis)
+    one = xr.Dataset({"time": ("time", node["time"][row:row + 1])})
+    time = xr.decode_cf(one.assign_coords(time=one["time"].assign_attrs(dict(node["time"].attrs))))["time"].values
+    variables = {}
+    for name in BOOK_VARS:
+        raw = node[name][row:row + 1]
+        variables[name] = (("time", "level"), decode_ticked(xr.Dataset(
+            {name: (("time", "level"), raw, dict(node[name].attrs))}))[name].values)
+    return xr.Dataset(variables, coords={"time": time, "level": node["level"][:]})
 
 
 def open_book(path: PathLike, instruments: Iterable[str] | None = None, start: Any = None,

@@ -189,6 +189,8 @@ def compute_day(cfg: WorkflowConfig, date: str, backend: str, inputs: dict | Non
         results["imbalance"] = day_imbalance_grid(cfg, date, instruments, book, backend)
     if "liquidation" in cfg.families:
         results["liquidation"] = liquidation(positions, market, validate=False)
+        if "cascade" in cfg.families:  # the cascade needs its prices now: computed once, kept
+            results["liquidation"] = results["liquidation"].persist()
     if "stress" in cfg.families:
         results["stress"] = day_stress(cfg, positions, market)
     if "cascade" in cfg.families:
