@@ -22,7 +22,7 @@ import pandas as pd
 import xarray as xr
 
 from .backend import dispatch, in_memory_dask, is_cupy
-from .kernels.imbalance import imbalance_block_cpu, imbalance_block_gpu, n_columns
+from .kernels.imbalance import bucket_of_cpu, imbalance_block_cpu, imbalance_block_gpu, n_columns
 from .validate import ensure_book, without_flagged_rows
 
 _kernel = dispatch(imbalance_block_cpu, imbalance_block_gpu)
@@ -52,7 +52,7 @@ def _block_bounds(bucket_index: np.ndarray, chunk_starts: Iterable[int]) -> list
     return starts + [n]
 
 
-def _run_block(parts, prev_row, runs, bands, n_out, levels, lead_in=False, split=None):
+def _run_block(parts, prev_row, runs, bands, n_out, levels, lead_in=False, split=None, dest=None):
     """The grid rows of one block of whole buckets.
 
     ``parts``: for each of the 4 book arrays, the block's rows as a list of consecutive
@@ -62,36 +62,39 @@ def _run_block(parts, prev_row, runs, bands, n_out, levels, lead_in=False, split
     the first row of the block's last bucket, when that bucket continues past the first
     piece. The buckets before it are computed on the first piece as it is (no copy); only
     the last bucket's rows are joined. Every bucket is still summed by one kernel call, in
-    time order, so the result does not depend on where the chunks end.
+    time order, so the result does not depend on where the chunks end. ``dest``: write the
+    rows there (a C-contiguous (n_out, columns) view of the whole grid) instead of a new array.
     """
     first = parts[0][0]
     xp = np
     if is_cupy(first):
         import cupy as xp  # noqa: PLC0415
-    bucket = np.repeat(*runs)
+    # run-length pairs (a lazy graph's small argument) or, in memory, the buckets themselves
+    bucket = np.repeat(*runs) if isinstance(runs, tuple) else runs
     n_cols = n_columns(levels, bands.size)
 
-    def call(arrays, prev, bucket, n):
+    def call(arrays, prev, bucket, n, out=None):
         has_prev = prev is not None
         if not has_prev:
             prev = [xp.full(levels, np.nan) for _ in range(4)]
-        out = xp.empty((n, n_cols), dtype=np.float64)
+        if out is None:
+            out = xp.empty((n, n_cols), dtype=np.float64)
         if xp is np:
             arrays = [np.ascontiguousarray(a, dtype=np.float64) for a in arrays]
             prev = [np.ascontiguousarray(p, dtype=np.float64) for p in prev]
             return _kernel(*arrays, *prev, has_prev, bucket, bands, out)
         return _kernel(*arrays, *prev, has_prev, xp.asarray(bucket), xp.asarray(bands), out)
 
+    out = xp.empty((n_out, n_cols), dtype=np.float64) if dest is None else dest
     if split is None or split[0] == 0:
         arrays = [piece[0] if len(piece) == 1 else xp.concatenate(piece) for piece in parts]
-        out = call(arrays, prev_row, bucket, n_out)
+        call(arrays, prev_row, bucket, n_out, out)
     else:
         row, b_last = split
-        head = call([piece[0][:row] for piece in parts], prev_row, bucket[:row], b_last)
+        call([piece[0][:row] for piece in parts], prev_row, bucket[:row], b_last, out[:b_last])
         tail_arrays = [xp.concatenate([piece[0][row:], *piece[1:]]) for piece in parts]
-        tail = call(tail_arrays, [piece[0][row - 1] for piece in parts], bucket[row:] - b_last,
-                    n_out - b_last)
-        out = xp.concatenate([head, tail])
+        call(tail_arrays, [piece[0][row - 1] for piece in parts], bucket[row:] - b_last,
+             n_out - b_last, out[b_last:])
     if lead_in:  # the predecessor row from before `start` is not an update of this grid
         out[0, -1] -= 1
     return out
@@ -106,18 +109,18 @@ def _row(block, i):
 
 
 def _instrument_grid(ds: xr.Dataset, origin_ns: int, bucket_ns: int, n_buckets: int,
-                     bands: np.ndarray, levels: int) -> da.Array:
+                     bands: np.ndarray, levels: int, dest=None) -> da.Array:
     """(n_buckets, n_columns) packed grid of one instrument: lazily (Dask) where the book
-    is lazy, else computed at once."""
+    is lazy, else computed at once (into ``dest`` when given: no copies of the result)."""
     n_cols = n_columns(levels, bands.size)
     ds = without_flagged_rows(ds)
-    t = ds["time"].values.astype("datetime64[ns]").view(np.int64)
+    t = _time_ns(ds)
     arrays = [ds[name].isel(level=slice(0, levels)).data for name in BOOK_ARRAYS]
     like = arrays[0]
     lazy = isinstance(like, da.Array)
     meta = like._meta if lazy else like[:0]  # never the data itself: Dask would hash it
     if t.size == 0:
-        return _empty_buckets(n_buckets, levels, n_cols, meta, lazy)
+        return _fill(dest, _empty_buckets(n_buckets, levels, n_cols, meta, lazy))
     lead_in = bool(t[0] < origin_ns)
     if lead_in:
         # snapshots before `start`: keep the last one, in the first bucket, as the OFI
@@ -126,7 +129,7 @@ def _instrument_grid(ds: xr.Dataset, origin_ns: int, bucket_ns: int, n_buckets: 
         ds = ds.isel(time=slice(keep, None))
         t = t[keep:]
         arrays = [ds[name].isel(level=slice(0, levels)).data for name in BOOK_ARRAYS]
-    bucket_index = np.maximum((t - origin_ns) // bucket_ns, 0)
+    bucket_index = bucket_of_cpu(t, origin_ns, bucket_ns, np.empty(t.size, dtype=np.int64))
     if lazy:
         time_chunks = arrays[0].chunks[0]
         arrays = [a.rechunk((time_chunks, -1)) for a in arrays]  # one time chunking for all four, whole rows
@@ -158,8 +161,8 @@ def _instrument_grid(ds: xr.Dataset, origin_ns: int, bucket_ns: int, n_buckets: 
         cut, row_of = _rows, _row
         pool = ThreadPoolExecutor(1 if is_cupy(meta) else _threads())
 
-        def run(i, n_out, *args):
-            return pool.submit(_run_block, *args)
+        def run(i, n_out, *args, b0=0):
+            return pool.submit(_run_block, *args, dest=None if dest is None else dest[b0:b0 + n_out])
 
     bounds = _block_bounds(bucket_index, chunk_edges[:-1])
 
@@ -181,16 +184,19 @@ def _instrument_grid(ds: xr.Dataset, origin_ns: int, bucket_ns: int, n_buckets: 
     pieces = []
     first_bucket = int(bucket_index[0])
     if first_bucket > 0:  # before the instrument's first snapshot
-        pieces.append(_empty_buckets(first_bucket, levels, n_cols, meta, lazy))
+        pad = _empty_buckets(first_bucket, levels, n_cols, meta, lazy)
+        pieces.append(pad if lazy or dest is None else _fill(dest[:first_bucket], pad))
     for i in range(len(bounds) - 1):
         start, stop = bounds[i], bounds[i + 1]
         b0 = int(bucket_index[start])
         b1 = int(bucket_index[stop]) if stop < t.size else n_buckets
-        # run-length encoded (bucket, count) pairs keep the graph small: one pair per bucket
         rel = bucket_index[start:stop] - b0
-        change = np.flatnonzero(np.diff(rel)) + 1
-        runs = (rel[np.concatenate([[0], change])].astype(np.int64),
-                np.diff(np.concatenate([[0], change, [rel.size]])).astype(np.int64))
+        if lazy:  # run-length encoded (bucket, count) pairs keep the graph small: one pair per bucket
+            change = np.flatnonzero(np.diff(rel)) + 1
+            runs = (rel[np.concatenate([[0], change])].astype(np.int64),
+                    np.diff(np.concatenate([[0], change, [rel.size]])).astype(np.int64))
+        else:
+            runs = rel
         parts, first_chunk = pieces_of(start, stop)
         split = None
         if len(parts[0]) > 1:  # the last bucket runs on past the first chunk's end
@@ -201,13 +207,34 @@ def _instrument_grid(ds: xr.Dataset, origin_ns: int, bucket_ns: int, n_buckets: 
         if start > 0:  # the row before the block: the OFI predecessor of its first row
             c = int(np.searchsorted(chunk_edges, start - 1, side="right")) - 1
             prev = [row_of(blk[c], start - 1 - chunk_edges[c]) for blk in blocks]
-        pieces.append(run(i, b1 - b0, parts, prev, runs, bands, b1 - b0, levels, lead_in and i == 0, split))
+        if lazy:
+            pieces.append(run(i, b1 - b0, parts, prev, runs, bands, b1 - b0, levels, lead_in and i == 0, split))
+        else:
+            pieces.append(run(i, b1 - b0, parts, prev, runs, bands, b1 - b0, levels, lead_in and i == 0,
+                              split, b0=b0))
     if lazy:
         return da.concatenate(pieces, axis=0)
     pool.shutdown(wait=True)
     done = [p.result() if isinstance(p, Future) else p for p in pieces]
+    if dest is not None:
+        return dest
     xp = _array_module(meta)
     return done[0] if len(done) == 1 else xp.concatenate(done, axis=0)
+
+
+def _fill(dest, values):
+    if dest is None:
+        return values
+    dest[...] = values
+    return dest
+
+
+def _time_ns(ds: xr.Dataset) -> np.ndarray:
+    """The time axis as int64 nanoseconds, without a copy where it already is datetime64[ns]."""
+    t = np.asarray(ds["time"].values)
+    if t.dtype != np.dtype("datetime64[ns]"):
+        t = t.astype("datetime64[ns]")
+    return t.view(np.int64)
 
 
 def _threads() -> int:
@@ -291,7 +318,7 @@ def imbalance_grid(book: xr.DataTree | xr.Dataset, bucket="1s", levels: int | No
         raise ValueError("bands_bps must be non-negative finite numbers")
     firsts, lasts = [], []
     for ds in datasets.values():
-        t = ds["time"].values.astype("datetime64[ns]").view(np.int64)
+        t = _time_ns(ds)
         if t.size:
             firsts.append(t.min())
             lasts.append(t.max())
@@ -307,20 +334,23 @@ def imbalance_grid(book: xr.DataTree | xr.Dataset, bucket="1s", levels: int | No
             raise ValueError(f"end {end} is not after the grid's first snapshot or start")
         lasts = [end_ns - 1]
         datasets = {name: ds.isel(time=slice(0, int(np.searchsorted(
-            ds["time"].values.astype("datetime64[ns]").view(np.int64), end_ns, side="left"))))
+            _time_ns(ds), end_ns, side="left"))))
             for name, ds in datasets.items()}
     midnight = (min(firsts) // DAY_NS) * DAY_NS  # buckets are aligned to midnight UTC
     # the axis starts at the bucket holding the first snapshot (all instruments together)
     origin_ns = midnight + ((min(firsts) - midnight) // bucket_ns) * bucket_ns
     n_buckets = int((max(lasts) - origin_ns) // bucket_ns) + 1
     lazy = any(isinstance(ds["bid_price"].data, da.Array) for ds in datasets.values())
-    grids = [_instrument_grid(ds, origin_ns, bucket_ns, n_buckets, bands, levels)
-             for ds in datasets.values()]
     if lazy:  # an instrument in memory beside lazy ones joins them as one chunk
+        grids = [_instrument_grid(ds, origin_ns, bucket_ns, n_buckets, bands, levels)
+                 for ds in datasets.values()]
         grids = [g if isinstance(g, da.Array) else in_memory_dask(g) for g in grids]
         packed = da.stack(grids, axis=0)  # (instrument, time, column)
-    else:
-        packed = _array_module(grids[0]).stack(grids, axis=0)
+    else:  # in memory: every block writes its rows into the one result array
+        first = next(iter(datasets.values()))["bid_price"].data
+        packed = _array_module(first).empty((len(datasets), n_buckets, n_columns(levels, bands.size)))
+        for i, ds in enumerate(datasets.values()):
+            _instrument_grid(ds, origin_ns, bucket_ns, n_buckets, bands, levels, dest=packed[i])
     labels = (origin_ns + (np.arange(n_buckets, dtype=np.int64) + 1) * bucket_ns).astype("datetime64[ns]")
     coords = {"instrument": np.array(names, dtype=str), "time": labels,
               "level": np.arange(1, levels + 1), "band": bands}

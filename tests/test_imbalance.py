@@ -191,3 +191,15 @@ def test_arrays_chunked_differently_give_the_same_grid():
     got = imbalance_grid(mixed, "1min").compute()
     for name in reference.data_vars:
         np.testing.assert_array_equal(got[name].values, reference[name].values, err_msg=name)
+
+
+@given(times=st.lists(st.integers(-10**12, 10**12), min_size=1, max_size=300), sort=st.booleans(),
+       origin=st.integers(-10**11, 10**11), bucket=st.integers(1, 10**11))
+def test_bucket_of_matches_floor_division(times, sort, origin, bucket):
+    """The one-pass bucket index (divides only when a row leaves the current bucket) equals
+    max((t - origin) // bucket, 0) row by row, sorted or not."""
+    from gpu_risk.kernels.imbalance import bucket_of_cpu
+
+    t = np.array(sorted(times) if sort else times, dtype=np.int64)
+    got = bucket_of_cpu(t, origin, bucket, np.empty(t.size, dtype=np.int64))
+    np.testing.assert_array_equal(got, np.maximum((t - origin) // bucket, 0))
