@@ -38,7 +38,7 @@ import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import best_of, machine, read_bandwidth  # noqa: E402
-from imbalance import BANDS, make_block, pandas_grid, run_kernel  # noqa: E402
+from imbalance import make_block, pandas_grid, run_kernel  # noqa: E402
 
 BOOK = ("bid_price", "ask_price", "bid_size", "ask_size")
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

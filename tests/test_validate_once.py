@@ -145,7 +145,7 @@ def test_day_without_a_summary_is_validated(tmp_path, monkeypatch):
     from gpu_risk import store
 
     store.write_book(make_book(n=30), tmp_path / "b.zarr", "X")
-    group = store.zarr.open_group(str(tmp_path / "b.zarr"), path=f"X/2026-01-05", mode="r+")
+    group = store.zarr.open_group(str(tmp_path / "b.zarr"), path="X/2026-01-05", mode="r+")
     group.attrs[store.QC_ATTR] = {**group.attrs[store.QC_ATTR], "rules": 1}
     calls = _count(monkeypatch, "validate_book_dataset")
     store.open_book_instrument(tmp_path / "b.zarr", "X")
