@@ -51,8 +51,8 @@ QC_DESCRIPTIONS = {
     "qc_time_order": "time is NaT or earlier than a previous snapshot",
     "qc_unknown_instrument": "holds a position in an instrument absent from the market",
     "qc_unknown_asset": "holds a balance in an asset absent from the market",
-    "qc_nan_value": "NaN balance, position or isolated margin",
-    "qc_bad_entry_price": "open position with NaN or non-positive entry price",
+    "qc_nan_value": "NaN or infinite balance, position or isolated margin",
+    "qc_bad_entry_price": "open position with NaN, infinite or non-positive entry price",
     "qc_bad_margin_mode": "margin_mode is neither 'cross' nor 'isolated'",
     "qc_isolated_margin_on_cross": "isolated margin on a cross-margined account",
     "qc_bad_isolated_margin": "negative isolated margin",
@@ -439,12 +439,15 @@ def validate_positions(
                                  instrument=labels[i], index=i, label=f"{dim} {labels[i]!r}",
                                  count=len(unknown))
             flags[(rule, variable)] = (ds[variable].isel({dim: unknown}) != 0).any(dim)
-    flags[("qc_nan_value", "balance")] = balance.isnull().any("asset")
-    flags[("qc_nan_value", "position")] = position.isnull().any("instrument")
-    flags[("qc_nan_value", "isolated_margin")] = isolated_margin.isnull().any("instrument")
+    # SPEC: NaN or infinite values are bad (an infinite position gave SPAN 0 and a ratio of
+    # inf; an infinite balance made every shortfall infinite)
+    flags[("qc_nan_value", "balance")] = (balance.isnull() | np.isinf(balance)).any("asset")
+    flags[("qc_nan_value", "position")] = (position.isnull() | np.isinf(position)).any("instrument")
+    flags[("qc_nan_value", "isolated_margin")] = (
+        isolated_margin.isnull() | np.isinf(isolated_margin)).any("instrument")
     entry = ds["entry_price"]
     flags[("qc_bad_entry_price", "entry_price")] = (
-        (position != 0) & (entry.isnull() | (entry <= 0))).any("instrument")
+        (position != 0) & (entry.isnull() | (entry <= 0) | np.isinf(entry))).any("instrument")
     mode = ds["margin_mode"]
     is_cross, is_isolated = mode == MARGIN_MODES[0], mode == MARGIN_MODES[1]
     flags[("qc_bad_margin_mode", "margin_mode")] = ~(is_cross | is_isolated)

@@ -205,12 +205,15 @@ POSITION_CASES = [
     (_unknown_asset, "qc_unknown_asset", "balance"),
     (_values("balance", lambda v, a, ds: v.__setitem__((a, 1), np.nan)), "qc_nan_value", "balance"),
     (_values("position", lambda v, a, ds: v.__setitem__((a, 0), np.nan)), "qc_nan_value", "position"),
+    (_values("balance", lambda v, a, ds: v.__setitem__((a, 1), -np.inf)), "qc_nan_value", "balance"),
+    (_values("position", lambda v, a, ds: v.__setitem__((a, 0), np.inf)), "qc_nan_value", "position"),
     (_values("entry_price", _nan_entry), "qc_bad_entry_price", "entry_price"),
     (_values("margin_mode", _bad_mode), "qc_bad_margin_mode", "margin_mode"),
     (_values("isolated_margin", _iso_on_cross), "qc_isolated_margin_on_cross", "isolated_margin"),
     (_values("isolated_margin", _negative_iso), "qc_bad_isolated_margin", "isolated_margin"),
 ]
-POSITION_IDS = ["unknown_instrument", "unknown_asset", "nan_balance", "nan_position", "nan_entry",
+POSITION_IDS = ["unknown_instrument", "unknown_asset", "nan_balance", "nan_position", "inf_balance",
+                "inf_position", "nan_entry",
                 "bad_mode", "iso_on_cross", "negative_iso"]
 
 
