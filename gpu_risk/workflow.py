@@ -161,8 +161,11 @@ def as_of_dates(cfg: WorkflowConfig) -> list[str]:
             and (cfg.end is None or d <= store.day_key(cfg.end))]
 
 
-def open_day(cfg: WorkflowConfig, date: str, backend: str) -> dict:
-    """The day's inputs the families need, opened and validated once (lazily where large)."""
+def open_day(cfg: WorkflowConfig, date: str, backend: str,
+             book_days: dict[str, list[str]] | None = None) -> dict:
+    """The day's inputs the families need, opened and validated once (lazily where large).
+    ``book_days``: the book store's complete days per instrument, listed once per run (a
+    store of years and many instruments would otherwise be listed again every day)."""
     needs = {k for f in cfg.families for k in NEEDS[f]}
     inputs: dict = {}
     if "positions" in needs:
@@ -171,10 +174,11 @@ def open_day(cfg: WorkflowConfig, date: str, backend: str) -> dict:
                                          on_bad_rows=cfg.on_bad_rows)
         inputs.update(market=market, positions=to_backend(positions, backend))
     if "book" in needs:
-        instruments = [i for i, days in store.book_days(cfg.stores.book).items() if date in days]
+        book_days = store.book_days(cfg.stores.book) if book_days is None else book_days
+        instruments = [i for i, days in book_days.items() if date in days]
         book = store.open_book(cfg.stores.book, instruments, start=date, end=date,
                                on_bad_rows=cfg.on_bad_rows)
-        inputs.update(instruments=instruments,
+        inputs.update(instruments=instruments, book_days=book_days,
                       book=book.map_over_datasets(lambda ds: to_backend(ds, backend)))
     return inputs
 
@@ -186,7 +190,8 @@ def compute_day(cfg: WorkflowConfig, date: str, backend: str, inputs: dict | Non
     book, instruments = inputs.get("book"), inputs.get("instruments")
     results = {}
     if "imbalance" in cfg.families:
-        results["imbalance"] = day_imbalance_grid(cfg, date, instruments, book, backend)
+        results["imbalance"] = day_imbalance_grid(cfg, date, instruments, book, backend,
+                                                  inputs.get("book_days"))
     if "liquidation" in cfg.families:
         results["liquidation"] = liquidation(positions, market, validate=False)
         if "cascade" in cfg.families:  # the cascade needs its prices now: computed once, kept
@@ -204,13 +209,14 @@ def compute_day(cfg: WorkflowConfig, date: str, backend: str, inputs: dict | Non
 
 
 def day_imbalance_grid(cfg: WorkflowConfig, date: str, instruments: list[str], book: xr.DataTree,
-                       backend: str) -> xr.Dataset:
+                       backend: str, book_days: dict[str, list[str]] | None = None) -> xr.Dataset:
     """The day's grid, with the previous day's last snapshot as each instrument's OFI
     predecessor, so that day-by-day grids equal the grid of the whole history."""
     nodes = {}
     for inst in instruments:
         ds = without_flagged_rows(book[inst].to_dataset())
-        earlier = [d for d in store.complete_days(cfg.stores.book, inst) if d < date]
+        days = book_days[inst] if book_days is not None else store.complete_days(cfg.stores.book, inst)
+        earlier = [d for d in days if d < date]
         prev = store.last_valid_snapshot(cfg.stores.book, inst, earlier[-1]) if earlier else None
         if prev is not None:
             prev = to_backend(prev, backend)
@@ -263,6 +269,7 @@ def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] |
     dates = as_of_dates(cfg)
     if not dates:
         raise ValueError(f"no as-of date to run in {cfg.stores.book or cfg.stores.positions}")
+    book_days = store.book_days(cfg.stores.book) if cfg.stores.book is not None else None
     done = set(store.results_days(cfg.output))
     todo = [d for d in dates if d not in done]
     emit("plan", {"dates": dates, "skipped": [d for d in dates if d in done], "todo": todo})
@@ -281,7 +288,7 @@ def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] |
                     t0 = time.perf_counter()
                     clock = Stages(threads)
                     with clock.stage("open_validate"):
-                        inputs = open_day(cfg, date, backend)
+                        inputs = open_day(cfg, date, backend, book_days)
                     with clock.stage("graph"):
                         results = compute_day(cfg, date, backend, inputs)
                     with clock.stage("compute_write"):
