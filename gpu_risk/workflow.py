@@ -194,8 +194,11 @@ def compute_day(cfg: WorkflowConfig, date: str, backend: str, inputs: dict | Non
                                                   inputs.get("book_days"))
     if "liquidation" in cfg.families:
         results["liquidation"] = liquidation(positions, market, validate=False)
-        if "cascade" in cfg.families:  # the cascade needs its prices now: computed once, kept
-            results["liquidation"] = results["liquidation"].persist()
+        if "cascade" in cfg.families:
+            # the cascade needs its prices now: computed once and kept (per account and
+            # instrument, small beside the book); computed rather than persisted, as persisted
+            # keys collide on a cluster with the same keys in the day's later graph
+            results["liquidation"] = results["liquidation"].compute()
     if "stress" in cfg.families:
         results["stress"] = day_stress(cfg, positions, market)
     if "cascade" in cfg.families:
