@@ -18,6 +18,7 @@ from .errors import InputError
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="gpu_risk: batch risk over order books and positions stored in Zarr.")
 console = Console(stderr=True)
+REDO = typer.Option(None, "--redo", help="recompute these days even where current: DATE[,DATE...] or all")
 PERF = typer.Option(None, "--performance-report",
                     help="also write Dask's HTML performance report here (scheduler local or ADDRESS)")
 
@@ -75,6 +76,7 @@ def run(
     on_bad_rows: Optional[str] = typer.Option(None, help="raise|flag (overrides)"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
     performance_report: Optional[Path] = PERF,
+    redo: Optional[str] = REDO,
 ):
     """Run a batch workflow day by day; complete days are skipped on re-run."""
     from pydantic import ValidationError
@@ -82,7 +84,7 @@ def run(
     from .workflow import load_config
 
     overrides = {"backend": backend, "scheduler": scheduler, "memory_limit": memory_limit,
-                 "output": output, "report": report, "on_bad_rows": on_bad_rows}
+                 "output": output, "report": report, "on_bad_rows": on_bad_rows, "redo": _redo(redo)}
     try:
         cfg = load_config(workflow, overrides)
     except ValidationError as exc:
@@ -105,8 +107,10 @@ def _run_config(cfg, as_json: bool, performance_report: Optional[Path] = None) -
                 console.print(f"scheduler: {info['scheduler']}")
             elif event == "plan":
                 if info["skipped"]:
-                    console.print(f"skipping {len(info['skipped'])} complete day(s): "
+                    console.print(f"skipping {len(info['skipped'])} day(s) whose results are current: "
                                   f"{', '.join(info['skipped'])}")
+                for day, families in info.get("recompute", {}).items():
+                    console.print(f"  {day}: computing {', '.join(families)}")
                 task = bar.add_task("days", total=len(info["todo"]))
             elif event == "day":
                 bar.advance(task)
@@ -124,6 +128,13 @@ def _run_config(cfg, as_json: bool, performance_report: Optional[Path] = None) -
         print(json.dumps(summary))
 
 
+def _redo(text: Optional[str]):
+    """--redo: "all", or comma-separated dates."""
+    if text is None:
+        return None
+    return "all" if text.strip() == "all" else [d.strip() for d in text.split(",") if d.strip()]
+
+
 def _floats(text: Optional[str]) -> Optional[list[float]]:
     """"-0.1,-0.05,0.05" or "start:stop:count" (inclusive, evenly spaced)."""
     if text is None:
@@ -137,7 +148,8 @@ def _floats(text: Optional[str]) -> Optional[list[float]]:
 
 
 def _family(family: str, settings: dict, *, book, positions, market, out, start, end, report, backend,
-            scheduler, memory_limit, on_bad_rows, as_json, keep_none=(), performance_report=None) -> None:
+            scheduler, memory_limit, on_bad_rows, as_json, keep_none=(), performance_report=None,
+            redo=None) -> None:
     """One family as a one-family workflow: same stores, atomic day writes, resumable.
     Settings that are None are left at their defaults, except those in ``keep_none``."""
     from pydantic import ValidationError
@@ -147,7 +159,7 @@ def _family(family: str, settings: dict, *, book, positions, market, out, start,
     raw = {"name": family, "families": [family], "output": out, "report": report,
            "stores": {"book": book, "positions": positions, "market": market},
            "start": start, "end": end, "backend": backend, "scheduler": scheduler,
-           "memory_limit": memory_limit, "on_bad_rows": on_bad_rows}
+           "memory_limit": memory_limit, "on_bad_rows": on_bad_rows, "redo": _redo(redo)}
     raw = {k: v for k, v in raw.items() if v is not None}
     settings = {k: v for k, v in settings.items() if v is not None or k in keep_none}
     if settings:
@@ -183,12 +195,13 @@ def imbalance(
     report: Optional[Path] = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
     memory_limit: Optional[str] = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
     performance_report: Optional[Path] = PERF,
+    redo: Optional[str] = REDO,
 ):
     """Imbalance grids (OFI, depth, band imbalance, microprice) per day into a results store."""
     _family("imbalance", {"bucket": bucket, "levels": levels, "bands_bps": _floats(bands_bps)},
             book=book, positions=None, market=None, out=out, start=start, end=end, report=report,
             backend=backend, scheduler=scheduler, memory_limit=memory_limit, on_bad_rows=on_bad_rows,
-            as_json=as_json, performance_report=performance_report)
+            as_json=as_json, performance_report=performance_report, redo=redo)
 
 
 @app.command()
@@ -198,11 +211,12 @@ def liquidation(
     report: Optional[Path] = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
     memory_limit: Optional[str] = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
     performance_report: Optional[Path] = PERF,
+    redo: Optional[str] = REDO,
 ):
     """Liquidation thresholds, map and open interest per as-of date into a results store."""
     _family("liquidation", {}, book=None, positions=positions, market=market, out=out, start=start,
             end=end, report=report, backend=backend, scheduler=scheduler, memory_limit=memory_limit,
-            on_bad_rows=on_bad_rows, as_json=as_json, performance_report=performance_report)
+            on_bad_rows=on_bad_rows, as_json=as_json, performance_report=performance_report, redo=redo)
 
 
 @app.command()
@@ -216,6 +230,7 @@ def stress(
     report: Optional[Path] = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
     memory_limit: Optional[str] = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
     performance_report: Optional[Path] = PERF,
+    redo: Optional[str] = REDO,
 ):
     """Collateral-ratio stress surfaces, shortfall and SPAN per as-of date into a results store."""
     settings = {"price_shocks": _floats(price_shocks), "vol_shocks": _floats(vol_shocks),
@@ -223,7 +238,7 @@ def stress(
                 "keep_account_surfaces": keep_account_surfaces or None}
     _family("stress", settings, book=None, positions=positions, market=market, out=out, start=start,
             end=end, report=report, backend=backend, scheduler=scheduler, memory_limit=memory_limit,
-            on_bad_rows=on_bad_rows, as_json=as_json, performance_report=performance_report)
+            on_bad_rows=on_bad_rows, as_json=as_json, performance_report=performance_report, redo=redo)
 
 
 @app.command()
@@ -237,6 +252,7 @@ def cascade(
     report: Optional[Path] = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
     memory_limit: Optional[str] = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
     performance_report: Optional[Path] = PERF,
+    redo: Optional[str] = REDO,
 ):
     """Liquidation cascades through the book per instrument x time x initial shock."""
     settings = {"every": every, "initial_shocks": _floats(initial_shocks)}
@@ -244,7 +260,7 @@ def cascade(
         settings["depth_extrapolation"] = None if depth_extrapolation.lower() == "none" else depth_extrapolation
     _family("cascade", settings, keep_none=("depth_extrapolation",), book=book, positions=positions, market=market, out=out, start=start,
             end=end, report=report, backend=backend, scheduler=scheduler, memory_limit=memory_limit,
-            on_bad_rows=on_bad_rows, as_json=as_json, performance_report=performance_report)
+            on_bad_rows=on_bad_rows, as_json=as_json, performance_report=performance_report, redo=redo)
 
 
 import_app = typer.Typer(no_args_is_help=True, help="Import real order-book data into a book store.")

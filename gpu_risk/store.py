@@ -135,8 +135,29 @@ def is_complete(path: PathLike, group: str) -> bool:
     return bool(node.attrs.get(COMPLETE, False))
 
 
+WRITE_ID = "gpu_risk_write_id"  # a new random id each time a group is completed
+
+
 def mark_complete(path: PathLike, group: str) -> None:
-    zarr.open_group(str(path), path=group, mode="r+", zarr_format=3).attrs[COMPLETE] = True
+    """Make ``group`` visible to readers; its new write id tells results made from an
+    earlier version of it (an input day rewritten since) from results made from this one."""
+    import uuid  # noqa: PLC0415
+
+    zarr.open_group(str(path), path=group, mode="r+", zarr_format=3).attrs.update(
+        {COMPLETE: True, WRITE_ID: uuid.uuid4().hex})
+
+
+def day_identity(path: PathLike, group: str) -> str:
+    """What identifies the current version of a complete group: its write id; for groups
+    written before write ids existed, its row count and the modification time of its
+    metadata (a rewrite changes both or the time)."""
+    node = zarr.open_group(str(path), path=group, mode="r", zarr_format=3)
+    write_id = node.attrs.get(WRITE_ID)
+    if isinstance(write_id, str):
+        return write_id
+    meta = Path(str(path)) / group / "zarr.json"
+    stamp = meta.stat().st_mtime_ns if meta.exists() else 0
+    return f"legacy:{stamp}"
 
 
 DAY_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -323,6 +344,7 @@ def open_day_dataset(path: PathLike, group: str, chunks: Any = None) -> xr.Datas
         if ds[name].dtype.kind in "TO":
             ds = ds.assign_coords({name: as_str(ds[name].values)})
     ds.attrs.pop(COMPLETE, None)
+    ds.attrs.pop(WRITE_ID, None)
     return ds
 
 
@@ -721,20 +743,41 @@ def results_days(path: PathLike) -> list[str]:
     return complete_days(path)
 
 
+FINGERPRINTS = "gpu_risk_fingerprints"
+
+
 def write_results_day(path: PathLike, date: Any, families: dict[str, xr.Dataset],
-                      chunks: dict[str, dict[str, int]] | None = None) -> None:
+                      chunks: dict[str, dict[str, int]] | None = None,
+                      fingerprints: dict[str, str] | None = None) -> None:
     """Write one day's results, one group per family (``chunks[family]``: Zarr chunk sizes
     by dim; one chunk by default); the day becomes visible (complete) only after every
-    family is written. A partial day from a killed run is overwritten. Lazy datasets are
-    computed here, on the active Dask scheduler."""
+    family is written. Lazy datasets are computed here, on the active Dask scheduler.
+
+    ``fingerprints`` (workflow family -> what made its results): with them, the groups of
+    families not written now are kept (a day can gain a family, or have one recomputed,
+    without losing the others) and the day records the fingerprints; without, the day is
+    written afresh. A partial day from a killed run is never complete, so it is redone."""
     init_store(path, "results")
     key = day_key(date)
-    day = zarr.open_group(str(path), path=key, mode="w", zarr_format=3)
+    keep = fingerprints is not None and is_complete(path, key)
+    previous = results_fingerprints(path, key) if keep else {}
+    day = zarr.open_group(str(path), path=key, mode="a" if keep else "w", zarr_format=3)
     day.attrs.update({COMPLETE: False, "date": key})
     for family, ds in families.items():
         write_day_dataset(ds, path, f"{key}/{family}", (chunks or {}).get(family))
+    if fingerprints is not None:
+        day.attrs[FINGERPRINTS] = {**previous, **fingerprints}
     _crash_point("after-families")
     mark_complete(path, key)
+
+
+def results_fingerprints(path: PathLike, date: Any) -> dict[str, str]:
+    """The fingerprint of each family a complete results day holds ({} if none recorded)."""
+    key = day_key(date)
+    if not is_complete(path, key):
+        return {}
+    found = zarr.open_group(str(path), path=key, mode="r", zarr_format=3).attrs.get(FINGERPRINTS)
+    return dict(found) if isinstance(found, dict) else {}
 
 
 RUN_STAGES = "gpu_risk_stages"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -28,7 +30,7 @@ from .liquidation import liquidation
 from .stress import stress_surface
 from .summary import book_summary, positions_summary
 from .timing import Stages
-from .validate import without_flagged_rows
+from .validate import QC_RULES_VERSION, without_flagged_rows
 
 log = logging.getLogger("gpu_risk")
 
@@ -111,6 +113,8 @@ class WorkflowConfig(BaseModel):
     scheduler: str = "auto"
     memory_limit: str | None = None
     on_bad_rows: Literal["raise", "flag"] = "raise"
+    redo: list[dt.date] | Literal["all"] | None = Field(
+        None, description="days to recompute even where their results are current (or all)")
 
     @field_validator("families")
     @classmethod
@@ -147,6 +151,53 @@ def load_config(path: str | Path, overrides: dict | None = None) -> WorkflowConf
     raw = yaml.safe_load(text) or {}
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return WorkflowConfig.model_validate(raw)
+
+
+RESULT_GROUPS = {"summary": ("book_summary", "positions_summary")}  # others: the family's name
+FINGERPRINT_VERSION = 1  # bump when a family's results change for the same inputs and settings
+
+
+def _input_identity(cfg: WorkflowConfig, need: str, family: str, date: str,
+                    book_days: dict[str, list[str]] | None) -> dict:
+    """What identifies the input ``need`` that ``family`` reads for ``date``."""
+    if need == "book":
+        ids = {}
+        for inst, days in (book_days or {}).items():
+            if date not in days:
+                continue
+            ids[inst] = store.day_identity(cfg.stores.book, f"{inst}/{date}")
+            earlier = [d for d in days if d < date]
+            if family == "imbalance" and earlier:  # its last snapshot is the OFI predecessor
+                ids[f"{inst} before"] = store.day_identity(cfg.stores.book, f"{inst}/{earlier[-1]}")
+        return ids
+    path = getattr(cfg.stores, need)
+    if Path(path).is_file():  # a market YAML/TOML file: its content
+        return {"file": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+    return {date: store.day_identity(path, date) if store.is_complete(path, date) else "absent"}
+
+
+def family_fingerprint(cfg: WorkflowConfig, family: str, date: str,
+                       book_days: dict[str, list[str]] | None) -> str:
+    """A digest of what makes ``family``'s results for ``date``: its settings, the identity
+    of every input day it reads (rewritten inputs get new identities), the bad-row policy
+    and the validation rules. Results whose recorded fingerprint differs are recomputed."""
+    settings = getattr(cfg, family, None)
+    payload = {
+        "family": family, "version": FINGERPRINT_VERSION, "rules": QC_RULES_VERSION,
+        "settings": settings.model_dump(mode="json") if isinstance(settings, BaseModel) else None,
+        "on_bad_rows": cfg.on_bad_rows,
+        "inputs": {need: _input_identity(cfg, need, family, date, book_days) for need in NEEDS[family]},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def stale_families(cfg: WorkflowConfig, date: str, book_days: dict[str, list[str]] | None) -> dict[str, str]:
+    """The requested families whose results for ``date`` are missing, made from other
+    settings or inputs, or asked to be redone: family -> its current fingerprint."""
+    current = {f: family_fingerprint(cfg, f, date, book_days) for f in cfg.families}
+    redo = cfg.redo == "all" or (cfg.redo is not None and date in {store.day_key(d) for d in cfg.redo})
+    recorded = store.results_fingerprints(cfg.output, date) if Path(cfg.output).exists() else {}
+    return {f: fp for f, fp in current.items() if redo or recorded.get(f) != fp}
 
 
 def as_of_dates(cfg: WorkflowConfig) -> list[str]:
@@ -273,9 +324,13 @@ def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] |
     if not dates:
         raise ValueError(f"no as-of date to run in {cfg.stores.book or cfg.stores.positions}")
     book_days = store.book_days(cfg.stores.book) if cfg.stores.book is not None else None
-    done = set(store.results_days(cfg.output))
-    todo = [d for d in dates if d not in done]
-    emit("plan", {"dates": dates, "skipped": [d for d in dates if d in done], "todo": todo})
+    # a day is skipped only when every requested family's results are there and were made
+    # from the same settings and input days (their fingerprints match)
+    stale = {d: stale_families(cfg, d, book_days) for d in dates}
+    todo = [d for d in dates if stale[d]]
+    done = {d for d in dates if not stale[d]}
+    emit("plan", {"dates": dates, "skipped": [d for d in dates if d in done], "todo": todo,
+                  "recompute": {d: sorted(stale[d]) for d in todo}})
     timings, stages = {}, {}
     if todo:
         with dask_scheduler(cfg.scheduler, backend=backend, memory_limit=cfg.memory_limit) as where:
@@ -290,12 +345,14 @@ def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] |
                 for date in todo:
                     t0 = time.perf_counter()
                     clock = Stages(threads)
+                    day_cfg = cfg.model_copy(update={"families": [f for f in cfg.families if f in stale[date]]})
                     with clock.stage("open_validate"):
-                        inputs = open_day(cfg, date, backend, book_days)
+                        inputs = open_day(day_cfg, date, backend, book_days)
                     with clock.stage("graph"):
-                        results = compute_day(cfg, date, backend, inputs)
+                        results = compute_day(day_cfg, date, backend, inputs)
                     with clock.stage("compute_write"):
-                        store.write_results_day(cfg.output, date, results, RESULT_CHUNKS)
+                        store.write_results_day(cfg.output, date, results, RESULT_CHUNKS,
+                                                fingerprints=stale[date])
                     timings[date] = time.perf_counter() - t0
                     stages[date] = clock.summary()
                     store.record_run_stages(cfg.output, date, stages[date])

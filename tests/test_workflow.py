@@ -219,3 +219,41 @@ def test_gpu_batch_runs_every_cuda_kernel_and_matches_the_cpu(tiny_dataset, tmp_
     assert sorted(ra) == sorted(rb)
     for key in ra:
         xr.testing.assert_allclose(ra[key], rb[key], rtol=1e-9, atol=1e-9)
+
+
+def _computed(summary):
+    return sorted(summary["computed"])
+
+
+def test_rerun_recomputes_exactly_the_days_whose_settings_or_inputs_changed(tiny_dataset, tmp_path):
+    """Results know what made them: same settings and inputs are skipped; another setting
+    recomputes every day; a rewritten input day recomputes the days that read it; a family
+    missing from a day is computed and the others kept; --redo forces a day."""
+    data = dict(tiny_dataset)
+    shutil.copytree(tiny_dataset["book"], tmp_path / "book.zarr")
+    data["book"] = str(tmp_path / "book.zarr")
+    days = tiny_dataset["days"]
+    cfg = write_config(tmp_path, data, families=["imbalance", "liquidation"], report=None)
+    first = run_workflow(load_config(cfg))
+    assert _computed(first) == days
+    assert run_workflow(load_config(cfg))["computed"] == []  # nothing changed
+    # another setting of one family: every day, that family only
+    changed = run_workflow(load_config(cfg, {"imbalance": {"bucket": "30s"}}))
+    assert _computed(changed) == days
+    grid = store.open_results(tmp_path / "results.zarr")[days[0]]["imbalance"].to_dataset()
+    assert grid.attrs["bucket"] == "0 days 00:00:30"
+    assert "liquidation" in store.open_results(tmp_path / "results.zarr")[days[0]].children
+    # a rewritten input day: that day, and the next (its OFI predecessor came from it)
+    inst = sorted(store.book_days(data["book"]))[0]
+    day_ds = store.open_day_dataset(data["book"], f"{inst}/{days[0]}").load()
+    store.write_book(day_ds, data["book"], inst)
+    again = run_workflow(load_config(cfg, {"imbalance": {"bucket": "30s"}}))
+    assert _computed(again) == days[:2]
+    # a family the days do not hold yet: computed, the others kept
+    more = run_workflow(load_config(cfg, {"imbalance": {"bucket": "30s"},
+                                          "families": ["imbalance", "liquidation", "stress"]}))
+    assert _computed(more) == days
+    assert set(store.open_results(tmp_path / "results.zarr")[days[-1]].children) == {
+        "imbalance", "liquidation", "stress"}
+    forced = run_workflow(load_config(cfg, {"imbalance": {"bucket": "30s"}, "redo": [days[1]]}))
+    assert _computed(forced) == [days[1]]
