@@ -17,6 +17,7 @@ chunks, so parallel writes never share a chunk.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -744,6 +745,38 @@ def results_days(path: PathLike) -> list[str]:
 
 
 FINGERPRINTS = "gpu_risk_fingerprints"
+WRITER_LOCK_SUFFIX = ".writer.lock"  # results.zarr -> results.zarr.writer.lock
+
+
+@contextlib.contextmanager
+def exclusive_writer(path: PathLike, what: str = "results"):
+    """Hold the store's writer lock while the block runs: a second writer is refused at
+    once, in one line, instead of interleaving its days with ours. An OS file lock
+    (``flock``), so a killed writer never leaves it held; it covers writers on one machine
+    (or a file system with working ``flock``), not several hosts on NFS."""
+    import fcntl  # noqa: PLC0415
+
+    # beside the store, not in it: taken before the store itself is created, so that two
+    # writers never race to create it either
+    lock_path = Path(str(path)).with_name(Path(str(path)).name + WRITER_LOCK_SUFFIX)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_path, "a+")  # noqa: SIM115 (held for the whole block)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RuntimeError(f"{path} is being written by {holder}; wait for it to finish or "
+                               "write to another store") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {os.uname().nodename}")
+        handle.flush()
+        init_store(path, what)
+        yield
+    finally:
+        handle.close()
 
 
 def write_results_day(path: PathLike, date: Any, families: dict[str, xr.Dataset],

@@ -324,6 +324,12 @@ def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] |
     if not dates:
         raise ValueError(f"no as-of date to run in {cfg.stores.book or cfg.stores.positions}")
     book_days = store.book_days(cfg.stores.book) if cfg.stores.book is not None else None
+    # one writer per results store: a second run on the same output is refused at once
+    with store.exclusive_writer(cfg.output):
+        return _run_locked(cfg, dates, book_days, backend, why, emit, performance_report)
+
+
+def _run_locked(cfg: WorkflowConfig, dates, book_days, backend, why, emit, performance_report) -> dict:
     # a day is skipped only when every requested family's results are there and were made
     # from the same settings and input days (their fingerprints match)
     stale = {d: stale_families(cfg, d, book_days) for d in dates}

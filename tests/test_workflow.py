@@ -257,3 +257,36 @@ def test_rerun_recomputes_exactly_the_days_whose_settings_or_inputs_changed(tiny
         "imbalance", "liquidation", "stress"}
     forced = run_workflow(load_config(cfg, {"imbalance": {"bucket": "30s"}, "redo": [days[1]]}))
     assert _computed(forced) == [days[1]]
+
+
+def test_second_writer_is_refused_in_one_line(tiny_dataset, tmp_path):
+    """While one run holds a results store, another run on it stops at once with one line
+    naming the holder; once the first is done (or killed), the store is free again."""
+    cfg = write_config(tmp_path, tiny_dataset, families=["liquidation"], report=None)
+    with store.exclusive_writer(tmp_path / "results.zarr"):
+        second = _cli(["run", str(cfg)], check=False)
+        assert second.returncode == 2
+        message = second.stderr.strip()
+        assert "is being written by process" in message and "Traceback" not in message
+        assert store.results_days(tmp_path / "results.zarr") == []
+    assert _cli(["run", str(cfg)]).returncode == 0
+    assert store.results_days(tmp_path / "results.zarr") == tiny_dataset["days"]
+
+
+@pytest.mark.parametrize("trial", range(3))
+def test_two_runs_started_together_leave_only_whole_days(tiny_dataset, tmp_path, trial):
+    """Two runs on one new output at once: one writes every day whole, the other is refused
+    in one line (or, started after the first finished, finds every day current)."""
+    cfg = write_config(tmp_path, tiny_dataset, families=["imbalance", "liquidation"], report=None)
+    procs = [subprocess.Popen([sys.executable, "-m", "gpu_risk.cli", "run", str(cfg)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes[0] == 0 and codes[1] in (0, 2), outs
+    for p, (_out, err) in zip(procs, outs):
+        if p.returncode == 2:
+            assert "is being written by" in err and "Traceback" not in err
+    tree = store.open_results(tmp_path / "results.zarr")
+    assert sorted(tree.children) == tiny_dataset["days"]
+    for day in tree.children:
+        assert set(tree[day].children) == {"imbalance", "liquidation"}
