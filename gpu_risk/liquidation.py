@@ -14,7 +14,8 @@ import pandas as pd
 import xarray as xr
 
 from .backend import is_cupy, to_host
-from .kernels.liquidation import INVERSE, LINEAR, OPTION
+from .errors import InputError
+from .kernels.liquidation import GPU_MAX_ASSETS, GPU_MAX_INSTRUMENTS, INVERSE, LINEAR, MAX_KINKS, OPTION
 from .kernels.liquidation import liquidation_cpu as _liquidation_cpu
 from .kernels.liquidation import liquidation_gpu as _liquidation_gpu
 from .model import in_market_order, notional_at_price
@@ -30,6 +31,33 @@ KIND_CODES = {"linear": LINEAR, "inverse": INVERSE, "option": OPTION}
 FACTOR_RANGE = (1e-6, 100.0)  # liquidation prices searched between 1e-6 and 100 x the mark
 SHOCK_RANGE = (-0.99, 10.0)  # SPEC: common moves in [-0.99, +10]
 DEFAULT_MAP_BINS = np.round(np.linspace(-0.5, 0.5, 101), 10)
+
+
+def check_capacities(pos: xr.Dataset, m: dict, *, root_search: bool) -> None:
+    """Refuse, before any task runs, what the kernels cannot hold (never drop it silently):
+    on the GPU more than ``GPU_MAX_ASSETS`` assets or ``GPU_MAX_INSTRUMENTS`` instruments;
+    with ``root_search`` (liquidation prices), an account whose positions cross more than
+    ``MAX_KINKS`` - 2 bracket boundaries. The positions are read (one pass over
+    ``position``) only when the market's brackets could exceed it at all."""
+    n_assets, n_inst = pos.sizes["asset"], pos.sizes["instrument"]
+    if is_cupy(pos["position"].data) and (n_assets > GPU_MAX_ASSETS or n_inst > GPU_MAX_INSTRUMENTS):
+        raise InputError(f"the GPU kernels hold at most {GPU_MAX_ASSETS} assets and {GPU_MAX_INSTRUMENTS} "
+                         f"instruments; this market has {n_assets} and {n_inst} (use --backend cpu)",
+                         variable="instrument")
+    if not root_search:
+        return
+    used = np.isfinite(m["floor"]).sum(axis=1)
+    boundaries = np.where(m["kind"] == LINEAR, np.maximum(used - 1, 0), 0).astype(np.float64)
+    if 2 + boundaries.sum() <= MAX_KINKS:
+        return
+    held = (pos["position"] != 0).astype(np.float64)
+    need = 2 + (held * xr.DataArray(boundaries, dims="instrument")).sum("instrument")
+    need = np.asarray(to_host(need.data.compute() if hasattr(need.data, "compute") else need.data))
+    worst = int(np.argmax(need))
+    if need[worst] > MAX_KINKS:
+        raise InputError(f"an account's positions cross {int(need[worst]) - 2} bracket boundaries; the "
+                         f"liquidation kernels hold at most {MAX_KINKS - 2}", variable="position",
+                         index=worst, label=pos["account"].values[worst], count=int((need > MAX_KINKS).sum()))
 
 
 def market_arrays(market: xr.Dataset, as_of=None) -> dict:
@@ -109,6 +137,7 @@ def liquidation(positions: xr.Dataset, market: xr.Dataset, *, map_bins: Sequence
     instruments = market["instrument"].values
     pos = in_market_order(positions, market)
     m = market_arrays(market, as_of)
+    check_capacities(pos, m, root_search=True)
     lazy = isinstance(pos["position"].data, da.Array)
 
     def arr(name, fill=0.0):

@@ -11,7 +11,7 @@ import xarray as xr
 
 from .backend import is_cupy, to_host
 from .kernels import stress as _kernels
-from .liquidation import MARKET_ORDER, market_arrays
+from .liquidation import MARKET_ORDER, check_capacities, market_arrays
 from .model import in_market_order
 from .timing import timed_kernel
 
@@ -129,6 +129,7 @@ def stress_surface(positions: xr.Dataset, market: xr.Dataset, price_shocks: Sequ
         positions = ensure_positions(positions, market)
     pos = in_market_order(positions, market)
     m = market_arrays(market, as_of)
+    check_capacities(pos, m, root_search=False)
     lazy = isinstance(pos["position"].data, da.Array)
 
     def arr(x):

@@ -43,8 +43,12 @@ from ._compile import cpu_inline, cpu_kernel
 from .pricing import black76_price
 
 LINEAR, INVERSE, OPTION = 0, 1, 2
-MAX_KINKS = 512
+# Capacities shared by the numba and CUDA twins: the CUDA source's #defines are generated
+# from these (CUDA_DEFINES), and gpu_risk checks them before any task runs.
+MAX_KINKS = 512  # bracket boundaries (plus 2) one account's root search can hold
 OPTION_STEPS = 64  # sub-steps per piece where an option makes C - R curved
+GPU_MAX_ASSETS = 64  # per-thread tables of the CUDA kernels (the numba kernels have none)
+GPU_MAX_INSTRUMENTS = 64
 
 
 @cpu_inline
@@ -337,12 +341,10 @@ def _part_index(a, p_idx, position, isolated):
 # The same model and root search, one thread per account, for CuPy (RawModule). The CPU
 # kernel above and this one are tested against the same reference (tests/test_liquidation.py).
 
-CUDA_SOURCE = r"""
-#define LINEAR 0
-#define INVERSE 1
-#define OPTION 2
-#define MAX_KINKS 128
-#define OPTION_STEPS 64
+CUDA_DEFINES = (f"#define LINEAR {LINEAR}\n#define INVERSE {INVERSE}\n#define OPTION {OPTION}\n"
+                f"#define MAX_KINKS {MAX_KINKS}\n#define OPTION_STEPS {OPTION_STEPS}\n"
+                f"#define MAX_ASSETS {GPU_MAX_ASSETS}\n#define MAX_INST {GPU_MAX_INSTRUMENTS}\n")
+CUDA_SOURCE = CUDA_DEFINES + r"""
 
 struct Model {
     const double *balance, *position, *entry, *iso_margin;
@@ -497,9 +499,6 @@ __device__ bool exposed(const Model& m, long long a, int i) {
     return false;
 }
 
-#define MAX_ASSETS 64
-#define MAX_INST 64
-
 extern "C" __global__ void liquidation_gpu(
     const double* balance, const double* position, const double* entry, const double* iso_margin,
     const bool* isolated, const double* price, const double* haircut, const double* beta,
@@ -575,8 +574,9 @@ def liquidation_gpu(balance, position, entry, iso_margin, isolated, price, hairc
     if _MODULE is None:
         _MODULE = cp.RawModule(code="#include <math_constants.h>\n" + CUDA_SOURCE, options=CUDA_OPTIONS)
     n_acc, n_inst = position.shape
-    if balance.shape[1] > 64 or n_inst > 64:
-        raise ValueError("the GPU kernel handles at most 64 assets and 64 instruments")
+    if balance.shape[1] > GPU_MAX_ASSETS or n_inst > GPU_MAX_INSTRUMENTS:  # gpu_risk checks first
+        raise ValueError(f"the GPU kernel handles at most {GPU_MAX_ASSETS} assets and "
+                         f"{GPU_MAX_INSTRUMENTS} instruments")
     f64 = lambda x: cp.ascontiguousarray(cp.asarray(x, dtype=cp.float64))  # noqa: E731
     args = [f64(balance), f64(position), f64(entry), f64(iso_margin),
             cp.ascontiguousarray(cp.asarray(isolated, dtype=cp.bool_)), f64(price), f64(haircut), f64(beta),

@@ -356,15 +356,16 @@ def stress_gpu(balance, position, entry, iso_margin, isolated, exclude, m, price
     as ``stress_cpu`` fills them."""
     global _STRESS_MODULE
     from ._compile import cupy_module
-    from .liquidation import CUDA_OPTIONS, CUDA_SOURCE
+    from .liquidation import CUDA_OPTIONS, CUDA_SOURCE, GPU_MAX_ASSETS, GPU_MAX_INSTRUMENTS
 
     cp = cupy_module()
     if _STRESS_MODULE is None:
         _STRESS_MODULE = cp.RawModule(code="#include <math_constants.h>\n" + CUDA_SOURCE + STRESS_CUDA_SOURCE,
                                       options=CUDA_OPTIONS)
     n_acc, n_inst = position.shape
-    if balance.shape[1] > 64 or n_inst > 64:
-        raise ValueError("the GPU kernel handles at most 64 assets and 64 instruments")
+    if balance.shape[1] > GPU_MAX_ASSETS or n_inst > GPU_MAX_INSTRUMENTS:  # gpu_risk checks first
+        raise ValueError(f"the GPU kernel handles at most {GPU_MAX_ASSETS} assets and "
+                         f"{GPU_MAX_INSTRUMENTS} instruments")
     haircuts, vols = _second_axis_tables(m["haircut"], m["vol"], m["beta"], np.asarray(second, np.float64),
                                          bool(is_vol))
     f64 = lambda x: cp.ascontiguousarray(cp.asarray(x, dtype=cp.float64))  # noqa: E731

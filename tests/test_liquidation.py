@@ -246,3 +246,51 @@ def test_lazy_in_lazy_out_and_chunking(tiny_dataset):
         assert a[name].attrs["units"] and a[name].attrs["long_name"]
     # the map holds the notional of every position with a liquidation price inside the bins
     assert float(a.liquidation_map.sum()) > 0
+
+
+def test_numba_and_cuda_twins_share_their_capacities():
+    """The CUDA source's capacities are generated from the numba module's constants."""
+    import re
+
+    from gpu_risk.kernels import liquidation as kernels
+    from gpu_risk.kernels import stress as stress_kernels
+
+    source = kernels.CUDA_SOURCE + stress_kernels.STRESS_CUDA_SOURCE
+    defined = dict(re.findall(r"#define (\w+) (\d+)", source))
+    assert int(defined["MAX_KINKS"]) == kernels.MAX_KINKS
+    assert int(defined["OPTION_STEPS"]) == kernels.OPTION_STEPS
+    assert int(defined["MAX_ASSETS"]) == kernels.GPU_MAX_ASSETS
+    assert int(defined["MAX_INST"]) == kernels.GPU_MAX_INSTRUMENTS
+    assert len(re.findall(r"#define MAX_KINKS", source)) == 1  # no second, drifting copy
+
+
+def test_too_many_bracket_boundaries_raise_before_computing():
+    """An account crossing more bracket boundaries than the root search holds is refused,
+    naming the account, instead of having boundaries dropped (a wrong liquidation price)."""
+    from gpu_risk.errors import InputError
+    from gpu_risk.kernels.liquidation import MAX_KINKS
+
+    n_brackets = 200
+    floors = [[float(k * 1000), 0.004 + k * 1e-5, float(k)] for k in range(n_brackets)]
+    spec = {"assets": {"USDT": {"price": 1.0, "haircut": 0.0, "beta": 0.0},
+                       "BTC": {"price": 50_000.0, "haircut": 0.0, "beta": 1.0}},
+            "instruments": {f"P{i}": {"kind": "linear", "underlying": "BTC", "mark_price": 50_000.0,
+                                      "brackets": floors} for i in range(4)}}
+    market = market_from_dict(spec)
+    n = 3
+    position = np.zeros((n, 4))
+    position[1, :] = 1.0  # 4 x 199 boundaries > MAX_KINKS - 2
+    position[2, :2] = 1.0  # 2 x 199: fits
+    positions = xr.Dataset(
+        {"balance": (("account", "asset"), np.full((n, 2), 1e5)),
+         "position": (("account", "instrument"), position),
+         "entry_price": (("account", "instrument"), np.where(position != 0, 50_000.0, np.nan)),
+         "isolated_margin": (("account", "instrument"), np.zeros((n, 4))),
+         "margin_mode": ("account", np.array(["cross"] * n, dtype=object))},
+        coords={"account": np.array([10, 11, 12]), "asset": ["USDT", "BTC"],
+                "instrument": [f"P{i}" for i in range(4)]})
+    assert 2 + 4 * (n_brackets - 1) > MAX_KINKS >= 2 + 2 * (n_brackets - 1)
+    with pytest.raises(InputError, match="bracket boundaries") as info:
+        liquidation(positions, market)
+    assert info.value.index == 1 and info.value.count == 1
+    liquidation(positions.isel(account=[0, 2]), market)  # within the capacity: computed
