@@ -371,6 +371,33 @@ def _cascade_section(results: xr.DataTree, days: list[str]) -> str:
     return "\n".join(parts)
 
 
+STAGE_LABELS = {"open_validate": "open + validate", "graph": "build graphs", "read_decode": "read + decode",
+                "kernel": "kernels", "encode_write": "encode + write", "other": "other task work",
+                "scheduling_idle": "scheduling + idle"}
+
+
+def _timing_section(results_path) -> str:
+    """Where each computed day's wall time went (the run's own breakdown), in seconds and as
+    shares of the day; the kernels' own seconds by kernel."""
+    stages = store.run_stages(results_path)
+    if not stages:
+        return ""
+    rows, kernels = {}, {}
+    for day, st in stages.items():
+        parts = st.get("breakdown", {})
+        total = sum(parts.values()) or 1.0
+        rows[day] = {STAGE_LABELS.get(k, k): f"{v:.2f} s ({v / total:.0%})" for k, v in parts.items()}
+        kernels[day] = {k: f"{v:.2f} s" for k, v in st.get("kernels", {}).items()}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "day"
+    kernel_table = pd.DataFrame.from_dict(kernels, orient="index").fillna("")
+    kernel_table.index.name = "day"
+    return ("<h2>Where the time went</h2><p class='meta'>Each day's wall time, split as the run measured "
+            "it (task time divided by the threads that ran it; see docs/operations.md). Days skipped "
+            "because their results were current keep the figures of the run that computed them.</p>"
+            + _table(table) + "<h3>Kernel seconds</h3>" + _table(kernel_table))
+
+
 def write_report(results_path, out_path, *, title: str = "gpu_risk report", meta: dict | None = None) -> Path:
     """Write the HTML report of every complete day in ``results_path``; returns its path."""
     out_path = Path(out_path)
@@ -388,6 +415,7 @@ def write_report(results_path, out_path, *, title: str = "gpu_risk report", meta
         body.append(_liquidation_section(results, days))
         body.append(_stress_section(results, days))
         body.append(_cascade_section(results, days))
+        body.append(_timing_section(results_path))
     else:
         body.append("<p>No complete day in the results store yet.</p>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

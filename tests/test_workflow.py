@@ -290,3 +290,10 @@ def test_two_runs_started_together_leave_only_whole_days(tiny_dataset, tmp_path,
     assert sorted(tree.children) == tiny_dataset["days"]
     for day in tree.children:
         assert set(tree[day].children) == {"imbalance", "liquidation"}
+
+
+def test_report_shows_where_the_time_went(tiny_dataset, tmp_path):
+    cfg = write_config(tmp_path, tiny_dataset, families=["imbalance", "liquidation"])
+    run_workflow(load_config(cfg))
+    page = (tmp_path / "report.html").read_text()
+    assert "Where the time went" in page and "read + decode" in page and "imbalance_block" in page
