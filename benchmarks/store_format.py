@@ -101,8 +101,51 @@ def main() -> None:
                 best = min(best, time.perf_counter() - t0)
             print(f"  {label:48s} {raw / size:5.2f}x smaller  write {n / t_write / 1e6:5.2f} M snapshots/s  "
                   f"read {n / best / 1e6:5.2f} M snapshots/s = {raw / best / 1e9:4.2f} GB/s of float64")
+        results_formats(tmp, data)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def results_formats(tmp: Path, data: dict) -> None:
+    """The same comparison for results: one day's 1 s imbalance grid of the instrument (what
+    the batch writes most of), written and read whole in the results store's chunking."""
+    import gpu_risk
+    from gpu_risk import store
+    from gpu_risk.workflow import RESULT_CHUNKS
+
+    grid = gpu_risk.imbalance_grid(store.open_book(data["book"]), "1s").compute()
+    arrays = {name: np.ascontiguousarray(grid[name].values) for name in grid.data_vars}
+    raw = sum(a.nbytes for a in arrays.values())
+    rows = grid.sizes["time"]
+    chunk_rows = RESULT_CHUNKS["imbalance"]["time"]
+    print(f"results: one day's 1 s imbalance grid, {rows:,} buckets, {len(arrays)} variables, "
+          f"{raw / 1e6:.0f} MB; time chunks of {chunk_rows:,} buckets")
+    candidates = [("zstd level 0 (zarr's default)", [ZstdCodec(level=0)]),
+                  ("blosc lz4 (chosen)", [BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")]),
+                  ("blosc lz4, byte shuffle", [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]),
+                  ("blosc zstd 1, byte shuffle", [BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")]),
+                  ("uncompressed", [])]
+    for label, compressors in candidates:
+        best_write, best_read = np.inf, np.inf
+        for _ in range(3):
+            path = tmp / "results.zarr"
+            shutil.rmtree(path, ignore_errors=True)
+            group = zarr.open_group(str(path), mode="w", zarr_format=3)
+            t0 = time.perf_counter()
+            for name, values in arrays.items():
+                chunks = (min(chunk_rows, values.shape[0]),) + values.shape[1:]
+                array = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks,
+                                           serializer=BytesCodec(), compressors=compressors)
+                array[:] = values
+            best_write = min(best_write, time.perf_counter() - t0)
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            t0 = time.perf_counter()
+            group = zarr.open_group(str(path), mode="r")
+            for name in arrays:
+                group[name][:]
+            best_read = min(best_read, time.perf_counter() - t0)
+        print(f"  {label:48s} {raw / size:5.2f}x smaller  write {raw / best_write / 1e9:5.2f} GB/s  "
+              f"read {raw / best_read / 1e9:5.2f} GB/s")
 
 
 if __name__ == "__main__":
