@@ -374,7 +374,7 @@ def validate(
             mkt = store.open_market(market, date)
             checked["market"] = {"assets": mkt.sizes["asset"], "instruments": mkt.sizes["instrument"]}
         if positions is not None:
-            pos = store.open_positions(positions, date, market=mkt)
+            pos = store.open_positions(positions, date, market=mkt, trust_recorded=False)
             checked["positions"] = {"accounts": pos.sizes["account"], "date": pos.attrs["date"]}
         if book is not None:
             tree = store.open_book(book, trust_recorded=False)  # every day read and checked

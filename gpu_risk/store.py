@@ -60,6 +60,8 @@ from .validate import (
     book_qc_summary,
     is_clean_summary,
     no_flags,
+    positions_qc_summary,
+    positions_without_bad_rows,
     stamp_validated,
     validate_book_dataset,
     validate_market,
@@ -139,13 +141,44 @@ def is_complete(path: PathLike, group: str) -> bool:
 WRITE_ID = "gpu_risk_write_id"  # a new random id each time a group is completed
 
 
+SEAL = "gpu_risk_sealed_ns"  # the latest change under a group when it was completed
+
+
+def _latest_change_ns(path: PathLike, group: str) -> int | None:
+    """The latest modification time (ns) of any file or directory under a local group, its
+    own metadata file aside; None for a store that is not a local directory."""
+    root = Path(str(path)) / group
+    if not root.is_dir():
+        return None
+    # the group's own directory and metadata change when it is completed (and its attributes
+    # updated); a whole array removed from it fails opening as a missing variable
+    latest = 0
+    own = root / "zarr.json"
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            entry = Path(folder) / name
+            if entry != own:
+                latest = max(latest, entry.lstat().st_mtime_ns)
+    return latest
+
+
+def is_sealed(path: PathLike, group: str, attrs: dict) -> bool:
+    """Whether nothing under ``group`` (a chunk written, truncated or deleted, an array's
+    metadata) changed since it was completed: what its recorded validation may be trusted
+    on. ``attrs``: the group's attributes, or an opened day's ``encoding``, holding the seal."""
+    sealed = attrs.get(SEAL)
+    latest = _latest_change_ns(path, group)
+    return isinstance(sealed, int) and latest is not None and latest <= sealed
+
+
 def mark_complete(path: PathLike, group: str) -> None:
     """Make ``group`` visible to readers; its new write id tells results made from an
-    earlier version of it (an input day rewritten since) from results made from this one."""
+    earlier version of it (an input day rewritten since) from results made from this one,
+    and its seal lets a later reader see whether anything under it changed since."""
     import uuid  # noqa: PLC0415
 
     zarr.open_group(str(path), path=group, mode="r+", zarr_format=3).attrs.update(
-        {COMPLETE: True, WRITE_ID: uuid.uuid4().hex})
+        {COMPLETE: True, WRITE_ID: uuid.uuid4().hex, SEAL: _latest_change_ns(path, group)})
 
 
 def day_identity(path: PathLike, group: str) -> str:
@@ -346,6 +379,8 @@ def open_day_dataset(path: PathLike, group: str, chunks: Any = None) -> xr.Datas
             ds = ds.assign_coords({name: as_str(ds[name].values)})
     ds.attrs.pop(COMPLETE, None)
     ds.attrs.pop(WRITE_ID, None)
+    # bookkeeping, not data: kept where is_sealed looks for it, out of the dataset's attributes
+    ds.encoding[SEAL] = ds.attrs.pop(SEAL, None)
     return ds
 
 
@@ -463,7 +498,9 @@ def open_book_instrument(path: PathLike, instrument: str, start: Any = None, end
     parts = [open_day_dataset(path, f"{instrument}/{d}", chunks) for d in days]
     # days validated when written (their recorded summary says clean) are not read again:
     # only the order of time across their boundaries is checked here
-    clean = trust_recorded and all(is_clean_summary(p.attrs.get(QC_ATTR), p.sizes["time"]) for p in parts) and all(
+    clean = trust_recorded and all(
+        is_clean_summary(p.attrs.get(QC_ATTR), p.sizes["time"]) and is_sealed(path, f"{instrument}/{d}", p.encoding)
+        for d, p in zip(days, parts)) and all(
         a["time"].values[-1] <= b["time"].values[0]
         for a, b in zip(parts, parts[1:]) if a.sizes["time"] and b.sizes["time"])
     ds = parts[0] if len(parts) == 1 else xr.concat(
@@ -484,7 +521,7 @@ def last_valid_snapshot(path: PathLike, instrument: str, day: str) -> xr.Dataset
     summary = node.attrs.get(QC_ATTR)
     rows = node["time"].shape[0]
     if not (isinstance(summary, dict) and summary.get("rules") == QC_RULES_VERSION
-            and summary.get("rows") == rows):
+            and summary.get("rows") == rows and is_sealed(path, group, dict(node.attrs))):
         kept = without_flagged_rows(validate_book_dataset(open_day_dataset(path, group), on_bad_rows="flag"))
         return kept.isel(time=[-1]) if kept.sizes["time"] else None
     row = int(summary["last_valid_row"])
@@ -581,6 +618,7 @@ def write_positions(ds: xr.Dataset, path: PathLike, date: Any,
     key = day_key(date)
     ds = encode_margin_mode(_with_attrs(ds, POSITION_VARS))
     ds.attrs["date"] = key
+    ds.attrs[QC_ATTR] = {"rules": QC_RULES_VERSION, "rows": int(ds.sizes["account"]), "bad_rows": 0}
     write_day_dataset(ds, path, key, {"account": chunk_rows})
     return key
 
@@ -603,7 +641,16 @@ def positions_writer(path: PathLike, date: Any, accounts: np.ndarray, assets: li
               "instrument": ("instrument", np.asarray(instruments, dtype=object))}
     template = _lazy_template(coords, variables, sizes, {"account": chunk_rows})
     template.attrs["date"] = key
-    return RegionWriter(template, path, key, "account", chunk_rows, encode=encode_margin_mode)
+    return RegionWriter(template, path, key, "account", chunk_rows, encode=encode_margin_mode,
+                        before_complete=record_positions_qc)
+
+
+def record_positions_qc(path: PathLike, group: str) -> dict:
+    """Validate a written as-of date of positions in one pass and record the summary."""
+    ds = decode_margin_mode(open_day_dataset(path, group))
+    summary = positions_qc_summary(ds)
+    zarr.open_group(str(path), path=group, mode="r+", zarr_format=3).attrs[QC_ATTR] = summary
+    return summary
 
 
 def positions_dates(path: PathLike) -> list[str]:
@@ -625,15 +672,23 @@ def _pick_date(path: PathLike, dates: list[str], date: Any, kind: str) -> str:
 
 def open_positions(path: PathLike, date: Any = None, *, market: xr.Dataset | None = None,
                    validate: bool = True, on_bad_rows: OnBadRows = "raise",
-                   chunks: Any = None) -> xr.Dataset:
+                   chunks: Any = None, trust_recorded: bool = True) -> xr.Dataset:
     """Open the positions of one as-of date (the latest by default), lazily.
 
-    With ``market`` given, unknown instruments and assets are checked too.
+    With ``market`` given, unknown instruments and assets are checked too. An as-of date
+    whose recorded validation (written with it) says it is clean is not read to be validated
+    again, unless ``trust_recorded=False``.
     """
     key = _pick_date(path, positions_dates(path), date, "positions")
     ds = open_day_dataset(path, key, chunks)
+    sealed = is_sealed(path, key, ds.encoding)
+    summary = ds.attrs.pop(QC_ATTR, None)
     ds.attrs.update(date=key, store=str(path))
     ds = decode_margin_mode(ds)
+    if validate and trust_recorded and sealed and is_clean_summary(summary, ds.sizes["account"]):
+        trusted = positions_without_bad_rows(ds, market, store=str(path), on_bad_rows=on_bad_rows)
+        if trusted is not None:
+            return trusted
     if validate:
         ds = validate_positions(ds, market, store=str(path), on_bad_rows=on_bad_rows)
     return ds

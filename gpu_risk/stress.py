@@ -14,11 +14,11 @@ from .kernels import stress as _kernels
 from .liquidation import MARKET_ORDER, check_capacities, market_arrays
 from .model import in_market_order
 from .timing import timed_kernel
+from .validate import ensure_market, ensure_positions
 
 stress_cpu = timed_kernel("stress", _kernels.stress_cpu)
 stress_gpu = timed_kernel("stress[gpu]", _kernels.stress_gpu)
 span_cpu = timed_kernel("span", _kernels.span_cpu)
-from .validate import ensure_market, ensure_positions
 
 AGGREGATE_CHUNK = 32_768  # accounts per aggregate task: small inputs, many tasks for the cores
 # on the GPU a task's fixed costs (launch, allocations, reductions, copies back) dominate below

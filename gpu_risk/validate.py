@@ -461,6 +461,38 @@ def validate_positions(
                            "positions+market" if market is not None else "positions")
 
 
+POSITION_ROW_RULES = ("qc_nan_value", "qc_bad_entry_price", "qc_bad_margin_mode",
+                      "qc_isolated_margin_on_cross", "qc_bad_isolated_margin")
+
+
+def positions_qc_summary(ds: xr.Dataset) -> dict:
+    """What a positions store records of one validated as-of date: the rules version, its
+    accounts and how many break a row rule (market checks are made when opening, against
+    the market given then)."""
+    flagged = validate_positions(ds, on_bad_rows="flag")
+    bad = int(np.asarray(flagged["qc_row_excluded"].values).sum())
+    return {"rules": QC_RULES_VERSION, "rows": int(ds.sizes["account"]), "bad_rows": bad}
+
+
+def positions_without_bad_rows(ds: xr.Dataset, market: xr.Dataset | None, *, store: str | None,
+                               on_bad_rows: OnBadRows) -> xr.Dataset | None:
+    """Positions recorded clean when written: only the checks against ``market`` remain,
+    and they read no data unless the positions name instruments or assets the market
+    lacks (then None: validate in full). Stamped as validated; in flag mode with all-false
+    flags, as a full validation would return them."""
+    if market is not None:
+        for dim in ("instrument", "asset"):
+            known = set(as_str(market[dim].values).tolist())
+            if any(name not in known for name in as_str(ds[dim].values).tolist()):
+                return None
+    out = ds.copy()
+    if on_bad_rows == "flag":
+        zeros = xr.DataArray(np.zeros(ds.sizes["account"], dtype=bool), dims=("account",),
+                             coords={"account": ds["account"]})
+        out = _with_flags(out, {(rule, ""): zeros for rule in POSITION_ROW_RULES}, "account")
+    return stamp_validated(out, "positions+market" if market is not None else "positions")
+
+
 def ensure_book(ds: xr.Dataset, *, instrument: str | None = None) -> xr.Dataset:
     """``ds`` itself when validated (stamped or flagged), else validated (raise mode)."""
     if is_validated(ds, "book"):

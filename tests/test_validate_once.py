@@ -81,8 +81,9 @@ def test_readme_api_example_validates_each_input_once(tmp_path, monkeypatch):
     gpu_risk.cascade(book, positions, market, "1min", [-0.1, 0.1], liquidation=liq,
                      depth_extrapolation=0.002)
     assert counts["validate_market"]["n"] == 1
-    assert counts["validate_positions"]["n"] == 1
-    assert counts["validate_book_dataset"]["n"] <= 2  # once per instrument, or not at all (stamped days)
+    # positions and book days were validated when written and that is recorded with them
+    assert counts["validate_positions"]["n"] <= 1
+    assert counts["validate_book_dataset"]["n"] <= 2
 
 
 def test_unvalidated_book_is_checked_by_imbalance_grid():
@@ -151,3 +152,50 @@ def test_day_without_a_summary_is_validated(tmp_path, monkeypatch):
     store.open_book_instrument(tmp_path / "b.zarr", "X")
     assert calls["n"] == 1
     assert store.last_valid_snapshot(tmp_path / "b.zarr", "X", "2026-01-05") is not None
+
+
+def test_positions_record_their_validation_and_opening_trusts_it(tmp_path, monkeypatch):
+    from conftest import MARKET_SPEC, make_positions
+    from gpu_risk import store
+    from gpu_risk.errors import InputError
+
+    market = store.market_from_dict(MARKET_SPEC)
+    store.write_positions(make_positions(n=30), tmp_path / "p.zarr", "2026-01-05")
+    calls = _count(monkeypatch, "validate_positions")
+    opened = store.open_positions(tmp_path / "p.zarr", market=market)
+    flagged = store.open_positions(tmp_path / "p.zarr", market=market, on_bad_rows="flag")
+    assert calls["n"] == 0 and is_validated(opened, "positions+market")
+    full = store.open_positions(tmp_path / "p.zarr", market=market, on_bad_rows="flag", trust_recorded=False)
+    assert calls["n"] == 1
+    assert sorted(flagged.data_vars) == sorted(full.data_vars) and not flagged["qc_row_excluded"].any()
+    # against a market that lacks one of its instruments, the positions are checked in full
+    smaller = market.isel(instrument=[0, 1])
+    with pytest.raises(InputError, match="absent from the market"):
+        store.open_positions(tmp_path / "p.zarr", market=smaller)
+    assert calls["n"] == 2
+
+
+def test_a_day_changed_after_it_was_written_is_validated_again(tmp_path, monkeypatch):
+    """The recorded validation is trusted only while nothing under the day changed since it
+    was completed: a chunk rewritten by another tool, or deleted, is noticed and checked."""
+    import shutil
+
+    from gpu_risk import store
+    from gpu_risk.errors import InputError
+
+    store.write_book(make_book(n=40), tmp_path / "b.zarr", "X", chunk_rows=16)
+    calls = _count(monkeypatch, "validate_book_dataset")
+    store.open_book_instrument(tmp_path / "b.zarr", "X")
+    assert calls["n"] == 0
+    node = store.zarr.open_group(str(tmp_path / "b.zarr"), path="X/2026-01-05", mode="r+")
+    sizes = node["ask_size"][:]
+    sizes[20, 1] = -5  # ticks: a negative size
+    node["ask_size"][:] = sizes
+    with pytest.raises(InputError, match="size"):
+        store.open_book_instrument(tmp_path / "b.zarr", "X")
+    assert calls["n"] == 1
+
+    store.write_book(make_book(n=40, start="2026-01-06T10:00"), tmp_path / "b.zarr", "X", chunk_rows=16)
+    shutil.rmtree(tmp_path / "b.zarr" / "X" / "2026-01-06" / "bid_price" / "c" / "1")
+    with pytest.raises(InputError):
+        store.open_book_instrument(tmp_path / "b.zarr", "X", start="2026-01-06")
