@@ -50,11 +50,18 @@ def candidates(values: np.ndarray, hint: float | None = None) -> list[Spec]:
     return specs
 
 
+def _encode(values: np.ndarray, spec: Spec) -> tuple[np.ndarray, int]:
+    """(int32 ticks of ``values`` under ``spec``, flat index of the first value that does not
+    round-trip or -1)."""
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    ticks = np.empty(values.shape, dtype=np.int32)
+    return ticks, int(to_ticks_cpu(values, spec[0], spec[1], ticks))
+
+
 def try_encode(values: np.ndarray, spec: Spec) -> np.ndarray | None:
     """``values`` as int32 ticks under ``spec``, or None if one value would not round-trip."""
-    values = np.ascontiguousarray(values, dtype=np.float64)
-    out = np.empty(values.shape, dtype=np.int32)
-    return out if to_ticks_cpu(values, spec[0], spec[1], out) < 0 else None
+    ticks, bad = _encode(values, spec)
+    return ticks if bad < 0 else None
 
 
 class TickChooser:
@@ -135,12 +142,10 @@ def encode_with(ds: xr.Dataset, specs: dict[str, Spec], *, where: str = "") -> x
     for name, spec in specs.items():
         if name not in ds:
             continue
-        values = np.ascontiguousarray(ds[name].values, dtype=np.float64)
-        ticks = np.empty(values.shape, dtype=np.int32)
-        bad = to_ticks_cpu(values, spec[0], spec[1], ticks)
+        ticks, bad = _encode(ds[name].values, spec)
         if bad >= 0:
-            raise ValueError(f"{name}{where}: value {values.ravel()[bad]!r} is not exact in ticks {spec} "
-                             "(the writer's tick size is wrong)")
+            raise ValueError(f"{name}{where}: value {np.ravel(ds[name].values)[bad]!r} is not exact in "
+                             f"ticks {spec} (the writer's tick size is wrong)")
         out[name] = xr.Variable(ds[name].dims, ticks, ds[name].attrs)
     return out
 

@@ -148,7 +148,7 @@ def _instrument_grid(ds: xr.Dataset, origin_ns: int, bucket_ns: int, n_buckets: 
         def row_of(chunk, i):
             return dask.delayed(_row)(chunk, i, dask_key_name=f"imbalance-row-{base}-{chunk.key}-{i}")
 
-        def run(i, n_out, *args):
+        def run(i, n_out, *args, b0=0):
             task = dask.delayed(_run_block)(*args, dask_key_name=f"imbalance-block-{base}-{i}")
             return da.from_delayed(task, shape=(n_out, n_cols), dtype=np.float64, meta=meta,
                                    name=f"{task.key}-grid")
@@ -207,11 +207,8 @@ def _instrument_grid(ds: xr.Dataset, origin_ns: int, bucket_ns: int, n_buckets: 
         if start > 0:  # the row before the block: the OFI predecessor of its first row
             c = int(np.searchsorted(chunk_edges, start - 1, side="right")) - 1
             prev = [row_of(blk[c], start - 1 - chunk_edges[c]) for blk in blocks]
-        if lazy:
-            pieces.append(run(i, b1 - b0, parts, prev, runs, bands, b1 - b0, levels, lead_in and i == 0, split))
-        else:
-            pieces.append(run(i, b1 - b0, parts, prev, runs, bands, b1 - b0, levels, lead_in and i == 0,
-                              split, b0=b0))
+        pieces.append(run(i, b1 - b0, parts, prev, runs, bands, b1 - b0, levels, lead_in and i == 0,
+                          split, b0=b0))
     if lazy:
         return da.concatenate(pieces, axis=0)
     pool.shutdown(wait=True)

@@ -59,6 +59,7 @@ from .validate import (
     OnBadRows,
     book_qc_summary,
     is_clean_summary,
+    is_current_summary,
     no_flags,
     positions_qc_summary,
     positions_without_bad_rows,
@@ -139,8 +140,6 @@ def is_complete(path: PathLike, group: str) -> bool:
 
 
 WRITE_ID = "gpu_risk_write_id"  # a new random id each time a group is completed
-
-
 SEAL = "gpu_risk_sealed_ns"  # the latest change under a group when it was completed
 
 
@@ -183,8 +182,8 @@ def mark_complete(path: PathLike, group: str) -> None:
 
 def day_identity(path: PathLike, group: str) -> str:
     """What identifies the current version of a complete group: its write id; for groups
-    written before write ids existed, its row count and the modification time of its
-    metadata (a rewrite changes both or the time)."""
+    written before write ids existed, the modification time of its metadata (a rewrite
+    changes it)."""
     node = zarr.open_group(str(path), path=group, mode="r", zarr_format=3)
     write_id = node.attrs.get(WRITE_ID)
     if isinstance(write_id, str):
@@ -456,12 +455,17 @@ def book_writer(path: PathLike, instrument: str, date: Any, time: np.ndarray, le
                         encode=encode, before_complete=record_book_qc)
 
 
-def record_book_qc(path: PathLike, group: str) -> dict:
-    """Validate a written book day in one pass and record the summary on its group."""
-    ds = open_day_dataset(path, group)
-    summary = book_qc_summary(ds)
+def _record_qc(path: PathLike, group: str, summarize) -> dict:
+    """Validate a written group in one pass (``summarize`` of its opened dataset) and record
+    the summary on it, before it is marked complete."""
+    summary = summarize(open_day_dataset(path, group))
     zarr.open_group(str(path), path=group, mode="r+", zarr_format=3).attrs[QC_ATTR] = summary
     return summary
+
+
+def record_book_qc(path: PathLike, group: str) -> dict:
+    """Validate a written book day in one pass and record the summary on its group."""
+    return _record_qc(path, group, book_qc_summary)
 
 
 def book_instruments(path: PathLike) -> list[str]:
@@ -520,8 +524,7 @@ def last_valid_snapshot(path: PathLike, instrument: str, day: str) -> xr.Dataset
     node = zarr.open_group(str(path), path=group, mode="r", zarr_format=3)
     summary = node.attrs.get(QC_ATTR)
     rows = node["time"].shape[0]
-    if not (isinstance(summary, dict) and summary.get("rules") == QC_RULES_VERSION
-            and summary.get("rows") == rows and is_sealed(path, group, dict(node.attrs))):
+    if not (is_current_summary(summary, rows) and is_sealed(path, group, dict(node.attrs))):
         kept = without_flagged_rows(validate_book_dataset(open_day_dataset(path, group), on_bad_rows="flag"))
         return kept.isel(time=[-1]) if kept.sizes["time"] else None
     row = int(summary["last_valid_row"])
@@ -647,10 +650,7 @@ def positions_writer(path: PathLike, date: Any, accounts: np.ndarray, assets: li
 
 def record_positions_qc(path: PathLike, group: str) -> dict:
     """Validate a written as-of date of positions in one pass and record the summary."""
-    ds = decode_margin_mode(open_day_dataset(path, group))
-    summary = positions_qc_summary(ds)
-    zarr.open_group(str(path), path=group, mode="r+", zarr_format=3).attrs[QC_ATTR] = summary
-    return summary
+    return _record_qc(path, group, lambda ds: positions_qc_summary(decode_margin_mode(ds)))
 
 
 def positions_dates(path: PathLike) -> list[str]:
@@ -686,7 +686,7 @@ def open_positions(path: PathLike, date: Any = None, *, market: xr.Dataset | Non
     ds.attrs.update(date=key, store=str(path))
     ds = decode_margin_mode(ds)
     if validate and trust_recorded and sealed and is_clean_summary(summary, ds.sizes["account"]):
-        trusted = positions_without_bad_rows(ds, market, store=str(path), on_bad_rows=on_bad_rows)
+        trusted = positions_without_bad_rows(ds, market, on_bad_rows=on_bad_rows)
         if trusted is not None:
             return trusted
     if validate:

@@ -264,19 +264,28 @@ def book_qc_summary(ds: xr.Dataset) -> dict:
             "last_valid_row": int(good[-1]) if good.size else -1}
 
 
-def is_clean_summary(summary, rows: int) -> bool:
-    """Whether a recorded ``gpu_risk_qc`` says a day of ``rows`` snapshots breaks no rule
-    under the current rules."""
+def is_current_summary(summary, rows: int) -> bool:
+    """Whether a recorded ``gpu_risk_qc`` was made under the current rules for ``rows`` rows."""
     return (isinstance(summary, dict) and summary.get("rules") == QC_RULES_VERSION
-            and summary.get("rows") == rows and summary.get("bad_rows") == 0)
+            and summary.get("rows") == rows)
+
+
+def is_clean_summary(summary, rows: int) -> bool:
+    """Whether a recorded ``gpu_risk_qc`` says a day of ``rows`` rows breaks no rule under
+    the current rules."""
+    return is_current_summary(summary, rows) and summary.get("bad_rows") == 0
+
+
+def _all_clear(ds: xr.Dataset, dim: str, keys) -> xr.Dataset:
+    """``ds`` with the ``qc_*`` flags of ``keys`` all false along ``dim`` (flag mode on data
+    known to be clean: the variables a full validation would add)."""
+    zeros = xr.DataArray(np.zeros(ds.sizes[dim], dtype=bool), dims=(dim,), coords={dim: ds[dim]})
+    return _with_flags(ds, {key: zeros for key in keys}, dim)
 
 
 def no_flags(ds: xr.Dataset) -> xr.Dataset:
-    """``ds`` with every book ``qc_*`` flag all false (flag mode on data known to be clean)."""
-    coords = {"time": ds["time"]}
-    zeros = xr.DataArray(np.zeros(ds.sizes["time"], dtype=bool), dims=("time",), coords=coords)
-    keys = list(BOOK_RULE_BITS) + [("qc_time_order", "time")]
-    return _with_flags(ds, {key: zeros for key in keys}, "time")
+    """A book with every ``qc_*`` flag all false (flag mode on data known to be clean)."""
+    return _all_clear(ds, "time", list(BOOK_RULE_BITS) + [("qc_time_order", "time")])
 
 
 def validate_book_dataset(
@@ -402,11 +411,16 @@ def validate_market(ds: xr.Dataset, *, store: str | None = None) -> xr.Dataset:
             j = int(np.argmax(~np.isfinite(a)))
             raise InputError("maintenance_amount NaN", store=store, variable="maintenance_amount",
                              instrument=inst, index=j, label=f"bracket {j}")
-    ds.attrs.pop(VALIDATED_ATTR, None)
     return stamp_validated(ds, "market")
 
 
 # -------------------------------------------------------------------- positions
+
+
+def _unknown_labels(ds: xr.Dataset, market: xr.Dataset, dim: str) -> list[int]:
+    """Indices of ``ds``'s ``dim`` labels (instruments or assets) the market lacks."""
+    known = set(as_str(market[dim].values).tolist())
+    return [i for i, name in enumerate(as_str(ds[dim].values).tolist()) if name not in known]
 
 
 def validate_positions(
@@ -428,9 +442,8 @@ def validate_positions(
         for dim, variable, rule, what in (("instrument", "position", "qc_unknown_instrument",
                                            "position in an instrument"),
                                           ("asset", "balance", "qc_unknown_asset", "balance in an asset")):
-            known = set(as_str(market[dim].values).tolist())
             labels = as_str(ds[dim].values).tolist()
-            unknown = [i for i, name in enumerate(labels) if name not in known]
+            unknown = _unknown_labels(ds, market, dim)
             if not unknown:
                 continue
             if on_bad_rows == "raise":
@@ -474,22 +487,16 @@ def positions_qc_summary(ds: xr.Dataset) -> dict:
     return {"rules": QC_RULES_VERSION, "rows": int(ds.sizes["account"]), "bad_rows": bad}
 
 
-def positions_without_bad_rows(ds: xr.Dataset, market: xr.Dataset | None, *, store: str | None,
+def positions_without_bad_rows(ds: xr.Dataset, market: xr.Dataset | None, *,
                                on_bad_rows: OnBadRows) -> xr.Dataset | None:
     """Positions recorded clean when written: only the checks against ``market`` remain,
     and they read no data unless the positions name instruments or assets the market
     lacks (then None: validate in full). Stamped as validated; in flag mode with all-false
     flags, as a full validation would return them."""
-    if market is not None:
-        for dim in ("instrument", "asset"):
-            known = set(as_str(market[dim].values).tolist())
-            if any(name not in known for name in as_str(ds[dim].values).tolist()):
-                return None
-    out = ds.copy()
-    if on_bad_rows == "flag":
-        zeros = xr.DataArray(np.zeros(ds.sizes["account"], dtype=bool), dims=("account",),
-                             coords={"account": ds["account"]})
-        out = _with_flags(out, {(rule, ""): zeros for rule in POSITION_ROW_RULES}, "account")
+    if market is not None and any(_unknown_labels(ds, market, dim) for dim in ("instrument", "asset")):
+        return None
+    out = _all_clear(ds, "account", [(rule, "") for rule in POSITION_ROW_RULES]) if on_bad_rows == "flag" \
+        else ds.copy()
     return stamp_validated(out, "positions+market" if market is not None else "positions")
 
 

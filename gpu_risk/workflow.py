@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -153,31 +154,32 @@ def load_config(path: str | Path, overrides: dict | None = None) -> WorkflowConf
     return WorkflowConfig.model_validate(raw)
 
 
-RESULT_GROUPS = {"summary": ("book_summary", "positions_summary")}  # others: the family's name
 FINGERPRINT_VERSION = 1  # bump when a family's results change for the same inputs and settings
 
 
 def _input_identity(cfg: WorkflowConfig, need: str, family: str, date: str,
-                    book_days: dict[str, list[str]] | None) -> dict:
-    """What identifies the input ``need`` that ``family`` reads for ``date``."""
+                    book_days: dict[str, list[str]] | None, identity) -> dict:
+    """What identifies the input ``need`` that ``family`` reads for ``date``; ``identity``:
+    ``store.day_identity`` or a memo of it (families share their input days)."""
     if need == "book":
         ids = {}
         for inst, days in (book_days or {}).items():
             if date not in days:
                 continue
-            ids[inst] = store.day_identity(cfg.stores.book, f"{inst}/{date}")
-            earlier = [d for d in days if d < date]
-            if family == "imbalance" and earlier:  # its last snapshot is the OFI predecessor
-                ids[f"{inst} before"] = store.day_identity(cfg.stores.book, f"{inst}/{earlier[-1]}")
+            ids[inst] = identity(cfg.stores.book, f"{inst}/{date}")
+            if family == "imbalance":  # the previous day's last snapshot is the OFI predecessor
+                earlier = [d for d in days if d < date]
+                if earlier:
+                    ids[f"{inst} before"] = identity(cfg.stores.book, f"{inst}/{earlier[-1]}")
         return ids
     path = getattr(cfg.stores, need)
     if Path(path).is_file():  # a market YAML/TOML file: its content
         return {"file": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
-    return {date: store.day_identity(path, date) if store.is_complete(path, date) else "absent"}
+    return {date: identity(path, date) if store.is_complete(path, date) else "absent"}
 
 
 def family_fingerprint(cfg: WorkflowConfig, family: str, date: str,
-                       book_days: dict[str, list[str]] | None) -> str:
+                       book_days: dict[str, list[str]] | None, identity=store.day_identity) -> str:
     """A digest of what makes ``family``'s results for ``date``: its settings, the identity
     of every input day it reads (rewritten inputs get new identities), the bad-row policy
     and the validation rules. Results whose recorded fingerprint differs are recomputed."""
@@ -186,15 +188,18 @@ def family_fingerprint(cfg: WorkflowConfig, family: str, date: str,
         "family": family, "version": FINGERPRINT_VERSION, "rules": QC_RULES_VERSION,
         "settings": settings.model_dump(mode="json") if isinstance(settings, BaseModel) else None,
         "on_bad_rows": cfg.on_bad_rows,
-        "inputs": {need: _input_identity(cfg, need, family, date, book_days) for need in NEEDS[family]},
+        "inputs": {need: _input_identity(cfg, need, family, date, book_days, identity) for need in NEEDS[family]},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def stale_families(cfg: WorkflowConfig, date: str, book_days: dict[str, list[str]] | None) -> dict[str, str]:
+def stale_families(cfg: WorkflowConfig, date: str, book_days: dict[str, list[str]] | None,
+                   identity=None) -> dict[str, str]:
     """The requested families whose results for ``date`` are missing, made from other
     settings or inputs, or asked to be redone: family -> its current fingerprint."""
-    current = {f: family_fingerprint(cfg, f, date, book_days) for f in cfg.families}
+    # each input day opened once, not once per family (and per run, where the plan shares one)
+    identity = identity or functools.cache(store.day_identity)
+    current = {f: family_fingerprint(cfg, f, date, book_days, identity) for f in cfg.families}
     redo = cfg.redo == "all" or (cfg.redo is not None and date in {store.day_key(d) for d in cfg.redo})
     recorded = store.results_fingerprints(cfg.output, date) if Path(cfg.output).exists() else {}
     return {f: fp for f, fp in current.items() if redo or recorded.get(f) != fp}
@@ -332,7 +337,8 @@ def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] |
 def _run_locked(cfg: WorkflowConfig, dates, book_days, backend, why, emit, performance_report) -> dict:
     # a day is skipped only when every requested family's results are there and were made
     # from the same settings and input days (their fingerprints match)
-    stale = {d: stale_families(cfg, d, book_days) for d in dates}
+    identity = functools.cache(store.day_identity)  # inputs do not change while planning
+    stale = {d: stale_families(cfg, d, book_days, identity) for d in dates}
     todo = [d for d in dates if stale[d]]
     done = {d for d in dates if not stale[d]}
     emit("plan", {"dates": dates, "skipped": [d for d in dates if d in done], "todo": todo,
