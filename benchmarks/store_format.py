@@ -111,13 +111,13 @@ def results_formats(tmp: Path, data: dict) -> None:
     the batch writes most of), written and read whole in the results store's chunking."""
     import gpu_risk
     from gpu_risk import store
-    from gpu_risk.workflow import RESULT_CHUNKS
+    from gpu_risk.families import get_family
 
     grid = gpu_risk.imbalance_grid(store.open_book(data["book"]), "1s").compute()
     arrays = {name: np.ascontiguousarray(grid[name].values) for name in grid.data_vars}
     raw = sum(a.nbytes for a in arrays.values())
     rows = grid.sizes["time"]
-    chunk_rows = RESULT_CHUNKS["imbalance"]["time"]
+    chunk_rows = get_family("imbalance").chunks["time"]
     print(f"results: one day's 1 s imbalance grid, {rows:,} buckets, {len(arrays)} variables, "
           f"{raw / 1e6:.0f} MB; time chunks of {chunk_rows:,} buckets")
     candidates = [("zstd level 0 (zarr's default)", [ZstdCodec(level=0)]),

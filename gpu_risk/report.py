@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from . import store  # noqa: E402
+from .families import families  # noqa: E402
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -59,7 +60,7 @@ def _table(df: pd.DataFrame) -> str:
     return f"<table><tr>{head}</tr>{rows}</table>"
 
 
-def _summary_section(results: xr.DataTree, days: list[str]) -> str:
+def summary_section(results: xr.DataTree, days: list[str]) -> str:
     parts = ["<h2>Datasets</h2>"]
     book_rows, pos_rows, oi = [], [], {}
     for day in days:
@@ -138,7 +139,7 @@ def ofi_regression(grid: xr.Dataset, instrument: str, every: int) -> dict:
     return {"slope": slope, "intercept": intercept, "r2": r2, "n": int(x.size), "x": x, "y": y}
 
 
-def _imbalance_section(results: xr.DataTree, days: list[str]) -> str:
+def imbalance_section(results: xr.DataTree, days: list[str]) -> str:
     day = _days_with(results, days, "imbalance")
     if not day:
         return ""
@@ -195,7 +196,7 @@ def _days_with(results: xr.DataTree, days: list[str], family: str) -> list[str]:
     return [d for d in days if family in results[d].children]
 
 
-def _liquidation_section(results: xr.DataTree, days: list[str]) -> str:
+def liquidation_section(results: xr.DataTree, days: list[str]) -> str:
     day = _days_with(results, days, "liquidation")
     if not day:
         return ""
@@ -243,7 +244,7 @@ def _liquidation_section(results: xr.DataTree, days: list[str]) -> str:
     return "\n".join(parts)
 
 
-def _stress_section(results: xr.DataTree, days: list[str]) -> str:
+def stress_section(results: xr.DataTree, days: list[str]) -> str:
     stress_days = _days_with(results, days, "stress")
     if not stress_days:
         return ""
@@ -289,7 +290,7 @@ def _stress_section(results: xr.DataTree, days: list[str]) -> str:
     return "\n".join(parts)
 
 
-def _cascade_section(results: xr.DataTree, days: list[str]) -> str:
+def cascade_section(results: xr.DataTree, days: list[str]) -> str:
     cascade_days = _days_with(results, days, "cascade")
     if not cascade_days:
         return ""
@@ -410,11 +411,10 @@ def write_report(results_path, out_path, *, title: str = "gpu_risk report", meta
     for key, value in (meta or {}).items():
         body.append(f"<p class='meta'><b>{html.escape(key)}</b>: {html.escape(str(value))}</p>")
     if days:
-        body.append(_summary_section(results, days))
-        body.append(_imbalance_section(results, days))
-        body.append(_liquidation_section(results, days))
-        body.append(_stress_section(results, days))
-        body.append(_cascade_section(results, days))
+        for family in families().values():
+            # a family's section only where some day holds its results
+            if family.report is not None and any(g in results[d].children for d in days for g in family.groups):
+                body.append(family.report(results, days))
         body.append(_timing_section(results_path))
     else:
         body.append("<p>No complete day in the results store yet.</p>")

@@ -15,71 +15,21 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
-import numpy as np
 import xarray as xr
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from . import store
 from .backend import choose_backend, to_backend
-from .cascade import cascade
+from .builtin_families import CascadeConfig, ImbalanceConfig, StressConfig  # noqa: F401  (re-exported)
 from .cluster import dask_scheduler, resolve_scheduler, scheduler_threads
-from .imbalance import imbalance_grid
-from .liquidation import liquidation
-from .stress import stress_surface
-from .summary import book_summary, positions_summary
+from .families import _RESERVED, DayContext, compute_order, families, get_family, load_plugins
 from .timing import Stages
-from .validate import QC_RULES_VERSION, without_flagged_rows
+from .validate import QC_RULES_VERSION
 
 log = logging.getLogger("gpu_risk")
-
-AVAILABLE_FAMILIES = ("summary", "imbalance", "liquidation", "stress", "cascade")
-PLANNED_FAMILIES: tuple[str, ...] = ()
-RESULT_CHUNKS = {"imbalance": {"instrument": 1, "time": 65_536}, "liquidation": {"account": 262_144},
-                 "stress": {"account": 262_144}, "cascade": {"instrument": 1, "time": 4096}}
-
-
-class StressConfig(BaseModel):
-    """The scenario grid: price shocks x exactly one of vol_shocks or haircut_shocks."""
-
-    model_config = ConfigDict(extra="forbid")
-    price_shocks: list[float] = [round(x, 10) for x in np.linspace(-0.5, 0.5, 21)]
-    vol_shocks: list[float] | None = [round(x, 10) for x in np.linspace(-0.2, 0.3, 11)]
-    haircut_shocks: list[float] | None = None
-    span_scan_range: float | dict[str, float] = 0.15
-    span_vol_range: float = 0.10
-    keep_account_surfaces: bool = False  # accounts x grid is large: by default keep the worst ratio
-
-    @model_validator(mode="after")
-    def _one_second_axis(self):
-        if self.haircut_shocks is not None and "vol_shocks" not in self.model_fields_set:
-            self.vol_shocks = None
-        if (self.vol_shocks is None) == (self.haircut_shocks is None):
-            raise ValueError("give exactly one of vol_shocks or haircut_shocks")
-        return self
-
-
-class ImbalanceConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    bucket: str = "1s"
-    levels: int | None = None
-    bands_bps: list[float] = [5, 10, 25, 50, 100]
-
-
-class CascadeConfig(BaseModel):
-    """Cascades at every ``every`` of each day, for each initial shock."""
-
-    model_config = ConfigDict(extra="forbid")
-    every: str = "1min"
-    initial_shocks: list[float] = [-0.2, -0.15, -0.1, -0.07, -0.05, -0.03, -0.02, -0.01,
-                                   0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2]
-    # the visible levels of a crypto book span basis points: without extrapolation every
-    # cascade stops at the deepest level. 0.002: each further 0.2 % of price holds the
-    # visible side's size again (see docs/methodology.md, "Liquidation cascades")
-    depth_extrapolation: float | None = 0.002
-
 
 class Stores(BaseModel):
     """The input stores; a family that needs one that is not given is refused."""
@@ -88,11 +38,6 @@ class Stores(BaseModel):
     book: Path | None = None
     positions: Path | None = None
     market: Path | None = None
-
-
-NEEDS = {"summary": ("book", "positions", "market"), "imbalance": ("book",),
-         "liquidation": ("positions", "market"), "stress": ("positions", "market"),
-         "cascade": ("book", "positions", "market")}
 
 
 class WorkflowConfig(BaseModel):
@@ -105,9 +50,9 @@ class WorkflowConfig(BaseModel):
     end: dt.date | None = Field(None, description="last as-of date (default: last book day)")
     dates: list[dt.date] | None = Field(None, description="explicit as-of dates (instead of start/end)")
     families: list[str] = ["summary"]
-    imbalance: ImbalanceConfig = ImbalanceConfig()
-    stress: StressConfig = StressConfig()
-    cascade: CascadeConfig = CascadeConfig()
+    plugins: list[str] = Field([], description="modules to import first (they register more families)")
+    settings: dict[str, Any] = Field(
+        {}, description="each family's settings, by family; in a workflow file, a section named after the family")
     output: Path
     report: Path | None = None
     backend: Literal["auto", "cpu", "gpu"] = "auto"
@@ -117,22 +62,55 @@ class WorkflowConfig(BaseModel):
     redo: list[dt.date] | Literal["all"] | None = Field(
         None, description="days to recompute even where their results are current (or all)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _family_sections(cls, raw: Any) -> Any:
+        """Plugins are imported first; a top-level section named after a registered family
+        is that family's settings."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        load_plugins(raw.get("plugins") or [])
+        known = families()
+        settings = dict(raw.pop("settings", None) or {})
+        settings.update({k: raw.pop(k) for k in list(raw) if k in known and k not in cls.model_fields})
+        raw["settings"] = settings
+        return raw
+
     @field_validator("families")
     @classmethod
-    def _known_families(cls, families: list[str]) -> list[str]:
-        for f in families:
-            if f in PLANNED_FAMILIES:
-                raise ValueError(f"family {f!r} is not implemented yet (available: {AVAILABLE_FAMILIES})")
-            if f not in AVAILABLE_FAMILIES:
-                raise ValueError(f"unknown family {f!r} (available: {AVAILABLE_FAMILIES})")
-        if not families:
+    def _known_families(cls, names: list[str]) -> list[str]:
+        for f in names:
+            get_family(f)
+        if not names:
             raise ValueError("at least one family")
-        return families
+        return names
+
+    @model_validator(mode="after")
+    def _family_settings(self):
+        """Every requested family gets its settings model (defaults where not given)."""
+        validated = {}
+        for name in dict.fromkeys([*self.settings, *self.families]):
+            family = get_family(name)
+            given = self.settings.get(name)
+            if family.settings is None:
+                if given:
+                    raise ValueError(f"family {name!r} takes no settings")
+                continue
+            validated[name] = given if isinstance(given, family.settings) else family.settings.model_validate(
+                given or {})
+        self.settings = validated
+        return self
+
+    def family_settings(self, name: str) -> BaseModel | None:
+        """``name``'s settings (its model), or None for a family without settings."""
+        found = self.settings.get(name)
+        return found if found is not None else get_family(name).default_settings()
 
     @model_validator(mode="after")
     def _stores_for_families(self):
         for family in self.families:
-            missing = [k for k in NEEDS[family] if getattr(self.stores, k) is None]
+            missing = [k for k in get_family(family).needs if getattr(self.stores, k) is None]
             if missing:
                 raise ValueError(f"family {family!r} needs the {' and '.join(missing)} store(s)")
         return self
@@ -144,6 +122,9 @@ class WorkflowConfig(BaseModel):
         if self.start and self.end and self.start > self.end:
             raise ValueError(f"start {self.start} is after end {self.end}")
         return self
+
+
+_RESERVED.update(WorkflowConfig.model_fields)
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> WorkflowConfig:
@@ -183,12 +164,12 @@ def family_fingerprint(cfg: WorkflowConfig, family: str, date: str,
     """A digest of what makes ``family``'s results for ``date``: its settings, the identity
     of every input day it reads (rewritten inputs get new identities), the bad-row policy
     and the validation rules. Results whose recorded fingerprint differs are recomputed."""
-    settings = getattr(cfg, family, None)
+    settings = cfg.settings.get(family)
     payload = {
         "family": family, "version": FINGERPRINT_VERSION, "rules": QC_RULES_VERSION,
         "settings": settings.model_dump(mode="json") if isinstance(settings, BaseModel) else None,
         "on_bad_rows": cfg.on_bad_rows,
-        "inputs": {need: _input_identity(cfg, need, family, date, book_days, identity) for need in NEEDS[family]},
+        "inputs": {need: _input_identity(cfg, need, family, date, book_days, identity) for need in get_family(family).needs},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -222,7 +203,7 @@ def open_day(cfg: WorkflowConfig, date: str, backend: str,
     """The day's inputs the families need, opened and validated once (lazily where large).
     ``book_days``: the book store's complete days per instrument, listed once per run (a
     store of years and many instruments would otherwise be listed again every day)."""
-    needs = {k for f in cfg.families for k in NEEDS[f]}
+    needs = {k for f in cfg.families for k in get_family(f).needs}
     inputs: dict = {}
     if "positions" in needs:
         market = store.open_market(cfg.stores.market, date)
@@ -240,72 +221,36 @@ def open_day(cfg: WorkflowConfig, date: str, backend: str,
 
 
 def compute_day(cfg: WorkflowConfig, date: str, backend: str, inputs: dict | None = None) -> dict:
-    """Every requested family for one as-of date (lazy where the inputs are)."""
+    """Every requested family for one as-of date (lazy where the inputs are): result group
+    name -> Dataset."""
     inputs = open_day(cfg, date, backend) if inputs is None else inputs
-    market, positions = inputs.get("market"), inputs.get("positions")
-    book, instruments = inputs.get("book"), inputs.get("instruments")
-    results = {}
-    if "imbalance" in cfg.families:
-        results["imbalance"] = day_imbalance_grid(cfg, date, instruments, book, backend,
-                                                  inputs.get("book_days"))
-    if "liquidation" in cfg.families:
-        results["liquidation"] = liquidation(positions, market, validate=False)
-        if "cascade" in cfg.families:
-            # the cascade needs its prices now: computed once and kept (per account and
-            # instrument, small beside the book); computed rather than persisted, as persisted
-            # keys collide on a cluster with the same keys in the day's later graph
-            results["liquidation"] = results["liquidation"].compute()
-    if "stress" in cfg.families:
-        results["stress"] = day_stress(cfg, positions, market)
-    if "cascade" in cfg.families:
-        results["cascade"] = day_cascade(cfg, book, positions, market, results.get("liquidation"))
-    if "summary" in cfg.families:
-        results["book_summary"] = book_summary(book)
-        results["positions_summary"] = positions_summary(positions, market)
+    order = compute_order(cfg.families)
+    used = {u for name in order for u in get_family(name).uses if u in order}
+    results: dict[str, xr.Dataset] = {}
+    for name in order:
+        family = get_family(name)
+        ctx = DayContext(config=cfg, date=date, backend=backend, inputs=inputs, results=dict(results),
+                         settings=cfg.family_settings(name))
+        out = family.compute(ctx)
+        out = {name: out} if isinstance(out, xr.Dataset) else dict(out)
+        unknown = set(out) - set(family.groups)
+        if unknown:
+            raise ValueError(f"family {name!r} returned result groups {sorted(unknown)}, "
+                             f"not among its groups {family.groups}")
+        if name in used:
+            # a later family reads these: computed once and kept (small beside the book)
+            # rather than persisted, as persisted keys collide on a cluster with the same
+            # keys in the day's later graph
+            out = {k: v.compute() for k, v in out.items()}
+        results.update(out)
     for ds in results.values():
         ds.attrs.update(date=date, workflow=cfg.name)
     return results
 
 
-def day_imbalance_grid(cfg: WorkflowConfig, date: str, instruments: list[str], book: xr.DataTree,
-                       backend: str, book_days: dict[str, list[str]] | None = None) -> xr.Dataset:
-    """The day's grid, with the previous day's last snapshot as each instrument's OFI
-    predecessor, so that day-by-day grids equal the grid of the whole history."""
-    nodes = {}
-    for inst in instruments:
-        ds = without_flagged_rows(book[inst].to_dataset())
-        days = book_days[inst] if book_days is not None else store.complete_days(cfg.stores.book, inst)
-        earlier = [d for d in days if d < date]
-        prev = store.last_valid_snapshot(cfg.stores.book, inst, earlier[-1]) if earlier else None
-        if prev is not None:
-            prev = to_backend(prev, backend)
-            ds = xr.concat([prev, ds], "time", data_vars="minimal", coords="minimal",
-                           compat="override", join="override")
-        nodes[f"/{inst}"] = ds
-    c = cfg.imbalance
-    return imbalance_grid(xr.DataTree.from_dict(nodes), bucket=c.bucket, levels=c.levels,
-                          bands_bps=c.bands_bps, start=date, validate=False,
-                          end=np.datetime64(date) + np.timedelta64(1, "D"))
-
-
-def day_stress(cfg: WorkflowConfig, positions: xr.Dataset, market: xr.Dataset) -> xr.Dataset:
-    c = cfg.stress
-    surface = stress_surface(positions, market, c.price_shocks, vol_shocks=c.vol_shocks,
-                             haircut_shocks=c.haircut_shocks, span_scan_range=c.span_scan_range,
-                             span_vol_range=c.span_vol_range, validate=False)
-    if not c.keep_account_surfaces:
-        surface = surface.drop_vars("collateral_ratio")
-    return surface
-
-
-def day_cascade(cfg: WorkflowConfig, book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset,
-                liquidation_result: xr.Dataset | None) -> xr.Dataset:
-    """The day's cascades on every perpetual that has a book (options have none)."""
-    kinds = dict(zip(market["instrument"].values.astype(str), market["kind"].values.astype(str)))
-    names = [n for n in book.children if kinds.get(n) in ("linear", "inverse")]
-    c = cfg.cascade
-    return cascade(book, positions, market, c.every, c.initial_shocks, liquidation=liquidation_result,
-                   depth_extrapolation=c.depth_extrapolation, instruments=names, validate=False)
+def result_chunks(names) -> dict[str, dict[str, int]]:
+    """Zarr chunk sizes of each result group the families ``names`` write."""
+    return {group: dict(f.chunks) for f in map(get_family, names) for group in f.groups if f.chunks}
 
 
 def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] | None = None,
@@ -363,7 +308,7 @@ def _run_locked(cfg: WorkflowConfig, dates, book_days, backend, why, emit, perfo
                     with clock.stage("graph"):
                         results = compute_day(day_cfg, date, backend, inputs)
                     with clock.stage("compute_write"):
-                        store.write_results_day(cfg.output, date, results, RESULT_CHUNKS,
+                        store.write_results_day(cfg.output, date, results, result_chunks(day_cfg.families),
                                                 fingerprints=stale[date])
                     timings[date] = time.perf_counter() - t0
                     stages[date] = clock.summary()

@@ -1,0 +1,138 @@
+"""The five built-in families, registered in the order the report shows them."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from . import store
+from .backend import to_backend
+from .cascade import cascade
+from .families import DayContext, Family, register_family
+from .imbalance import imbalance_grid
+from .liquidation import liquidation
+from .stress import stress_surface
+from .summary import book_summary, positions_summary
+from .validate import without_flagged_rows
+
+
+class StressConfig(BaseModel):
+    """The scenario grid: price shocks x exactly one of vol_shocks or haircut_shocks."""
+
+    model_config = ConfigDict(extra="forbid")
+    price_shocks: list[float] = [round(x, 10) for x in np.linspace(-0.5, 0.5, 21)]
+    vol_shocks: list[float] | None = [round(x, 10) for x in np.linspace(-0.2, 0.3, 11)]
+    haircut_shocks: list[float] | None = None
+    span_scan_range: float | dict[str, float] = 0.15
+    span_vol_range: float = 0.10
+    keep_account_surfaces: bool = False  # accounts x grid is large: by default keep the worst ratio
+
+    @model_validator(mode="after")
+    def _one_second_axis(self):
+        if self.haircut_shocks is not None and "vol_shocks" not in self.model_fields_set:
+            self.vol_shocks = None
+        if (self.vol_shocks is None) == (self.haircut_shocks is None):
+            raise ValueError("give exactly one of vol_shocks or haircut_shocks")
+        return self
+
+
+class ImbalanceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bucket: str = "1s"
+    levels: int | None = None
+    bands_bps: list[float] = [5, 10, 25, 50, 100]
+
+
+class CascadeConfig(BaseModel):
+    """Cascades at every ``every`` of each day, for each initial shock."""
+
+    model_config = ConfigDict(extra="forbid")
+    every: str = "1min"
+    initial_shocks: list[float] = [-0.2, -0.15, -0.1, -0.07, -0.05, -0.03, -0.02, -0.01,
+                                   0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2]
+    # the visible levels of a crypto book span basis points: without extrapolation every
+    # cascade stops at the deepest level. 0.002: each further 0.2 % of price holds the
+    # visible side's size again (see docs/methodology.md, "Liquidation cascades")
+    depth_extrapolation: float | None = 0.002
+
+
+def day_summary(ctx: DayContext) -> dict[str, xr.Dataset]:
+    return {"book_summary": book_summary(ctx.inputs["book"]),
+            "positions_summary": positions_summary(ctx.inputs["positions"], ctx.inputs["market"])}
+
+
+def day_imbalance_grid(ctx: DayContext) -> xr.Dataset:
+    """The day's grid, with the previous day's last snapshot as each instrument's OFI
+    predecessor, so that day-by-day grids equal the grid of the whole history."""
+    book, book_days, date = ctx.inputs["book"], ctx.inputs.get("book_days"), ctx.date
+    book_store = ctx.config.stores.book
+    nodes = {}
+    for inst in ctx.inputs["instruments"]:
+        ds = without_flagged_rows(book[inst].to_dataset())
+        days = book_days[inst] if book_days is not None else store.complete_days(book_store, inst)
+        earlier = [d for d in days if d < date]
+        prev = store.last_valid_snapshot(book_store, inst, earlier[-1]) if earlier else None
+        if prev is not None:
+            prev = to_backend(prev, ctx.backend)
+            ds = xr.concat([prev, ds], "time", data_vars="minimal", coords="minimal",
+                           compat="override", join="override")
+        nodes[f"/{inst}"] = ds
+    c = ctx.settings
+    assert isinstance(c, ImbalanceConfig)
+    return imbalance_grid(xr.DataTree.from_dict(nodes), bucket=c.bucket, levels=c.levels,
+                          bands_bps=c.bands_bps, start=date, validate=False,
+                          end=np.datetime64(date) + np.timedelta64(1, "D"))
+
+
+def day_liquidation(ctx: DayContext) -> xr.Dataset:
+    return liquidation(ctx.inputs["positions"], ctx.inputs["market"], validate=False)
+
+
+def day_stress(ctx: DayContext) -> xr.Dataset:
+    c = ctx.settings
+    assert isinstance(c, StressConfig)
+    surface = stress_surface(ctx.inputs["positions"], ctx.inputs["market"], c.price_shocks,
+                             vol_shocks=c.vol_shocks, haircut_shocks=c.haircut_shocks,
+                             span_scan_range=c.span_scan_range, span_vol_range=c.span_vol_range,
+                             validate=False)
+    if not c.keep_account_surfaces:
+        surface = surface.drop_vars("collateral_ratio")
+    return surface
+
+
+def day_cascade(ctx: DayContext) -> xr.Dataset:
+    """The day's cascades on every perpetual that has a book (options have none)."""
+    book, market = ctx.inputs["book"], ctx.inputs["market"]
+    kinds = dict(zip(market["instrument"].values.astype(str), market["kind"].values.astype(str)))
+    names = [n for n in book.children if kinds.get(n) in ("linear", "inverse")]
+    c = ctx.settings
+    assert isinstance(c, CascadeConfig)
+    return cascade(book, ctx.inputs["positions"], market, c.every, c.initial_shocks,
+                   liquidation=ctx.results.get("liquidation"),
+                   depth_extrapolation=c.depth_extrapolation, instruments=names, validate=False)
+
+
+def _section(name: str):
+    """A report section of gpu_risk.report, imported when the report is written (it needs
+    matplotlib, which a batch without a report never loads)."""
+    def section(results: xr.DataTree, days: list[str]) -> str:
+        from . import report  # noqa: PLC0415
+
+        return getattr(report, name)(results, days)
+
+    section.__name__ = name
+    return section
+
+
+register_family(Family("summary", needs=("book", "positions", "market"), compute=day_summary,
+                       groups=("book_summary", "positions_summary"), report=_section("summary_section")))
+register_family(Family("imbalance", needs=("book",), compute=day_imbalance_grid, settings=ImbalanceConfig,
+                       chunks={"instrument": 1, "time": 65_536}, report=_section("imbalance_section")))
+register_family(Family("liquidation", needs=("positions", "market"), compute=day_liquidation,
+                       chunks={"account": 262_144}, report=_section("liquidation_section")))
+register_family(Family("stress", needs=("positions", "market"), compute=day_stress, settings=StressConfig,
+                       chunks={"account": 262_144}, report=_section("stress_section")))
+register_family(Family("cascade", needs=("book", "positions", "market"), compute=day_cascade,
+                       settings=CascadeConfig, uses=("liquidation",),
+                       chunks={"instrument": 1, "time": 4096}, report=_section("cascade_section")))
