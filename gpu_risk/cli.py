@@ -149,7 +149,7 @@ def _floats(text: Optional[str]) -> Optional[list[float]]:
 
 def _family(family: str, settings: dict, *, book, positions, market, out, start, end, report, backend,
             scheduler, memory_limit, on_bad_rows, as_json, keep_none=(), performance_report=None,
-            redo=None) -> None:
+            redo=None, plugins=None) -> None:
     """One family as a one-family workflow: same stores, atomic day writes, resumable.
     Settings that are None are left at their defaults, except those in ``keep_none``."""
     from pydantic import ValidationError
@@ -159,7 +159,8 @@ def _family(family: str, settings: dict, *, book, positions, market, out, start,
     raw = {"name": family, "families": [family], "output": out, "report": report,
            "stores": {"book": book, "positions": positions, "market": market},
            "start": start, "end": end, "backend": backend, "scheduler": scheduler,
-           "memory_limit": memory_limit, "on_bad_rows": on_bad_rows, "redo": _redo(redo)}
+           "memory_limit": memory_limit, "on_bad_rows": on_bad_rows, "redo": _redo(redo),
+           "plugins": plugins or None}
     raw = {k: v for k, v in raw.items() if v is not None}
     settings = {k: v for k, v in settings.items() if v is not None or k in keep_none}
     if settings:
@@ -261,6 +262,34 @@ def cascade(
     _family("cascade", settings, keep_none=("depth_extrapolation",), book=book, positions=positions, market=market, out=out, start=start,
             end=end, report=report, backend=backend, scheduler=scheduler, memory_limit=memory_limit,
             on_bad_rows=on_bad_rows, as_json=as_json, performance_report=performance_report, redo=redo)
+
+
+@app.command()
+def compute(
+    family: str = typer.Argument(..., help="a registered family (gpu_risk.families), built-in or from --plugin"),
+    book: Path = BOOK, positions: Path = POSITIONS, market: Path = MARKET, out: Path = OUT,
+    start: Optional[str] = START, end: Optional[str] = END,
+    set_: Optional[list[str]] = typer.Option(
+        None, "--set", help="a setting of the family, KEY=VALUE (VALUE read as YAML: 0.5, [1, 2], none)"),
+    plugin: Optional[list[str]] = typer.Option(None, help="a module to import first (registers families)"),
+    report: Optional[Path] = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
+    memory_limit: Optional[str] = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
+    performance_report: Optional[Path] = PERF,
+    redo: Optional[str] = REDO,
+):
+    """Any registered family (a plugin's too) per day into a results store; its settings by --set."""
+    import yaml  # noqa: PLC0415
+
+    settings = {}
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(ValueError(f"--set {item!r}: expected KEY=VALUE"))
+        settings[key.strip()] = yaml.safe_load(value)
+    _family(family, settings, keep_none=tuple(settings), book=book, positions=positions, market=market,
+            out=out, start=start, end=end, report=report, backend=backend, scheduler=scheduler,
+            memory_limit=memory_limit, on_bad_rows=on_bad_rows, as_json=as_json,
+            performance_report=performance_report, redo=redo, plugins=plugin)
 
 
 import_app = typer.Typer(no_args_is_help=True, help="Import real order-book data into a book store.")

@@ -86,6 +86,21 @@ def test_a_toy_family_from_outside_the_package_is_computed_written_and_reported(
             if day == d["days"][-1]:
                 assert f"{inst}: {2.0 * expect:.6e}" in page
 
+    # the same family from the command line alone
+    one = subprocess.run([sys.executable, "-m", "gpu_risk.cli", "compute", "toy_gross", "--plugin",
+                          "toy_family_plugin", "--set", "scale=2.0", "--positions", d["positions"],
+                          "--market", d["market"], "--out", str(tmp_path / "one.zarr"), "--scheduler", "sync",
+                          "--json"], capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr
+    alone = store.open_results(tmp_path / "one.zarr")
+    for day in d["days"]:
+        np.testing.assert_array_equal(alone[day]["toy_gross"]["gross_notional"].values,
+                                      results[day]["toy_gross"]["gross_notional"].values)
+    bad = subprocess.run([sys.executable, "-m", "gpu_risk.cli", "compute", "toy_gross", "--set", "scale",
+                          "--positions", d["positions"], "--market", d["market"], "--out", str(tmp_path / "x.zarr")],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr and "Traceback" not in bad.stderr
+
     # a re-run with other settings recomputes the toy family only
     wf.write_text(wf.read_text().replace("scale: 2.0", "scale: 3.0"))
     again = subprocess.run([sys.executable, "-m", "gpu_risk.cli", "run", str(wf), "--json"],
