@@ -13,7 +13,9 @@ DEMO_INSTRUMENTS ?= 4
 DEMO_ACCOUNTS ?= 50000
 DEMO_SNAPSHOTS ?= 50000
 
-.PHONY: demo test test-gpu bench clean env
+LINT_STAMP := $(VENV)/.installed-lint
+
+.PHONY: demo test test-gpu lint bench clean env
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ not found"; exit 1; }
@@ -29,6 +31,15 @@ demo: $(STAMP)
 		--accounts $(DEMO_ACCOUNTS) --snapshots-per-day $(DEMO_SNAPSHOTS)
 	$(BIN)/gpu-risk run workflows/overnight.yaml
 	@echo "Report: $(CURDIR)/results/overnight.html"
+
+$(LINT_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
+	touch $(LINT_STAMP)
+
+# ruff (style, imports, likely bugs) on everything; mypy on the package and its kernels
+lint: $(LINT_STAMP)
+	$(BIN)/ruff check gpu_risk kernels tests benchmarks workflows
+	$(BIN)/mypy
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -37,8 +37,8 @@ import pandas as pd
 import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_of, machine, read_bandwidth  # noqa: E402
-from imbalance import make_block, pandas_grid, run_kernel  # noqa: E402
+from _common import best_of, machine, read_bandwidth
+from imbalance import make_block, pandas_grid, run_kernel
 
 BOOK = ("bid_price", "ask_price", "bid_size", "ask_size")
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -114,7 +114,8 @@ def zarr_to_zarr(args, tmp: Path, bw1: float, bw2: float) -> None:
         run_family_workflow(str(book), tmp / "warm.zarr", scheduler, args.bucket, args.backend)  # compile, caches
         summary = run_family_workflow(str(book), tmp / "grid.zarr", scheduler, args.bucket, args.backend)
         seconds = sum(summary["seconds"].values())
-        print(f"gpu-risk imbalance Zarr to Zarr ({scheduler}, backend {summary['backend']}, {len(summary['computed'])} days): {seconds:.2f} s, "
+        print(f"gpu-risk imbalance Zarr to Zarr ({scheduler}, backend {summary['backend']}, "
+              f"{len(summary['computed'])} days): {seconds:.2f} s, "
               f"{snapshots / seconds / 1e6:.2f} M snapshots/s; kernel alone / this = {k_seconds / seconds:.3f} "
               f"(1/{seconds / k_seconds:.0f}); {nbytes / seconds / 1e9:.2f} GB/s of uncompressed book = "
               f"{nbytes / seconds / bw2:.1%} of the {THREADS}-thread read bandwidth")
@@ -155,8 +156,9 @@ def api_in_memory(args, bw1: float) -> None:
     print(f"imbalance_grid on a book in memory ({n:,} snapshots, {args.bucket}): {api_best:.3f} s, "
           f"{n / api_best / 1e6:.1f} M snapshots/s, {nbytes / api_best / 1e9:.1f} GB/s; of the 1-thread read "
           f"bandwidth measured in the same round: median {np.median(ratios):.0%} (range {min(ratios):.0%}-"
-          f"{max(ratios):.0%}); kernel alone on 1 thread {kernel_best:.3f} s (API / kernel {api_best / kernel_best:.2f}); "
-          f"pandas ({m:,} snapshots) {m / t_pandas / 1e6:.2f} M snapshots/s: API {(n / api_best) / (m / t_pandas):.0f}x")
+          f"{max(ratios):.0%}); kernel alone on 1 thread {kernel_best:.3f} s "
+          f"(API / kernel {api_best / kernel_best:.2f}); pandas ({m:,} snapshots) {m / t_pandas / 1e6:.2f} "
+          f"M snapshots/s: API {(n / api_best) / (m / t_pandas):.0f}x")
 
 
 def demo_workflow(args, tmp: Path) -> None:

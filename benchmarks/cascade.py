@@ -26,16 +26,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _common import best_of, machine, read_bandwidth  # noqa: E402
-from cascade_reference import brute_force_cascade  # noqa: E402
+from _common import best_of, machine, read_bandwidth
+from cascade_reference import brute_force_cascade
+from gpu_risk.kernels.cascade import cascade_cpu
 
-from gpu_risk import cascade, liquidation, store  # noqa: E402
-from gpu_risk.backend import gpu_available  # noqa: E402
-from gpu_risk.cascade import position_tables  # noqa: E402
-from gpu_risk.cluster import dask_scheduler  # noqa: E402
-from gpu_risk.kernels.cascade import cascade_cpu  # noqa: E402
-from gpu_risk.model import notional_at_price  # noqa: E402
-from gpu_risk.synth import SynthConfig, synth  # noqa: E402
+from gpu_risk import cascade, liquidation, store
+from gpu_risk.backend import gpu_available
+from gpu_risk.cascade import position_tables
+from gpu_risk.cluster import dask_scheduler
+from gpu_risk.model import notional_at_price
+from gpu_risk.synth import SynthConfig, synth
 
 SHOCKS = np.array([-0.2, -0.15, -0.1, -0.07, -0.05, -0.03, -0.02, -0.01,
                    0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2])
@@ -126,8 +126,9 @@ def main() -> None:
         t_kernel = best_of(lambda: cascade_cpu(*arrays, SHOCKS, *tables, EXTRAPOLATION, res))
         n_k = res.shape[0] * res.shape[1]
         book_bytes = sum(a.nbytes for a in arrays)
-        print(f"kernel, 1 thread, {inst}: {n_k:,} cascades in {t_kernel * 1e3:.1f} ms = {n_k / t_kernel:,.0f} cascades/s; "
-              f"book read {book_bytes / t_kernel / 1e9:.2f} GB/s = {book_bytes / t_kernel / bandwidth:.1%} of bandwidth "
+        print(f"kernel, 1 thread, {inst}: {n_k:,} cascades in {t_kernel * 1e3:.1f} ms = "
+              f"{n_k / t_kernel:,.0f} cascades/s; book read {book_bytes / t_kernel / 1e9:.2f} GB/s = "
+              f"{book_bytes / t_kernel / bandwidth:.1%} of bandwidth "
               f"(bound by the dependent binary searches over {q.size:,} positions, not by memory)")
 
         # the Python baselines on a sample of the same cascades
@@ -152,7 +153,6 @@ def main() -> None:
         ok, why = gpu_available()
         if ok:
             import cupy as cp
-
             from gpu_risk.kernels.cascade import cascade_gpu
 
             dev = [cp.asarray(a) for a in arrays]

@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_of, machine, synthetic_as_of_date  # noqa: E402
+from _common import best_of, machine, synthetic_as_of_date
 
-from gpu_risk.backend import gpu_available, to_backend  # noqa: E402
-from gpu_risk.cluster import dask_scheduler  # noqa: E402
+from gpu_risk.backend import gpu_available, to_backend
+from gpu_risk.cluster import dask_scheduler
 
 
 def device_timer(cp, fn, repeat=10) -> float:
@@ -54,15 +54,14 @@ def device_bandwidth(cp, nbytes=4 << 30) -> tuple[float, float]:
     out = cp.empty((), dtype=a.dtype)
     read = device_timer(cp, lambda: cp.sum(a, out=out))
     copy = device_timer(cp, lambda: cp.copyto(b, a))
-    a = b = None  # noqa: F841 (frees the 8 GiB before the next part)
+    a = b = None
     cp.get_default_memory_pool().free_all_blocks()
     return nbytes / read, 2 * nbytes / copy
 
 
 def imbalance(cp, snapshots, levels, read_bw):
-    from imbalance import BANDS, make_block, run_kernel
-
     from gpu_risk.kernels.imbalance import imbalance_block_gpu, n_columns
+    from imbalance import BANDS, make_block, run_kernel
 
     bid, ask, bid_size, ask_size, time_ns = make_block(snapshots, levels)
     bucket = time_ns // 10**9 - time_ns[0] // 10**9
@@ -134,7 +133,8 @@ def accounts(cp, n_accounts, chunk, cpu_chunk):
         t_kernel = device_timer(cp, lambda: _run(inputs, m, price, vol, True, False))
         cells = n_accounts * slots * price.size * vol.size
         print(f"liquidation (all outputs), {n_accounts:,} accounts x {slots} instruments from host memory "
-              f"({chunk:,}-account chunks on the GPU, {cpu_chunk:,} on the CPU): GPU {n_accounts / tl_gpu / 1e6:.2f} M accounts/s; "
+              f"({chunk:,}-account chunks on the GPU, {cpu_chunk:,} on the CPU): "
+              f"GPU {n_accounts / tl_gpu / 1e6:.2f} M accounts/s; "
               f"CPU ({where.split(' at ')[0]}) {n_accounts / tl_cpu / 1e6:.2f} M accounts/s; "
               f"GPU/CPU {tl_cpu / tl_gpu:.1f}x; largest relative difference: "
               + ", ".join(f"{v} {_rel_diff(l_gpu[v].values, l_cpu[v].values):.1e}" for v in

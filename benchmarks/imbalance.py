@@ -22,9 +22,8 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_of, machine, read_bandwidth  # noqa: E402
-
-from gpu_risk.kernels.imbalance import imbalance_block_cpu, n_columns  # noqa: E402
+from _common import best_of, machine, read_bandwidth
+from gpu_risk.kernels.imbalance import imbalance_block_cpu, n_columns
 
 BANDS = np.array([5.0, 10.0, 25.0, 50.0, 100.0])
 
@@ -179,7 +178,6 @@ def main() -> None:
         ok, why = gpu_available()
         if ok:
             import cupy as cp
-
             from gpu_risk.kernels.imbalance import imbalance_block_gpu
 
             d = [cp.asarray(a) for a in (bid, ask, bid_size, ask_size)]

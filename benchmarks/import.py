@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import machine
 
-from gpu_risk.importers.binance import import_binance  # noqa: E402
-from gpu_risk.importers.databento import import_databento  # noqa: E402
-from gpu_risk.importers.lobster import import_lobster  # noqa: E402
+from gpu_risk.importers.binance import import_binance
+from gpu_risk.importers.databento import import_databento
+from gpu_risk.importers.lobster import import_lobster
 
 
 def timed(fn, repeat=3):
@@ -45,11 +45,13 @@ def main() -> None:
     lob = real / "lobster_aapl_2012-06-21/bigfatwhale_1h_msg50_book1"
     s, r = timed(lambda out: import_lobster(lob / "AAPL_2012-06-21_orderbook_50.csv",
                                             lob / "AAPL_2012-06-21_message_50.csv", "2012-06-21", "AAPL", out))
-    print(f"lobster   AAPL 1 h, level 1: {r['snapshots']:,} snapshots in {s:.2f} s = {r['snapshots'] / s:,.0f} snapshots/s")
+    print(f"lobster   AAPL 1 h, level 1: {r['snapshots']:,} snapshots in {s:.2f} s = "
+          f"{r['snapshots'] / s:,.0f} snapshots/s")
     lob10 = real / "lobster_aapl_2012-06-21/yilezheng_998rows_level10"
     s, r = timed(lambda out: import_lobster(next(lob10.glob("*orderbook_10.csv")), next(lob10.glob("*message_10.csv")),
                                             "2012-06-21", "AAPL", out))
-    print(f"lobster   AAPL, 10 levels: {r['snapshots']:,} snapshots in {s:.2f} s = {r['snapshots'] / s:,.0f} snapshots/s")
+    print(f"lobster   AAPL, 10 levels: {r['snapshots']:,} snapshots in {s:.2f} s = "
+          f"{r['snapshots'] / s:,.0f} snapshots/s")
     feed = real / "binance_hftbacktest_feed"
     for name, files in (("usdm BTCUSDT", ["usdm/btcusdt_20240808.gz"]),
                         ("spot BTCUSDT", ["spot/btcusdt_20240808.gz", "spot/btcusdt_20240809.gz"]),

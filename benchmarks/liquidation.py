@@ -20,18 +20,18 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, synthetic_as_of_date  # noqa: E402
+from _common import machine, synthetic_as_of_date
 
-from gpu_risk.cluster import dask_scheduler  # noqa: E402
-from gpu_risk.liquidation import liquidation, market_arrays  # noqa: E402
+from gpu_risk.cluster import dask_scheduler
+from gpu_risk.liquidation import liquidation, market_arrays
 
 
 def numpy_liquidation_prices(balance, position, entry, m):
     """Vectorised NumPy, cross accounts of linear perpetuals with USDT collateral only:
     for each instrument and bracket, the closed-form root with everything else fixed, kept
     where it falls in its bracket; the root nearest the mark wins."""
-    price, haircut, mark = m["price"], m["haircut"], m["mark"]
-    floor, mmr, amount = m["floor"], m["mmr"], m["amount"]
+    price, haircut, mark = m.price, m.haircut, m.mark
+    floor, mmr, amount = m.floor, m.mmr, m.amount
     wallet = (np.where(balance > 0, balance * price * (1 - haircut), balance * price)).sum(axis=1)
     pnl = position * (mark - entry)
     pnl = np.where(position != 0, pnl, 0.0)

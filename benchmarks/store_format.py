@@ -24,7 +24,7 @@ import zarr
 from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import machine
 
 BOOK = ("bid_price", "ask_price", "bid_size", "ask_size")
 warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
@@ -56,7 +56,7 @@ def main() -> None:
     p.add_argument("--pipeline", default="python", choices=["python", "zarrs"])
     args = p.parse_args()
     if args.pipeline == "zarrs":
-        import zarrs  # noqa: F401, PLC0415
+        import zarrs  # noqa: F401
 
         zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"})
     from gpu_risk import coding, store

@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, synthetic_as_of_date  # noqa: E402
+from _common import machine, synthetic_as_of_date
 
-from gpu_risk import store  # noqa: E402
-from gpu_risk.backend import gpu_available  # noqa: E402
-from gpu_risk.cluster import dask_scheduler  # noqa: E402
-from gpu_risk.liquidation import market_arrays  # noqa: E402
-from gpu_risk.stress import stress_surface  # noqa: E402
+from gpu_risk import store
+from gpu_risk.backend import gpu_available
+from gpu_risk.cluster import dask_scheduler
+from gpu_risk.liquidation import market_arrays
+from gpu_risk.stress import stress_surface
 
 PRICE = np.round(np.linspace(-0.5, 0.5, 21), 10)
 VOL = np.round(np.linspace(-0.2, 0.3, 11), 10)
@@ -42,9 +42,9 @@ def numpy_surface(balance, position, entry, m):
     and each account's worst ratio; the vol axis does not move perpetuals, so each shock's
     aggregates stand for every vol column. Returns (ratio (A, S), accounts liquidated (S,),
     shortfall (S,), worst (A,))."""
-    price, haircut, beta = m["price"], m["haircut"], m["beta"]
-    mark, kind, und = m["mark"], m["kind"], m["underlying"]
-    floor, mmr, amount = m["floor"], m["mmr"], m["amount"]
+    price, haircut, beta = m.price, m.haircut, m.beta
+    mark, kind, und = m.mark, m.kind, m.underlying
+    floor, mmr, amount = m.floor, m.mmr, m.amount
     lin = kind == 0
     inv = kind == 1
     ratio = np.empty((len(balance), PRICE.size))

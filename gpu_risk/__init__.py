@@ -8,7 +8,6 @@ from .cascade import cascade
 from .errors import InputError, SchemaError
 from .imbalance import imbalance_grid
 from .liquidation import liquidation
-from .stress import stress_surface
 from .store import (
     open_book,
     open_market,
@@ -18,6 +17,7 @@ from .store import (
     write_market,
     write_positions,
 )
+from .stress import stress_surface
 from .validate import validate_book_dataset, validate_market, validate_positions
 
 __version__ = "0.1.0"

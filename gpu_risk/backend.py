@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
 
-log = logging.getLogger("gpu_risk")
+log = logging.getLogger(__name__)
 Backend = Literal["auto", "cpu", "gpu"]
 
 
@@ -96,6 +97,15 @@ def empty_like_backend(template: Any, shape, dtype=np.float64):
 
         return cupy.empty(shape, dtype=dtype)
     return np.empty(shape, dtype=dtype)
+
+
+def asarray_like(template: Any, x, dtype=None):
+    """``x`` as an array on the same backend as ``template`` (copied over only if it is not)."""
+    if is_cupy(template):
+        import cupy  # noqa: PLC0415
+
+        return cupy.asarray(x, dtype=dtype)
+    return np.asarray(to_host(x), dtype=dtype)
 
 
 def to_backend(ds: xr.Dataset, backend: str) -> xr.Dataset:

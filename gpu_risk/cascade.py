@@ -10,7 +10,7 @@ docs/methodology.md, "Liquidation cascades", for the model and its choices.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import dask.array as da
 import numpy as np
@@ -211,9 +211,9 @@ def cascade(book: xr.DataTree | xr.Dataset, positions: xr.Dataset, market: xr.Da
     packed = da.stack(packed, axis=0)
     dims = ("instrument", "time", "initial_shock")
     coords = {"instrument": np.array(names, dtype=str), "time": when, "initial_shock": shocks}
-    no_snapshot = xr.DataArray(np.stack(no_snapshot), dims=dims[:2])
-    mid = xr.DataArray(da.stack(mids, axis=0), dims=dims[:2]).where(~no_snapshot)
-    qc = no_snapshot | ~np.isfinite(mid)
+    missing = xr.DataArray(np.stack(no_snapshot), dims=dims[:2])
+    mid = xr.DataArray(da.stack(mids, axis=0), dims=dims[:2]).where(~missing)
+    qc = missing | ~np.isfinite(mid)
 
     def field(name):
         return xr.DataArray(packed[..., FIELDS.index(name)], dims=dims).where(~qc)
@@ -222,7 +222,8 @@ def cascade(book: xr.DataTree | xr.Dataset, positions: xr.Dataset, market: xr.Da
     shock = xr.DataArray(shocks, dims="initial_shock")
     out = xr.Dataset(
         {
-            "final_price": final_price.assign_attrs(units="quote currency", long_name="price at the cascade's fixed point"),
+            "final_price": final_price.assign_attrs(units="quote currency",
+                                                    long_name="price at the cascade's fixed point"),
             "liquidated_notional": field("liquidated_notional").assign_attrs(
                 units="USD", long_name="sum of |q| x liquidation price over the positions closed"),
             "rounds": field("rounds").fillna(0).astype(np.int32).assign_attrs(

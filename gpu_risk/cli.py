@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -68,15 +66,15 @@ def synth(
 @app.command()
 def run(
     workflow: Path = typer.Argument(..., exists=True, dir_okay=False, help="workflow YAML"),
-    backend: Optional[str] = typer.Option(None, help="auto|cpu|gpu (overrides the workflow)"),
-    scheduler: Optional[str] = typer.Option(None, help="auto|sync|threads|local|ADDRESS (overrides)"),
-    memory_limit: Optional[str] = typer.Option(None, help="per-worker memory limit, e.g. 4GB"),
-    output: Optional[Path] = typer.Option(None, help="results store (overrides)"),
-    report: Optional[Path] = typer.Option(None, help="HTML report path (overrides)"),
-    on_bad_rows: Optional[str] = typer.Option(None, help="raise|flag (overrides)"),
+    backend: str | None = typer.Option(None, help="auto|cpu|gpu (overrides the workflow)"),
+    scheduler: str | None = typer.Option(None, help="auto|sync|threads|local|ADDRESS (overrides)"),
+    memory_limit: str | None = typer.Option(None, help="per-worker memory limit, e.g. 4GB"),
+    output: Path | None = typer.Option(None, help="results store (overrides)"),
+    report: Path | None = typer.Option(None, help="HTML report path (overrides)"),
+    on_bad_rows: str | None = typer.Option(None, help="raise|flag (overrides)"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
-    performance_report: Optional[Path] = PERF,
-    redo: Optional[str] = REDO,
+    performance_report: Path | None = PERF,
+    redo: str | None = REDO,
 ):
     """Run a batch workflow day by day; complete days are skipped on re-run."""
     from pydantic import ValidationError
@@ -92,7 +90,7 @@ def run(
     _run_config(cfg, as_json, performance_report)
 
 
-def _run_config(cfg, as_json: bool, performance_report: Optional[Path] = None) -> None:
+def _run_config(cfg, as_json: bool, performance_report: Path | None = None) -> None:
     """Run a workflow config with progress on stderr (and a JSON summary on stdout)."""
     from .workflow import run_workflow
 
@@ -113,7 +111,8 @@ def _run_config(cfg, as_json: bool, performance_report: Optional[Path] = None) -
                     console.print(f"  {day}: computing {', '.join(families)}")
                 task = bar.add_task("days", total=len(info["todo"]))
             elif event == "day":
-                bar.advance(task)
+                if task is not None:
+                    bar.advance(task)
                 parts = info["stages"]["breakdown"]
                 top = ", ".join(f"{k} {v:.2f} s" for k, v in sorted(parts.items(), key=lambda kv: -kv[1])[:3])
                 console.print(f"  {info['date']} done in {info['seconds']:.1f} s ({top})")
@@ -128,20 +127,20 @@ def _run_config(cfg, as_json: bool, performance_report: Optional[Path] = None) -
         print(json.dumps(summary))
 
 
-def _redo(text: Optional[str]):
+def _redo(text: str | None):
     """--redo: "all", or comma-separated dates."""
     if text is None:
         return None
     return "all" if text.strip() == "all" else [d.strip() for d in text.split(",") if d.strip()]
 
 
-def _floats(text: Optional[str]) -> Optional[list[float]]:
+def _floats(text: str | None) -> list[float] | None:
     """"-0.1,-0.05,0.05" or "start:stop:count" (inclusive, evenly spaced)."""
     if text is None:
         return None
     if ":" in text:
         a, b, n = text.split(":")
-        import numpy as np  # noqa: PLC0415
+        import numpy as np
 
         return [round(float(x), 10) for x in np.linspace(float(a), float(b), int(n))]
     return [float(x) for x in text.split(",") if x.strip()]
@@ -189,14 +188,14 @@ JSON = typer.Option(False, "--json", help="print a JSON summary on stdout")
 
 @app.command()
 def imbalance(
-    book: Path = BOOK, out: Path = OUT, start: Optional[str] = START, end: Optional[str] = END,
-    bucket: Optional[str] = typer.Option(None, help="bucket length, e.g. 1s, 10s, 1min (default 1s)"),
-    levels: Optional[int] = typer.Option(None, help="book levels used (default: all)"),
-    bands_bps: Optional[str] = typer.Option(None, help="band half-widths in bps, e.g. 5,10,25"),
-    report: Optional[Path] = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
-    memory_limit: Optional[str] = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
-    performance_report: Optional[Path] = PERF,
-    redo: Optional[str] = REDO,
+    book: Path = BOOK, out: Path = OUT, start: str | None = START, end: str | None = END,
+    bucket: str | None = typer.Option(None, help="bucket length, e.g. 1s, 10s, 1min (default 1s)"),
+    levels: int | None = typer.Option(None, help="book levels used (default: all)"),
+    bands_bps: str | None = typer.Option(None, help="band half-widths in bps, e.g. 5,10,25"),
+    report: Path | None = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
+    memory_limit: str | None = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
+    performance_report: Path | None = PERF,
+    redo: str | None = REDO,
 ):
     """Imbalance grids (OFI, depth, band imbalance, microprice) per day into a results store."""
     _family("imbalance", {"bucket": bucket, "levels": levels, "bands_bps": _floats(bands_bps)},
@@ -208,11 +207,11 @@ def imbalance(
 @app.command()
 def liquidation(
     positions: Path = POSITIONS, market: Path = MARKET, out: Path = OUT,
-    start: Optional[str] = START, end: Optional[str] = END,
-    report: Optional[Path] = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
-    memory_limit: Optional[str] = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
-    performance_report: Optional[Path] = PERF,
-    redo: Optional[str] = REDO,
+    start: str | None = START, end: str | None = END,
+    report: Path | None = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
+    memory_limit: str | None = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
+    performance_report: Path | None = PERF,
+    redo: str | None = REDO,
 ):
     """Liquidation thresholds, map and open interest per as-of date into a results store."""
     _family("liquidation", {}, book=None, positions=positions, market=market, out=out, start=start,
@@ -223,15 +222,15 @@ def liquidation(
 @app.command()
 def stress(
     positions: Path = POSITIONS, market: Path = MARKET, out: Path = OUT,
-    start: Optional[str] = START, end: Optional[str] = END,
-    price_shocks: Optional[str] = typer.Option(None, help="e.g. -0.5:0.5:21 or -0.2,0,0.2"),
-    vol_shocks: Optional[str] = typer.Option(None, help="absolute implied-vol changes, e.g. -0.2:0.3:11"),
-    haircut_shocks: Optional[str] = typer.Option(None, help="added haircuts (instead of vol shocks)"),
+    start: str | None = START, end: str | None = END,
+    price_shocks: str | None = typer.Option(None, help="e.g. -0.5:0.5:21 or -0.2,0,0.2"),
+    vol_shocks: str | None = typer.Option(None, help="absolute implied-vol changes, e.g. -0.2:0.3:11"),
+    haircut_shocks: str | None = typer.Option(None, help="added haircuts (instead of vol shocks)"),
     keep_account_surfaces: bool = typer.Option(False, help="store every account's surface (large)"),
-    report: Optional[Path] = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
-    memory_limit: Optional[str] = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
-    performance_report: Optional[Path] = PERF,
-    redo: Optional[str] = REDO,
+    report: Path | None = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
+    memory_limit: str | None = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
+    performance_report: Path | None = PERF,
+    redo: str | None = REDO,
 ):
     """Collateral-ratio stress surfaces, shortfall and SPAN per as-of date into a results store."""
     settings = {"price_shocks": _floats(price_shocks), "vol_shocks": _floats(vol_shocks),
@@ -245,21 +244,22 @@ def stress(
 @app.command()
 def cascade(
     book: Path = BOOK, positions: Path = POSITIONS, market: Path = MARKET, out: Path = OUT,
-    start: Optional[str] = START, end: Optional[str] = END,
-    every: Optional[str] = typer.Option(None, help="a cascade at every multiple of this, e.g. 1min"),
-    initial_shocks: Optional[str] = typer.Option(None, help="e.g. -0.2,-0.1,-0.05,0.05,0.1,0.2"),
-    depth_extrapolation: Optional[str] = typer.Option(
+    start: str | None = START, end: str | None = END,
+    every: str | None = typer.Option(None, help="a cascade at every multiple of this, e.g. 1min"),
+    initial_shocks: str | None = typer.Option(None, help="e.g. -0.2,-0.1,-0.05,0.05,0.1,0.2"),
+    depth_extrapolation: str | None = typer.Option(
         None, help="relative price distance per visible depth beyond the book, or 'none' to stop there"),
-    report: Optional[Path] = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
-    memory_limit: Optional[str] = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
-    performance_report: Optional[Path] = PERF,
-    redo: Optional[str] = REDO,
+    report: Path | None = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
+    memory_limit: str | None = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
+    performance_report: Path | None = PERF,
+    redo: str | None = REDO,
 ):
     """Liquidation cascades through the book per instrument x time x initial shock."""
     settings = {"every": every, "initial_shocks": _floats(initial_shocks)}
     if depth_extrapolation is not None:
         settings["depth_extrapolation"] = None if depth_extrapolation.lower() == "none" else depth_extrapolation
-    _family("cascade", settings, keep_none=("depth_extrapolation",), book=book, positions=positions, market=market, out=out, start=start,
+    _family("cascade", settings, keep_none=("depth_extrapolation",), book=book, positions=positions, market=market,
+            out=out, start=start,
             end=end, report=report, backend=backend, scheduler=scheduler, memory_limit=memory_limit,
             on_bad_rows=on_bad_rows, as_json=as_json, performance_report=performance_report, redo=redo)
 
@@ -268,17 +268,17 @@ def cascade(
 def compute(
     family: str = typer.Argument(..., help="a registered family (gpu_risk.families), built-in or from --plugin"),
     book: Path = BOOK, positions: Path = POSITIONS, market: Path = MARKET, out: Path = OUT,
-    start: Optional[str] = START, end: Optional[str] = END,
-    set_: Optional[list[str]] = typer.Option(
+    start: str | None = START, end: str | None = END,
+    set_: list[str] | None = typer.Option(
         None, "--set", help="a setting of the family, KEY=VALUE (VALUE read as YAML: 0.5, [1, 2], none)"),
-    plugin: Optional[list[str]] = typer.Option(None, help="a module to import first (registers families)"),
-    report: Optional[Path] = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
-    memory_limit: Optional[str] = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
-    performance_report: Optional[Path] = PERF,
-    redo: Optional[str] = REDO,
+    plugin: list[str] | None = typer.Option(None, help="a module to import first (registers families)"),
+    report: Path | None = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
+    memory_limit: str | None = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
+    performance_report: Path | None = PERF,
+    redo: str | None = REDO,
 ):
     """Any registered family (a plugin's too) per day into a results store; its settings by --set."""
-    import yaml  # noqa: PLC0415
+    import yaml
 
     settings = {}
     for item in set_ or []:
@@ -325,7 +325,7 @@ def import_binance_cmd(
                                        help="recorded depth streams of one instrument, in order"),
     levels: int = typer.Option(..., help="levels per side to store"),
     out: Path = typer.Option(..., help="book store to write or extend"),
-    instrument: Optional[str] = typer.Option(None, help="name in the store (default: the symbol; "
+    instrument: str | None = typer.Option(None, help="name in the store (default: the symbol; "
                                              "spot gets a _SPOT suffix)"),
     as_json: bool = typer.Option(False, "--json", help="print the import report as JSON"),
 ):
@@ -387,10 +387,10 @@ def report(
 
 @app.command()
 def validate(
-    book: Optional[Path] = typer.Option(None, help="book store"),
-    positions: Optional[Path] = typer.Option(None, help="positions store"),
-    market: Optional[Path] = typer.Option(None, help="market store or YAML/TOML file"),
-    date: Optional[str] = typer.Option(None, help="as-of date (positions/market; default latest)"),
+    book: Path | None = typer.Option(None, help="book store"),
+    positions: Path | None = typer.Option(None, help="positions store"),
+    market: Path | None = typer.Option(None, help="market store or YAML/TOML file"),
+    date: str | None = typer.Option(None, help="as-of date (positions/market; default latest)"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
 ):
     """Check stores against the SPEC's schema and bad-input rules; exit 2 on the first problem."""
@@ -422,4 +422,4 @@ def main() -> None:  # pragma: no cover
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

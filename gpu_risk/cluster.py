@@ -7,11 +7,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import dask
 
-log = logging.getLogger("gpu_risk")
+log = logging.getLogger(__name__)
 
 
 def _local_workers() -> int:

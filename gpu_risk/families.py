@@ -162,7 +162,7 @@ def _load_builtins() -> None:
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    from . import builtin_families  # noqa: F401  (registers on import)
+    from . import builtin_families  # noqa: F401, PLC0415  (registers on import; they import families)
 
     for ep in entry_points(group="gpu_risk.families"):
         try:

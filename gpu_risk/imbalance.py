@@ -12,8 +12,8 @@ chunking of the input, the scheduler or the backend.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterable, Sequence
 
 import dask
 import dask.array as da

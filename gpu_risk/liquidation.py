@@ -6,26 +6,32 @@ asset axes are one chunk each. See ``kernels/liquidation.py`` for the model.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .backend import is_cupy, to_host
+from .backend import asarray_like, dispatch, empty_like_backend, is_cupy, to_host
 from .errors import InputError
-from .kernels.liquidation import GPU_MAX_ASSETS, GPU_MAX_INSTRUMENTS, INVERSE, LINEAR, MAX_KINKS, OPTION
-from .kernels.liquidation import liquidation_cpu as _liquidation_cpu
-from .kernels.liquidation import liquidation_gpu as _liquidation_gpu
+from .kernels.liquidation import (
+    GPU_MAX_ASSETS,
+    GPU_MAX_INSTRUMENTS,
+    INVERSE,
+    LINEAR,
+    MAX_KINKS,
+    OPTION,
+    Market,
+    liquidation_cpu,
+    liquidation_gpu,
+)
 from .model import in_market_order, notional_at_price
 from .schema import as_str
 from .summary import open_interest
-from .timing import timed_kernel
 from .validate import ensure_market, ensure_positions
 
-liquidation_cpu = timed_kernel("liquidation", _liquidation_cpu)
-liquidation_gpu = timed_kernel("liquidation[gpu]", _liquidation_gpu)
+liquidation_kernel = dispatch(liquidation_cpu, liquidation_gpu)
 
 KIND_CODES = {"linear": LINEAR, "inverse": INVERSE, "option": OPTION}
 FACTOR_RANGE = (1e-6, 100.0)  # liquidation prices searched between 1e-6 and 100 x the mark
@@ -33,7 +39,7 @@ SHOCK_RANGE = (-0.99, 10.0)  # SPEC: common moves in [-0.99, +10]
 DEFAULT_MAP_BINS = np.round(np.linspace(-0.5, 0.5, 101), 10)
 
 
-def check_capacities(pos: xr.Dataset, m: dict, *, root_search: bool) -> None:
+def check_capacities(pos: xr.Dataset, m: Market, *, root_search: bool) -> None:
     """Refuse, before any task runs, what the kernels cannot hold (never drop it silently):
     on the GPU more than ``GPU_MAX_ASSETS`` assets or ``GPU_MAX_INSTRUMENTS`` instruments;
     with ``root_search`` (liquidation prices), an account whose positions cross more than
@@ -46,13 +52,14 @@ def check_capacities(pos: xr.Dataset, m: dict, *, root_search: bool) -> None:
                          variable="instrument")
     if not root_search:
         return
-    used = np.isfinite(m["floor"]).sum(axis=1)
-    boundaries = np.where(m["kind"] == LINEAR, np.maximum(used - 1, 0), 0).astype(np.float64)
+    used = np.isfinite(m.floor).sum(axis=1)
+    boundaries = np.where(m.kind == LINEAR, np.maximum(used - 1, 0), 0).astype(np.float64)
     if 2 + boundaries.sum() <= MAX_KINKS:
         return
     held = (pos["position"] != 0).astype(np.float64)
-    need = 2 + (held * xr.DataArray(boundaries, dims="instrument")).sum("instrument")
-    need = np.asarray(to_host(need.data.compute() if hasattr(need.data, "compute") else need.data))
+    per_account = 2 + (held * xr.DataArray(boundaries, dims="instrument")).sum("instrument")
+    data = per_account.data
+    need = np.asarray(to_host(data.compute() if hasattr(data, "compute") else data))
     worst = int(np.argmax(need))
     if need[worst] > MAX_KINKS:
         raise InputError(f"an account's positions cross {int(need[worst]) - 2} bracket boundaries; the "
@@ -60,8 +67,9 @@ def check_capacities(pos: xr.Dataset, m: dict, *, root_search: bool) -> None:
                          index=worst, label=pos["account"].values[worst], count=int((need > MAX_KINKS).sum()))
 
 
-def market_arrays(market: xr.Dataset, as_of=None) -> dict:
-    """The market as the kernel's plain arrays (assets and instruments in market order)."""
+def market_arrays(market: xr.Dataset, as_of=None) -> Market:
+    """The market as the kernels' record of plain arrays (assets and instruments in market
+    order; see :class:`gpu_risk.kernels.liquidation.Market`)."""
     assets = list(as_str(market["asset"].values))
     kind = np.array([KIND_CODES[k] for k in as_str(market["kind"].values)], dtype=np.int64)
     underlying = np.array([assets.index(u) for u in as_str(market["underlying"].values)], dtype=np.int64)
@@ -75,45 +83,34 @@ def market_arrays(market: xr.Dataset, as_of=None) -> dict:
         years = np.where(np.isnat(expiry), 0.0, seconds / (365.25 * 86_400))
     get = lambda name: market[name].values.astype(np.float64) if name in market else np.full(n, np.nan)  # noqa: E731
     call_put = as_str(market["call_put"].values) if "call_put" in market else np.full(n, "")
-    return {
-        "price": market["price"].values.astype(np.float64),
-        "haircut": market["haircut"].values.astype(np.float64),
-        "beta": market["beta"].values.astype(np.float64),
-        "kind": kind, "underlying": underlying,
-        "mark": market["mark_price"].values.astype(np.float64),
-        "strike": get("strike"), "years": years, "vol": get("implied_vol"),
-        "is_call": call_put == "call",
-        "floor": market["notional_floor"].values.astype(np.float64),
-        "mmr": market["mmr"].values.astype(np.float64),
-        "amount": market["maintenance_amount"].values.astype(np.float64),
-    }
+    return Market(
+        price=market["price"].values.astype(np.float64),
+        haircut=market["haircut"].values.astype(np.float64),
+        beta=market["beta"].values.astype(np.float64),
+        kind=kind, underlying=underlying,
+        mark=market["mark_price"].values.astype(np.float64),
+        strike=get("strike"), years=years, vol=get("implied_vol"),
+        is_call=call_put == "call",
+        floor=market["notional_floor"].values.astype(np.float64),
+        mmr=market["mmr"].values.astype(np.float64),
+        amount=market["maintenance_amount"].values.astype(np.float64),
+    )
 
 
 def _block(balance, position, entry, iso_margin, isolated, exclude, m):
-    """One account chunk: the CUDA kernel for CuPy chunks, numba otherwise."""
-    if is_cupy(balance):
-        import cupy as cp  # noqa: PLC0415
-
-        out = cp.empty((position.shape[0], position.shape[1] + 3))
-        liquidation_gpu(balance, position, entry, iso_margin, cp.asarray(isolated).ravel(),
-                        *(m[k] for k in MARKET_ORDER), *FACTOR_RANGE, *SHOCK_RANGE, out)
-        out[cp.asarray(exclude, dtype=bool).ravel()] = cp.nan
-        return out
-    isolated, exclude = np.asarray(isolated).ravel(), np.asarray(exclude, dtype=bool).ravel()
-    out = np.empty((position.shape[0], position.shape[1] + 3))
-    liquidation_cpu(np.ascontiguousarray(balance, np.float64), np.ascontiguousarray(position, np.float64),
-                    np.ascontiguousarray(entry, np.float64), np.ascontiguousarray(iso_margin, np.float64),
-                    np.ascontiguousarray(isolated, np.bool_), *(m[k] for k in MARKET_ORDER),
-                    *FACTOR_RANGE, *SHOCK_RANGE, out)
-    out[exclude] = np.nan  # qc-flagged accounts are left out
+    """One account chunk, on the backend its arrays are on (CUDA for CuPy, numba otherwise)."""
+    if not is_cupy(balance):
+        balance, position, entry, iso_margin = (np.ascontiguousarray(x, np.float64)
+                                                for x in (balance, position, entry, iso_margin))
+        isolated = np.ascontiguousarray(np.asarray(isolated).ravel(), np.bool_)
+    out = empty_like_backend(balance, (position.shape[0], position.shape[1] + 3))
+    liquidation_kernel(balance, position, entry, iso_margin, isolated.ravel(), m, *FACTOR_RANGE, *SHOCK_RANGE, out)
+    out[asarray_like(out, exclude, bool).ravel()] = np.nan  # qc-flagged accounts are left out
     return out
 
 
-MARKET_ORDER = ("price", "haircut", "beta", "kind", "underlying", "mark", "strike", "years", "vol",
-                "is_call", "floor", "mmr", "amount")
 
-
-def liquidation(positions: xr.Dataset, market: xr.Dataset, *, map_bins: Sequence[float] = DEFAULT_MAP_BINS,
+def liquidation(positions: xr.Dataset, market: xr.Dataset, *, map_bins: Sequence[float] | np.ndarray = DEFAULT_MAP_BINS,
                 as_of=None, validate: bool = True) -> xr.Dataset:
     """Liquidation thresholds of every account (SPEC section 2).
 
@@ -149,10 +146,13 @@ def liquidation(positions: xr.Dataset, market: xr.Dataset, *, map_bins: Sequence
     position = arr("position").rechunk((account_chunks, -1))
     entry = arr("entry_price").rechunk((account_chunks, -1))
     iso = arr("isolated_margin").rechunk((account_chunks, -1))
-    isolated = (pos["margin_mode"] == "isolated")
-    isolated = (isolated.data if isinstance(isolated.data, da.Array) else da.from_array(np.asarray(isolated.data))).rechunk((account_chunks,))
-    exclude = positions["qc_row_excluded"].data if "qc_row_excluded" in positions else np.zeros(pos.sizes["account"], bool)
-    exclude = (exclude if isinstance(exclude, da.Array) else da.from_array(np.asarray(exclude))).rechunk((account_chunks,))
+    is_isolated = (pos["margin_mode"] == "isolated").data
+    isolated = is_isolated if isinstance(is_isolated, da.Array) else da.from_array(np.asarray(is_isolated))
+    isolated = isolated.rechunk((account_chunks,))
+    exclude = (positions["qc_row_excluded"].data if "qc_row_excluded" in positions
+               else np.zeros(pos.sizes["account"], bool))
+    exclude = exclude if isinstance(exclude, da.Array) else da.from_array(np.asarray(exclude))
+    exclude = exclude.rechunk((account_chunks,))
     n_inst = len(instruments)
     packed = da.map_blocks(_block, balance, position, entry, iso, isolated[:, None], exclude[:, None], m=m,
                            dtype=np.float64, chunks=(account_chunks, (n_inst + 3,)), meta=balance._meta)
@@ -162,7 +162,7 @@ def liquidation(positions: xr.Dataset, market: xr.Dataset, *, map_bins: Sequence
     inst = {"instrument": instruments}
     lp = xr.DataArray(packed[:, 3:], dims=("account", "instrument"), coords=acc | inst,
                       attrs={"units": "quote currency", "long_name": "mark at which C = R (NaN if none)"})
-    mark = xr.DataArray(m["mark"], dims="instrument", coords=inst)
+    mark = xr.DataArray(m.mark, dims="instrument", coords=inst)
     out = xr.Dataset({
         "collateral_ratio": xr.DataArray(packed[:, 0], dims="account", coords=acc,
                                          attrs={"units": "1", "long_name": "collateral value / requirement C/R"}),
@@ -180,10 +180,10 @@ def liquidation(positions: xr.Dataset, market: xr.Dataset, *, map_bins: Sequence
 
 
 def liquidation_map(position: xr.DataArray, liquidation_price: xr.DataArray, market: xr.Dataset,
-                    bins: Sequence[float]) -> xr.DataArray:
+                    bins: Sequence[float] | np.ndarray) -> xr.DataArray:
     """Notional (USD at the liquidation price) of positions whose liquidation price falls in
     each bin of liquidation_price / mark - 1, per instrument and side (long, short)."""
-    bins = np.asarray(bins, dtype=np.float64)
+    edges = np.asarray(bins, dtype=np.float64)
     mark = market["mark_price"].values.astype(np.float64)
     q = position.data if isinstance(position.data, da.Array) else da.from_array(np.asarray(position.data))
     lp = liquidation_price.data
@@ -191,22 +191,23 @@ def liquidation_map(position: xr.DataArray, liquidation_price: xr.DataArray, mar
 
     def block(q, lp):
         q = to_host(q)  # the liquidation prices are already on the host
-        out = np.zeros((q.shape[1], bins.size - 1, 2))
+        out = np.zeros((q.shape[1], edges.size - 1, 2))
         rel = lp / mark - 1
         notional = notional_at_price(q, lp, market)
         for i in range(q.shape[1]):
             for side, sel in ((0, q[:, i] > 0), (1, q[:, i] < 0)):
                 ok = sel & np.isfinite(rel[:, i])
-                out[i, :, side] = np.histogram(rel[ok, i], bins=bins, weights=notional[ok, i])[0]
+                out[i, :, side] = np.histogram(rel[ok, i], bins=edges, weights=notional[ok, i])[0]
         return out[None]
 
     parts = da.map_blocks(block, q, lp, dtype=np.float64, new_axis=[2, 3],
-                          chunks=((1,) * q.numblocks[0], (q.shape[1],), (bins.size - 1,), (2,)))
+                          chunks=((1,) * q.numblocks[0], (q.shape[1],), (edges.size - 1,), (2,)))
     total = parts.sum(axis=0)
-    centers = (bins[:-1] + bins[1:]) / 2
+    centers = (edges[:-1] + edges[1:]) / 2
     return xr.DataArray(total, dims=("instrument", "price_bin", "side"),
                         coords={"instrument": market["instrument"].values, "price_bin": centers,
                                 "side": ["long", "short"],
-                                "price_bin_lower": ("price_bin", bins[:-1]),
-                                "price_bin_upper": ("price_bin", bins[1:])},
-                        attrs={"units": "USD", "long_name": "notional liquidated per bin of liquidation price / mark - 1"})
+                                "price_bin_lower": ("price_bin", edges[:-1]),
+                                "price_bin_upper": ("price_bin", edges[1:])},
+                        attrs={"units": "USD",
+                               "long_name": "notional liquidated per bin of liquidation price / mark - 1"})

@@ -11,13 +11,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import xarray as xr  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import xarray as xr
 
-from . import store  # noqa: E402
-from .families import families  # noqa: E402
+from . import store
+from .families import families
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -140,10 +140,10 @@ def ofi_regression(grid: xr.Dataset, instrument: str, every: int) -> dict:
 
 
 def imbalance_section(results: xr.DataTree, days: list[str]) -> str:
-    day = _days_with(results, days, "imbalance")
-    if not day:
+    with_grids = _days_with(results, days, "imbalance")
+    if not with_grids:
         return ""
-    day = day[-1]
+    day = with_grids[-1]
     grid = results[day]["imbalance"].to_dataset()
     bucket = pd.Timedelta(grid.attrs.get("bucket", "1s"))
     every = max(1, int(pd.Timedelta("1min") / bucket))
@@ -197,10 +197,10 @@ def _days_with(results: xr.DataTree, days: list[str], family: str) -> list[str]:
 
 
 def liquidation_section(results: xr.DataTree, days: list[str]) -> str:
-    day = _days_with(results, days, "liquidation")
-    if not day:
+    with_liquidation = _days_with(results, days, "liquidation")
+    if not with_liquidation:
         return ""
-    day = day[-1]
+    day = with_liquidation[-1]
     liq = results[day]["liquidation"].to_dataset().load()
     parts = [f"<h2>Liquidation thresholds, {day}</h2>",
              "<p>Liquidation map: notional (USD at the liquidation price) of the positions whose "
@@ -250,7 +250,7 @@ def stress_section(results: xr.DataTree, days: list[str]) -> str:
         return ""
     day = stress_days[-1]
     st = results[day]["stress"].to_dataset().load()
-    second = [d for d in st["shortfall"].dims if d != "price_shock"][0]
+    second = str([d for d in st["shortfall"].dims if d != "price_shock"][0])
     parts = [f"<h2>Stress surfaces, {day}</h2>",
              f"<p>Every account's collateral ratio over {st.sizes['price_shock']} common price shocks "
              f"(beta-scaled) x {st.sizes[second]} {second.replace('_', ' ')}s.</p>"]
@@ -271,7 +271,7 @@ def stress_section(results: xr.DataTree, days: list[str]) -> str:
     ws, wv = float(worst.price_shock.values[0]), float(worst[second].values[0])
     parts.append(f"<p><b>Worst scenario</b>: price shock {ws:+.0%}, {second.replace('_', ' ')} {wv:+.2f}: "
                  f"shortfall {float(st['shortfall'].max()):,.0f} USD, "
-                 f"{int(st['accounts_liquidated'].sel(price_shock=ws, **{second: wv})):,} accounts liquidated.</p>")
+                 f"{int(st['accounts_liquidated'].sel({'price_shock': ws, second: wv})):,} accounts liquidated.</p>")
     if len(stress_days) > 1:
         prev = results[stress_days[-2]]["stress"].to_dataset().load()
         if prev["shortfall"].shape == st["shortfall"].shape:
@@ -313,7 +313,8 @@ def cascade_section(results: xr.DataTree, days: list[str]) -> str:
             line, = ax.plot(shocks[side] * 100, med[side], marker="o", ms=3, label=inst)
             ax.fill_between(shocks[side] * 100, amp.quantile(0.1, "time").values[side],
                             amp.quantile(0.9, "time").values[side], color=line.get_color(), alpha=0.12)
-    for ax, title in ((axes[0], "down shocks (longs sold into the bids)"), (axes[1], "up shocks (shorts bought from the asks)")):
+    for ax, title in ((axes[0], "down shocks (longs sold into the bids)"),
+                      (axes[1], "up shocks (shorts bought from the asks)")):
         ax.axhline(1, color="grey", lw=0.8)
         ax.set_xlabel("initial shock (%)")
         ax.set_title(title, fontsize=10)
@@ -405,7 +406,7 @@ def write_report(results_path, out_path, *, title: str = "gpu_risk report", meta
     days = store.results_days(results_path)
     results = store.open_results(results_path)
     body = [f"<h1>{html.escape(title)}</h1>",
-            f"<p class='meta'>Written {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC} from "
+            f"<p class='meta'>Written {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC} from "
             f"{html.escape(str(results_path))}; {len(days)} complete day(s): "
             f"{html.escape(', '.join(days))}.</p>"]
     for key, value in (meta or {}).items():

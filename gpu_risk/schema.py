@@ -39,7 +39,8 @@ POSITION_VARS: dict[str, Var] = {
     "position": Var(("account", "instrument"), "f", "contracts (base units; USD for inverse)", "signed position"),
     "entry_price": Var(("account", "instrument"), "f", "quote currency", "average entry price"),
     "margin_mode": Var(("account",), "UT", "1", "cross or isolated"),
-    "isolated_margin": Var(("account", "instrument"), "f", "quote currency (coin for inverse)", "wallet margin of an isolated position"),
+    "isolated_margin": Var(("account", "instrument"), "f", "quote currency (coin for inverse)",
+                           "wallet margin of an isolated position"),
 }
 MARGIN_MODES = ("cross", "isolated")
 

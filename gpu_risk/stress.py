@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .backend import is_cupy, to_host
-from .kernels import stress as _kernels
-from .liquidation import MARKET_ORDER, check_capacities, market_arrays
+from .backend import dispatch, empty_like_backend, is_cupy, to_host
+from .kernels.stress import span_cpu, stress_cpu, stress_gpu
+from .liquidation import check_capacities, market_arrays
 from .model import in_market_order
 from .timing import timed_kernel
 from .validate import ensure_market, ensure_positions
 
-stress_cpu = timed_kernel("stress", _kernels.stress_cpu)
-stress_gpu = timed_kernel("stress[gpu]", _kernels.stress_gpu)
-span_cpu = timed_kernel("span", _kernels.span_cpu)
+stress_kernel = dispatch(stress_cpu, stress_gpu)
+span_kernel = timed_kernel("span", span_cpu)  # SPAN has no CUDA twin: GPU chunks come to the host
 
 AGGREGATE_CHUNK = 32_768  # accounts per aggregate task: small inputs, many tasks for the cores
 # on the GPU a task's fixed costs (launch, allocations, reductions, copies back) dominate below
@@ -34,16 +33,17 @@ def _host_inputs(balance, position, entry, iso_margin, isolated, exclude):
 
 
 def _run(inputs, m, price_shocks, second, is_vol, keep_surface):
-    """The kernel on one account chunk: (totals (S, K, 2), worst (A,), surface or None)."""
-    n_acc = inputs[0].shape[0]
-    if is_cupy(inputs[0]):
-        return stress_gpu(*inputs, m, price_shocks, second, is_vol, keep_surface)
-    inputs = _host_inputs(*inputs)
-    totals = np.zeros((price_shocks.size, second.size, 2))
-    worst = np.empty(n_acc)
-    surface = np.empty((n_acc, price_shocks.size, second.size) if keep_surface else (0, 0, 0))
-    stress_cpu(*inputs, *(m[k] for k in MARKET_ORDER), price_shocks, second, is_vol, surface, totals, worst)
-    return totals, worst, surface if keep_surface else None
+    """The kernel on one account chunk, on the backend its arrays are on: host (totals
+    (S, K, 2), worst (A,), surface (A, S, K) or None)."""
+    if not is_cupy(inputs[0]):
+        inputs = _host_inputs(*inputs)
+    first, n_acc = inputs[0], inputs[0].shape[0]
+    totals = empty_like_backend(first, (price_shocks.size, second.size, 2))
+    totals[...] = 0.0
+    worst = empty_like_backend(first, (n_acc,))
+    surface = empty_like_backend(first, (n_acc, price_shocks.size, second.size) if keep_surface else (0, 0, 0))
+    stress_kernel(*inputs, m, price_shocks, second, is_vol, surface, totals, worst)
+    return to_host(totals), to_host(worst), to_host(surface) if keep_surface else None
 
 
 def _aggregate_block(*inputs, m, price_shocks, second, is_vol):
@@ -60,9 +60,8 @@ def _span_block(position, entry, exclude, m, scan, vol_scan, multiple, cover):
     # SPAN (16 scenarios, tabulated per price move) has no CUDA kernel: GPU chunks come back
     position, entry, exclude = to_host(position), to_host(entry), to_host(exclude)
     out = np.empty(position.shape[0])
-    span_cpu(np.ascontiguousarray(position, np.float64), np.ascontiguousarray(entry, np.float64),
-             m["price"], m["kind"], m["underlying"], m["mark"], m["strike"], m["years"], m["vol"],
-             m["is_call"], scan, vol_scan, multiple, cover, m["floor"], m["mmr"], m["amount"], out)
+    span_kernel(np.ascontiguousarray(position, np.float64), np.ascontiguousarray(entry, np.float64),
+                m, scan, vol_scan, multiple, cover, out)
     out[np.asarray(exclude, dtype=bool).ravel()] = np.nan
     return out
 
@@ -135,7 +134,8 @@ def stress_surface(positions: xr.Dataset, market: xr.Dataset, price_shocks: Sequ
     def arr(x):
         return x if isinstance(x, da.Array) else da.from_array(np.asarray(x))
 
-    exclude = positions["qc_row_excluded"].data if "qc_row_excluded" in positions else np.zeros(pos.sizes["account"], bool)
+    exclude = (positions["qc_row_excluded"].data if "qc_row_excluded" in positions
+               else np.zeros(pos.sizes["account"], bool))
 
     def inputs(target):
         balance = arr(pos["balance"].data).rechunk({0: target, 1: -1})

@@ -22,8 +22,9 @@ Everything is a function of ``seed``: re-running gives identical stores.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -415,12 +416,12 @@ def account_slab(seed: int, day_index: int, start: int, n: int, market: xr.Datas
         elif t == 4:  # option traders: long or short options, stablecoin margin
             balance[rows, a_idx["USDT"]] = e
             if options:
-                k = np.array([i_idx[o] for o in options])[base.integers(len(options), size=rows.size)]
-                u_price = price[[a_idx[underlying[j]] for j in k]]
+                picked = np.array([i_idx[o] for o in options])[base.integers(len(options), size=rows.size)]
+                u_price = price[[a_idx[underlying[j]] for j in picked]]
                 side = np.where(base.random(rows.size) < 0.55, 1.0, -1.0)
                 q = side * e * np.minimum(lev, 5.0) / u_price * 0.5 * drift[rows]
-                position[rows, k] = q
-                entry[rows, k] = mark[k] * np.exp(day.normal(0, 0.1, size=rows.size))
+                position[rows, picked] = q
+                entry[rows, picked] = mark[picked] * np.exp(day.normal(0, 0.1, size=rows.size))
     ds = xr.Dataset(
         {"balance": (("account", "asset"), balance),
          "position": (("account", "instrument"), position),
@@ -455,8 +456,6 @@ def synth(cfg: SynthConfig, progress: Callable[[str, int], None] | None = None) 
     Days already complete are skipped, so a killed run re-run finishes the same data.
     ``progress(task, advance)`` is called as work completes. Returns a summary dict.
     """
-    from pathlib import Path
-
     if cfg.days < 1 or cfg.instruments < 1 or cfg.accounts < 1 or cfg.levels < 1:
         raise ValueError("days, instruments, accounts and levels must be >= 1")
     if cfg.snapshots_per_day < 2:

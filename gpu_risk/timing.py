@@ -22,7 +22,7 @@ import functools
 import threading
 import time
 from collections import defaultdict
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from dask.callbacks import Callback
 from dask.utils import key_split

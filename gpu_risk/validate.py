@@ -18,8 +18,8 @@ import numpy as np
 import xarray as xr
 
 from .backend import is_cupy, on_host
-from .kernels.qc import BOOK_RULE_BITS, book_rules_cpu
 from .errors import InputError, SchemaError
+from .kernels.qc import BOOK_RULE_BITS, book_rules_cpu
 from .schema import (
     BOOK_COORDS,
     BOOK_VARS,
@@ -152,7 +152,7 @@ def _first_bad(flags: dict[tuple[str, str], xr.DataArray]) -> dict[tuple[str, st
 
 
 def _raise_or_flag(
-    ds: xr.DataArray,
+    ds: xr.Dataset,
     flags: dict[tuple[str, str], xr.DataArray],
     dim: str,
     on_bad_rows: OnBadRows,
@@ -280,7 +280,7 @@ def _all_clear(ds: xr.Dataset, dim: str, keys) -> xr.Dataset:
     """``ds`` with the ``qc_*`` flags of ``keys`` all false along ``dim`` (flag mode on data
     known to be clean: the variables a full validation would add)."""
     zeros = xr.DataArray(np.zeros(ds.sizes[dim], dtype=bool), dims=(dim,), coords={dim: ds[dim]})
-    return _with_flags(ds, {key: zeros for key in keys}, dim)
+    return _with_flags(ds, dict.fromkeys(keys, zeros), dim)
 
 
 def no_flags(ds: xr.Dataset) -> xr.Dataset:
@@ -367,7 +367,7 @@ def validate_market(ds: xr.Dataset, *, store: str | None = None) -> xr.Dataset:
         vol = ds["implied_vol"].values.astype(float)
         expiry = ds["expiry"].values
         right = as_str(ds["call_put"].values)
-        for i in np.flatnonzero(options):
+        for i in map(int, np.flatnonzero(options)):
             inst = instruments[i]
             if not (np.isfinite(strike[i]) and strike[i] > 0):
                 bad("option strike is NaN or <= 0", "strike", i, instruments, instrument=inst)
@@ -525,4 +525,4 @@ def without_flagged_rows(ds: xr.Dataset) -> xr.Dataset:
     out are not snapshots at all (nor anyone's predecessor)."""
     if "qc_row_excluded" in ds:
         ds = ds.isel(time=np.flatnonzero(~np.asarray(ds["qc_row_excluded"].values)))
-    return ds.drop_vars([v for v in ds.data_vars if v.startswith("qc_")])
+    return ds.drop_vars([v for v in ds.data_vars if str(v).startswith("qc_")])

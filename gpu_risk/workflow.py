@@ -12,10 +12,10 @@ import datetime as dt
 import functools
 import hashlib
 import json
-import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import xarray as xr
 import yaml
@@ -29,7 +29,6 @@ from .families import _RESERVED, DayContext, compute_order, families, get_family
 from .timing import Stages
 from .validate import QC_RULES_VERSION
 
-log = logging.getLogger("gpu_risk")
 
 class Stores(BaseModel):
     """The input stores; a family that needs one that is not given is refused."""
@@ -102,6 +101,13 @@ class WorkflowConfig(BaseModel):
         self.settings = validated
         return self
 
+    def store_path(self, kind: str) -> Path:
+        """The ``kind`` input store's path (the config refuses a family whose store is missing)."""
+        path = getattr(self.stores, kind)
+        if path is None:
+            raise ValueError(f"no {kind} store given")
+        return path
+
     def family_settings(self, name: str) -> BaseModel | None:
         """``name``'s settings (its model), or None for a family without settings."""
         found = self.settings.get(name)
@@ -169,7 +175,8 @@ def family_fingerprint(cfg: WorkflowConfig, family: str, date: str,
         "family": family, "version": FINGERPRINT_VERSION, "rules": QC_RULES_VERSION,
         "settings": settings.model_dump(mode="json") if isinstance(settings, BaseModel) else None,
         "on_bad_rows": cfg.on_bad_rows,
-        "inputs": {need: _input_identity(cfg, need, family, date, book_days, identity) for need in get_family(family).needs},
+        "inputs": {need: _input_identity(cfg, need, family, date, book_days, identity)
+                   for need in get_family(family).needs},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -193,7 +200,7 @@ def as_of_dates(cfg: WorkflowConfig) -> list[str]:
     if cfg.stores.book is not None:
         days = sorted(set().union(*store.book_days(cfg.stores.book).values()))
     else:
-        days = store.positions_dates(cfg.stores.positions)
+        days = store.positions_dates(cfg.store_path("positions"))
     return [d for d in days if (cfg.start is None or d >= store.day_key(cfg.start))
             and (cfg.end is None or d <= store.day_key(cfg.end))]
 
@@ -206,14 +213,14 @@ def open_day(cfg: WorkflowConfig, date: str, backend: str,
     needs = {k for f in cfg.families for k in get_family(f).needs}
     inputs: dict = {}
     if "positions" in needs:
-        market = store.open_market(cfg.stores.market, date)
-        positions = store.open_positions(cfg.stores.positions, date, market=market,
+        market = store.open_market(cfg.store_path("market"), date)
+        positions = store.open_positions(cfg.store_path("positions"), date, market=market,
                                          on_bad_rows=cfg.on_bad_rows)
         inputs.update(market=market, positions=to_backend(positions, backend))
     if "book" in needs:
-        book_days = store.book_days(cfg.stores.book) if book_days is None else book_days
+        book_days = store.book_days(cfg.store_path("book")) if book_days is None else book_days
         instruments = [i for i, days in book_days.items() if date in days]
-        book = store.open_book(cfg.stores.book, instruments, start=date, end=date,
+        book = store.open_book(cfg.store_path("book"), instruments, start=date, end=date,
                                on_bad_rows=cfg.on_bad_rows)
         inputs.update(instruments=instruments, book_days=book_days,
                       book=book.map_over_datasets(lambda ds: to_backend(ds, backend)))
@@ -293,7 +300,7 @@ def _run_locked(cfg: WorkflowConfig, dates, book_days, backend, why, emit, perfo
         with dask_scheduler(cfg.scheduler, backend=backend, memory_limit=cfg.memory_limit) as where:
             emit("scheduler", {"scheduler": where})
             threads = scheduler_threads(cfg.scheduler, cfg.memory_limit)
-            report_ctx = contextlib.nullcontext()
+            report_ctx: contextlib.AbstractContextManager = contextlib.nullcontext()
             if performance_report is not None:
                 from distributed import performance_report as dask_performance_report  # noqa: PLC0415
 

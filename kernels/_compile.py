@@ -21,3 +21,20 @@ def cupy_module():
     import cupy  # noqa: PLC0415
 
     return cupy
+
+
+_CUDA_MODULES: dict = {}
+
+
+def cuda_module(code: str, options: tuple[str, ...] = ()):
+    """The CUDA source ``code`` compiled for the current device, once per device and
+    source (NVRTC through ``cupy.RawModule``; CuPy also caches the binary on disk)."""
+    cp = cupy_module()
+    cuda = getattr(cp, "cuda", None)
+    device = cuda.Device().id if cuda is not None else -1
+    key = (device, code, tuple(options))
+    module = _CUDA_MODULES.get(key)
+    if module is None:
+        module = _CUDA_MODULES[key] = cp.RawModule(code="#include <math_constants.h>\n" + code,
+                                                   options=tuple(options))
+    return module

@@ -33,7 +33,7 @@ import math
 
 import numpy as np
 
-from ._compile import cpu_kernel, cupy_module
+from ._compile import cpu_kernel, cuda_module, cupy_module
 
 FIELDS = ("final_price", "liquidated_notional", "rounds", "book_exhausted")
 
@@ -191,17 +191,13 @@ extern "C" __global__ void cascade_gpu(
 
 # --fmad=false: no fused multiply-adds, so the GPU rounds like the CPU kernel
 CUDA_OPTIONS = ("--fmad=false",)
-_MODULE = None
 
 
 def cascade_gpu(bid_price, bid_size, ask_price, ask_size, shocks, long_keys, long_qty_cum,
                 long_notional_cum, short_keys, short_qty_cum, short_notional_cum, extrapolation, out):
     """CuPy: the same block on the device (book arrays and ``out`` are CuPy arrays; the
     position tables may be NumPy, they are copied over)."""
-    global _MODULE
     cp = cupy_module()
-    if _MODULE is None:
-        _MODULE = cp.RawModule(code="#include <math_constants.h>\n" + CUDA_SOURCE, options=CUDA_OPTIONS)
     n_times, levels = bid_price.shape
     book = [cp.ascontiguousarray(cp.asarray(a), dtype=cp.float64) for a in (bid_price, bid_size, ask_price, ask_size)]
     tables = [cp.ascontiguousarray(cp.asarray(a), dtype=cp.float64) for a in (
@@ -209,7 +205,7 @@ def cascade_gpu(bid_price, bid_size, ask_price, ask_size, shocks, long_keys, lon
     shocks_d, lk, lq, ln, sk, sq, sn = tables
     total = n_times * shocks_d.size
     threads = 128
-    kernel = _MODULE.get_function("cascade_gpu")
+    kernel = cuda_module(CUDA_SOURCE, CUDA_OPTIONS).get_function("cascade_gpu")
     kernel(((total + threads - 1) // threads,), (threads,),
            (*book, shocks_d, lk, lq, ln, np.int64(lk.size), sk, sq, sn, np.int64(sk.size),
             np.float64(extrapolation), np.int32(n_times), np.int32(levels), np.int32(shocks_d.size), out))

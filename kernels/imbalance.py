@@ -29,10 +29,9 @@ bucket's snapshots in the same order, and one thread per bucket for the state va
 
 from __future__ import annotations
 
-
 import numpy as np
 
-from ._compile import cpu_inline, cpu_kernel, cupy_module
+from ._compile import cpu_inline, cpu_kernel, cuda_module, cupy_module
 
 
 def n_columns(levels: int, bands: int) -> int:
@@ -284,21 +283,12 @@ extern "C" __global__ void imbalance_state(
 CUDA_OPTIONS = ("--fmad=false",)
 
 
-def _cuda_module():
-    cp = cupy_module()
-    return cp.RawModule(code="#include <math_constants.h>\n" + CUDA_SOURCE, options=CUDA_OPTIONS)
-
-
-_MODULE = None
-
 
 def imbalance_block_gpu(bid_price, ask_price, bid_size, ask_size, prev_bid_price, prev_ask_price,
                         prev_bid_size, prev_ask_size, has_prev, bucket, band_bps, out):
     """CuPy: the same block on the device (arguments are CuPy arrays, ``out`` included)."""
-    global _MODULE
     cp = cupy_module()
-    if _MODULE is None:
-        _MODULE = _cuda_module()
+    module = cuda_module(CUDA_SOURCE, CUDA_OPTIONS)
     n_out, n_cols = out.shape
     levels = bid_price.shape[1]
     bands = band_bps.shape[0]
@@ -311,11 +301,11 @@ def imbalance_block_gpu(bid_price, ask_price, bid_size, ask_size, prev_bid_price
     last = cp.searchsorted(bucket, r, side="right").astype(cp.int64)
     src = last - 1  # the block's first bucket always holds its first snapshot, so src >= 0
     threads = 256
-    ofi = _MODULE.get_function("imbalance_ofi")
+    ofi = module.get_function("imbalance_ofi")
     ofi(((n_out * levels + threads - 1) // threads,), (threads,),
         (*arrays, prev, np.int32(bool(has_prev)), first, last, np.int32(n_out), np.int32(levels),
          np.int32(n_cols), out))
-    state = _MODULE.get_function("imbalance_state")
+    state = module.get_function("imbalance_state")
     state(((n_out + threads - 1) // threads,), (threads,),
           (*arrays, src, cp.asarray(band_bps, dtype=cp.float64), np.int32(n_out), np.int32(levels),
            np.int32(bands), np.int32(n_cols), out))

@@ -36,13 +36,22 @@ options it subdivides the pieces and bisects to 1e-13 relative. The root nearest
 
 from __future__ import annotations
 
+from collections import namedtuple
 
 import numpy as np
 
-from ._compile import cpu_inline, cpu_kernel
+from ._compile import cpu_inline, cpu_kernel, cuda_module, cupy_module
 from .pricing import black76_price
 
 LINEAR, INVERSE, OPTION = 0, 1, 2
+
+# The market as one record, as the CUDA kernels' ``struct Model``: numba compiles a
+# namedtuple of arrays into a struct, so the kernels and their helpers pass one argument.
+Market = namedtuple("Market", ("price", "haircut", "beta", "kind", "underlying", "mark", "strike", "years",
+                               "vol", "is_call", "floor", "mmr", "amount"))
+Market.__doc__ = """The market of the account model: price, haircut, beta (S,) float64 per asset; kind,
+underlying (I,) int64; mark, strike, years, vol (I,) float64; is_call (I,) bool; floor, mmr,
+amount (I, K) float64, NaN for unused brackets. Host (NumPy) or device (CuPy) arrays."""
 # Capacities shared by the numba and CUDA twins: the CUDA source's #defines are generated
 # from these (CUDA_DEFINES), and gpu_risk checks them before any task runs.
 MAX_KINKS = 512  # bracket boundaries (plus 2) one account's root search can hold
@@ -84,10 +93,10 @@ def instrument_terms(q, entry_price, k, mark_now, coin, strike_i, years_i, vol_i
 
 
 @cpu_inline
-def position_terms(a, i, t, t0, asset_w, mark_w, position, entry, price, kind, underlying, mark,
-                   strike, years, vol, is_call, floor, mmr, amount, with_margin=True):
+def position_terms(a, i, t, t0, asset_w, mark_w, position, entry, m, with_margin=True):
     """``instrument_terms`` of account a's position in instrument i along the path at t: the
     mark at ``mark (1 + mark_w (t - t0))``, the underlying at ``price (1 + asset_w (t - t0))``."""
+    price, haircut, beta, kind, underlying, mark, strike, years, vol, is_call, floor, mmr, amount = m
     u = underlying[i]
     mark_now = mark[i] * (1.0 + mark_w[i] * (t - t0))
     coin = price[u] * (1.0 + asset_w[u] * (t - t0))
@@ -96,11 +105,10 @@ def position_terms(a, i, t, t0, asset_w, mark_w, position, entry, price, kind, u
 
 
 @cpu_inline
-def part_margin(a, part, t, t0, asset_w, mark_w, balance, position, entry, iso_margin, isolated,
-                price, haircut, kind, underlying, mark, strike, years, vol, is_call,
-                floor, mmr, amount):
+def part_margin(a, part, t, t0, asset_w, mark_w, balance, position, entry, iso_margin, isolated, m):
     """(C, R) of account a's part along the path at t: part -1 is the cross account (or the
     wallet of an isolated account), part i >= 0 the isolated position in instrument i."""
+    price, haircut = m.price, m.haircut
     c = 0.0
     r = 0.0
     n_inst = position.shape[1]
@@ -122,9 +130,7 @@ def part_margin(a, part, t, t0, asset_w, mark_w, balance, position, entry, iso_m
             if part >= 0:
                 c += iso_margin[a, i]
             continue
-        value, mm, margin_unit = position_terms(a, i, t, t0, asset_w, mark_w, position, entry, price,
-                                                kind, underlying, mark, strike, years, vol, is_call,
-                                                floor, mmr, amount)
+        value, mm, margin_unit = position_terms(a, i, t, t0, asset_w, mark_w, position, entry, m)
         c += value
         r += mm
         if part >= 0:
@@ -133,11 +139,8 @@ def part_margin(a, part, t, t0, asset_w, mark_w, balance, position, entry, iso_m
 
 
 @cpu_kernel
-def _gap(a, part, t, t0, asset_w, mark_w, balance, position, entry, iso_margin, isolated, price,
-         haircut, kind, underlying, mark, strike, years, vol, is_call, floor, mmr, amount):
-    c, r = part_margin(a, part, t, t0, asset_w, mark_w, balance, position, entry, iso_margin,
-                       isolated, price, haircut, kind, underlying, mark, strike, years, vol,
-                       is_call, floor, mmr, amount)
+def _gap(a, part, t, t0, asset_w, mark_w, balance, position, entry, iso_margin, isolated, m):
+    c, r = part_margin(a, part, t, t0, asset_w, mark_w, balance, position, entry, iso_margin, isolated, m)
     if r <= 0.0:
         return 1.0  # nothing required: C/R is infinite, never liquidated (SPEC), whatever C is
     return c - r
@@ -145,10 +148,10 @@ def _gap(a, part, t, t0, asset_w, mark_w, balance, position, entry, iso_margin, 
 
 @cpu_kernel
 def nearest_root(a, part, t0, lo, hi, asset_w, mark_w, balance, position, entry, iso_margin,
-                 isolated, price, haircut, kind, underlying, mark, strike, years, vol, is_call,
-                 floor, mmr, amount, kinks, side):
+                 isolated, m, kinks, side):
     """The root of C - R in [lo, t0] (side -1, the nearest below t0) or [t0, hi] (side +1);
     NaN if none. ``kinks`` is scratch space (MAX_KINKS,)."""
+    kind, underlying, mark, floor = m.kind, m.underlying, m.mark, m.floor
     n_inst = position.shape[1]
     curved = False
     n_k = 0
@@ -185,8 +188,7 @@ def nearest_root(a, part, t0, lo, hi, asset_w, mark_w, balance, position, entry,
         kinks[y + 1] = v
     first = 0 if side > 0 else n_k - 1
     g_near = _gap(a, part, kinks[first], t0, asset_w, mark_w, balance, position, entry, iso_margin,
-                  isolated, price, haircut, kind, underlying, mark, strike, years, vol, is_call,
-                  floor, mmr, amount)
+                  isolated, m)
     if g_near == 0.0:
         return kinks[first]
     for j in range(1, n_k):
@@ -197,9 +199,7 @@ def nearest_root(a, part, t0, lo, hi, asset_w, mark_w, balance, position, entry,
             t_b = t_near + (t_far - t_near) * step / steps
             t_a = t_near + (t_far - t_near) * (step - 1) / steps
             g_a = g_near
-            g_b = _gap(a, part, t_b, t0, asset_w, mark_w, balance, position, entry, iso_margin,
-                       isolated, price, haircut, kind, underlying, mark, strike, years, vol,
-                       is_call, floor, mmr, amount)
+            g_b = _gap(a, part, t_b, t0, asset_w, mark_w, balance, position, entry, iso_margin, isolated, m)
             if g_b == 0.0:
                 return t_b
             if (g_a < 0.0) != (g_b < 0.0):
@@ -212,8 +212,7 @@ def nearest_root(a, part, t0, lo, hi, asset_w, mark_w, balance, position, entry,
                     if mid == x0 or mid == x1:
                         break
                     gm = _gap(a, part, mid, t0, asset_w, mark_w, balance, position, entry,
-                              iso_margin, isolated, price, haircut, kind, underlying, mark,
-                              strike, years, vol, is_call, floor, mmr, amount)
+                              iso_margin, isolated, m)
                     if gm == 0.0:
                         return mid
                     if (gm < 0.0) == (g0 < 0.0):
@@ -226,11 +225,11 @@ def nearest_root(a, part, t0, lo, hi, asset_w, mark_w, balance, position, entry,
 
 
 @cpu_kernel
-def liquidation_cpu(balance, position, entry, iso_margin, isolated, price, haircut, beta, kind,
-                    underlying, mark, strike, years, vol, is_call, floor, mmr, amount,
-                    f_lo, f_hi, s_lo, s_hi, out):
+def liquidation_cpu(balance, position, entry, iso_margin, isolated, m, f_lo, f_hi, s_lo, s_hi, out):
     """For each account a: out[a, 0] collateral ratio, out[a, 1] shock down, out[a, 2] shock
-    up, out[a, 3 + i] liquidation price of instrument i (mark currency)."""
+    up, out[a, 3 + i] liquidation price of instrument i (mark currency). ``m``: the market
+    (:class:`Market`)."""
+    beta, underlying, mark, kind = m.beta, m.underlying, m.mark, m.kind
     n_acc, n_inst = position.shape
     n_assets = balance.shape[1]
     kinks = np.empty(MAX_KINKS)
@@ -262,8 +261,7 @@ def liquidation_cpu(balance, position, entry, iso_margin, isolated, price, hairc
         for p_idx in range(n_parts):
             part = _part_index(a, p_idx, position, isolated)
             c, r = part_margin(a, part, 0.0, 0.0, asset_w, mark_w, balance, position, entry,
-                               iso_margin, isolated, price, haircut, kind, underlying, mark,
-                               strike, years, vol, is_call, floor, mmr, amount)
+                               iso_margin, isolated, m)
             value = c / r if r > 0.0 else np.inf
             if value < ratio:
                 ratio = value
@@ -274,9 +272,7 @@ def liquidation_cpu(balance, position, entry, iso_margin, isolated, price, hairc
             for p_idx in range(n_parts):
                 part = _part_index(a, p_idx, position, isolated)
                 s = nearest_root(a, part, 0.0, lo, hi, shock_asset_w, shock_mark_w, balance,
-                                 position, entry, iso_margin, isolated, price, haircut, kind,
-                                 underlying, mark, strike, years, vol, is_call, floor, mmr,
-                                 amount, kinks, side)
+                                 position, entry, iso_margin, isolated, m, kinks, side)
                 if s == s and not (best == best and abs(best) <= abs(s)):
                     best = s
             out[a, col] = best
@@ -296,8 +292,7 @@ def liquidation_cpu(balance, position, entry, iso_margin, isolated, price, hairc
                 for side in (-1, 1):
                     f = nearest_root(a, part, 1.0, f_lo if side < 0 else 1.0, f_hi if side > 0 else 1.0,
                                      asset_w, mark_w, balance, position, entry, iso_margin,
-                                     isolated, price, haircut, kind, underlying, mark, strike,
-                                     years, vol, is_call, floor, mmr, amount, kinks, side)
+                                     isolated, m, kinks, side)
                     if f == f and f > 0.0 and not (best == best and abs(best - 1.0) <= abs(f - 1.0)):
                         best = f
             out[a, 3 + i] = best * mark[i]
@@ -560,31 +555,39 @@ extern "C" __global__ void liquidation_gpu(
 }
 """
 CUDA_OPTIONS = ("--fmad=false",)
-_MODULE = None
 
 
-def liquidation_gpu(balance, position, entry, iso_margin, isolated, price, haircut, beta, kind,
-                    underlying, mark, strike, years, vol, is_call, floor, mmr, amount,
-                    f_lo, f_hi, s_lo, s_hi, out):
-    """CuPy: the CPU kernel's outputs, one thread per account (arguments on the device)."""
-    global _MODULE
-    from ._compile import cupy_module
+def device_market(cp, m: Market) -> Market:
+    """``m`` on the device, each array contiguous in the dtype the CUDA ``struct Model`` reads."""
+    f64 = lambda x: cp.ascontiguousarray(cp.asarray(x, dtype=cp.float64))  # noqa: E731
+    return Market(price=f64(m.price), haircut=f64(m.haircut), beta=f64(m.beta),
+                  kind=cp.ascontiguousarray(cp.asarray(m.kind, dtype=cp.int64)),
+                  underlying=cp.ascontiguousarray(cp.asarray(m.underlying, dtype=cp.int64)),
+                  mark=f64(m.mark), strike=f64(m.strike), years=f64(m.years), vol=f64(m.vol),
+                  is_call=cp.ascontiguousarray(cp.asarray(m.is_call, dtype=cp.bool_)),
+                  floor=f64(m.floor), mmr=f64(m.mmr), amount=f64(m.amount))
 
-    cp = cupy_module()
-    if _MODULE is None:
-        _MODULE = cp.RawModule(code="#include <math_constants.h>\n" + CUDA_SOURCE, options=CUDA_OPTIONS)
-    n_acc, n_inst = position.shape
-    if balance.shape[1] > GPU_MAX_ASSETS or n_inst > GPU_MAX_INSTRUMENTS:  # gpu_risk checks first
+
+def check_gpu_capacity(n_assets: int, n_instruments: int) -> None:
+    """The CUDA kernels' per-thread tables hold GPU_MAX_ASSETS and GPU_MAX_INSTRUMENTS
+    (gpu_risk checks this before any task runs; this is the kernels' own guard)."""
+    if n_assets > GPU_MAX_ASSETS or n_instruments > GPU_MAX_INSTRUMENTS:
         raise ValueError(f"the GPU kernel handles at most {GPU_MAX_ASSETS} assets and "
-                         f"{GPU_MAX_INSTRUMENTS} instruments")
+                         f"{GPU_MAX_INSTRUMENTS} instruments, not {n_assets} and {n_instruments}")
+
+
+def liquidation_gpu(balance, position, entry, iso_margin, isolated, m, f_lo, f_hi, s_lo, s_hi, out):
+    """CuPy: ``liquidation_cpu``'s contract, one thread per account (account arrays and
+    ``out`` on the device; ``m`` anywhere, copied over)."""
+    cp = cupy_module()
+    n_acc, n_inst = position.shape
+    check_gpu_capacity(balance.shape[1], n_inst)
     f64 = lambda x: cp.ascontiguousarray(cp.asarray(x, dtype=cp.float64))  # noqa: E731
     args = [f64(balance), f64(position), f64(entry), f64(iso_margin),
-            cp.ascontiguousarray(cp.asarray(isolated, dtype=cp.bool_)), f64(price), f64(haircut), f64(beta),
-            cp.asarray(kind, dtype=cp.int64), cp.asarray(underlying, dtype=cp.int64), f64(mark), f64(strike),
-            f64(years), f64(vol), cp.asarray(is_call, dtype=cp.bool_), f64(floor), f64(mmr), f64(amount)]
+            cp.ascontiguousarray(cp.asarray(isolated, dtype=cp.bool_).ravel()), *device_market(cp, m)]
     threads = 128
-    _MODULE.get_function("liquidation_gpu")(
+    cuda_module(CUDA_SOURCE, CUDA_OPTIONS).get_function("liquidation_gpu")(
         ((n_acc + threads - 1) // threads,), (threads,),
-        (*args, np.int32(n_acc), np.int32(balance.shape[1]), np.int32(n_inst), np.int32(floor.shape[1]),
+        (*args, np.int32(n_acc), np.int32(balance.shape[1]), np.int32(n_inst), np.int32(m.floor.shape[1]),
          np.float64(f_lo), np.float64(f_hi), np.float64(s_lo), np.float64(s_hi), out))
     return out

@@ -18,8 +18,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._compile import cpu_inline, cpu_kernel
-from .liquidation import INVERSE, OPTION, instrument_terms
+from ._compile import cpu_inline, cpu_kernel, cuda_module, cupy_module
+from .liquidation import (
+    CUDA_OPTIONS,
+    CUDA_SOURCE,
+    INVERSE,
+    OPTION,
+    check_gpu_capacity,
+    device_market,
+    instrument_terms,
+)
 
 
 @cpu_kernel
@@ -53,15 +61,15 @@ def _record(a, j, k, ratio, value, surface, totals, worst):
 
 
 @cpu_kernel
-def stress_cpu(balance, position, entry, iso_margin, isolated, exclude, price, haircut, beta, kind,
-               underlying, mark, strike, years, vol, is_call, floor, mmr, amount, price_shocks, second,
+def stress_cpu(balance, position, entry, iso_margin, isolated, exclude, m, price_shocks, second,
                second_is_vol, surface, totals, worst):
     """Every account of a chunk under every scenario (price_shocks[j], second[k]).
 
     Writes ``worst[a]`` (lowest ratio over the grid; NaN for excluded accounts), adds the
     chunk's ``totals[j, k, 0]`` (accounts with ratio < 1) and ``totals[j, k, 1]`` (shortfall,
     sum of max(0, -N), USD), and, when ``surface`` has rows, ``surface[a, j, k]`` = the
-    ratio. Nothing of size accounts x scenarios is allocated here.
+    ratio. Nothing of size accounts x scenarios is allocated here. ``m``: the market
+    (:class:`~gpu_risk.kernels.liquidation.Market`).
 
     N is the sum of balance x price, then of position values and isolated margins in slot
     order (as the CUDA kernel's ``full_value``). Work shared along the axes (the arithmetic
@@ -70,6 +78,7 @@ def stress_cpu(balance, position, entry, iso_margin, isolated, exclude, price, h
     shock only and are computed once per shock; option values once per (shock, vol shift);
     an account without options has the same ratio and value for every vol shift.
     """
+    price, haircut, beta, kind, underlying, mark, strike, years, vol, is_call, floor, mmr, amount = m
     n_acc, n_inst = position.shape
     n_assets = balance.shape[1]
     n_shocks = price_shocks.shape[0]
@@ -227,8 +236,7 @@ def stress_cpu(balance, position, entry, iso_margin, isolated, exclude, price, h
 
 
 @cpu_kernel
-def span_cpu(position, entry, price, kind, underlying, mark, strike, years, vol, is_call, scan,
-             vol_scan, extreme_multiple, cover, floor, mmr, amount, out):
+def span_cpu(position, entry, m, scan, vol_scan, extreme_multiple, cover, out):
     """CME SPAN's 16 risk scenarios per account: price 0, +-1/3, +-2/3, +-1 of the scan range,
     each with vol up and down by vol_scan; and +-extreme_multiple scan ranges (vol unchanged)
     with cover x the loss. Every instrument's underlying moves by x times that instrument's
@@ -236,6 +244,7 @@ def span_cpu(position, entry, price, kind, underlying, mark, strike, years, vol,
 
     The marks and underlyings of every scenario are tabulated once; a perpetual's value
     does not depend on vol, so an account without options is valued once per price move."""
+    price, haircut, beta, kind, underlying, mark, strike, years, vol, is_call, floor, mmr, amount = m
     moves = np.array([0.0, 1.0 / 3.0, -1.0 / 3.0, 2.0 / 3.0, -2.0 / 3.0, 1.0, -1.0,
                       extreme_multiple, -extreme_multiple])  # moves[0] is also the base
     n_moves = moves.shape[0]
@@ -346,44 +355,36 @@ extern "C" __global__ void stress_gpu(
     }
 }
 """
-_STRESS_MODULE = None
 
 
-def stress_gpu(balance, position, entry, iso_margin, isolated, exclude, m, price_shocks, second, is_vol,
-               keep_surface):
-    """CuPy: one account chunk on the device (account arrays are CuPy; the market ``m`` and
-    the grid NumPy). Returns host (totals (S, K, 2), worst (A,), surface (A, S, K) or None),
-    as ``stress_cpu`` fills them."""
-    global _STRESS_MODULE
-    from ._compile import cupy_module
-    from .liquidation import CUDA_OPTIONS, CUDA_SOURCE, GPU_MAX_ASSETS, GPU_MAX_INSTRUMENTS
-
+def stress_gpu(balance, position, entry, iso_margin, isolated, exclude, m, price_shocks, second,
+               second_is_vol, surface, totals, worst):
+    """CuPy: ``stress_cpu``'s contract on the device (account arrays and the outputs CuPy;
+    ``m`` and the grid anywhere). ``totals`` is added to, as on the CPU."""
     cp = cupy_module()
-    if _STRESS_MODULE is None:
-        _STRESS_MODULE = cp.RawModule(code="#include <math_constants.h>\n" + CUDA_SOURCE + STRESS_CUDA_SOURCE,
-                                      options=CUDA_OPTIONS)
     n_acc, n_inst = position.shape
-    if balance.shape[1] > GPU_MAX_ASSETS or n_inst > GPU_MAX_INSTRUMENTS:  # gpu_risk checks first
-        raise ValueError(f"the GPU kernel handles at most {GPU_MAX_ASSETS} assets and "
-                         f"{GPU_MAX_INSTRUMENTS} instruments")
-    haircuts, vols = _second_axis_tables(m["haircut"], m["vol"], m["beta"], np.asarray(second, np.float64),
-                                         bool(is_vol))
+    check_gpu_capacity(balance.shape[1], n_inst)
+    is_vol = bool(second_is_vol)
+    keep_surface = surface.shape[0] > 0
+    host = lambda x: x.get() if hasattr(x, "get") else np.asarray(x)  # noqa: E731
+    haircuts, vols = _second_axis_tables(host(m.haircut), host(m.vol), host(m.beta),
+                                         np.ascontiguousarray(host(second), np.float64), is_vol)
     f64 = lambda x: cp.ascontiguousarray(cp.asarray(x, dtype=cp.float64))  # noqa: E731
     flag = lambda x: cp.ascontiguousarray(cp.asarray(x, dtype=cp.bool_).ravel())  # noqa: E731
     n_shocks, n_second = len(price_shocks), len(second)
-    ratio = cp.empty((n_acc, n_shocks, n_second))
+    ratio = surface if keep_surface else cp.empty((n_acc, n_shocks, n_second))
     value = cp.empty((n_acc, n_shocks, n_second))
+    # the CUDA model reads the second axis' tables in place of the haircuts and vols
+    market = device_market(cp, m)._replace(haircut=f64(haircuts), vol=f64(vols))
     args = [f64(balance), f64(position), f64(entry), f64(iso_margin), flag(isolated), flag(exclude),
-            f64(m["price"]), f64(haircuts), f64(m["beta"]), cp.asarray(m["kind"], dtype=cp.int64),
-            cp.asarray(m["underlying"], dtype=cp.int64), f64(m["mark"]), f64(m["strike"]), f64(m["years"]),
-            f64(vols), flag(m["is_call"]), f64(m["floor"]), f64(m["mmr"]), f64(m["amount"]), f64(price_shocks)]
+            *market, f64(price_shocks)]
     threads = 128
     total = n_acc * n_shocks
-    _STRESS_MODULE.get_function("stress_gpu")(
+    cuda_module(CUDA_SOURCE + STRESS_CUDA_SOURCE, CUDA_OPTIONS).get_function("stress_gpu")(
         ((total + threads - 1) // threads,), (threads,),
-        (*args, np.int32(n_acc), np.int32(balance.shape[1]), np.int32(n_inst), np.int32(m["floor"].shape[1]),
-         np.int32(n_shocks), np.int32(n_second), np.int32(bool(is_vol)), ratio, value))
-    totals = cp.stack([(ratio < 1).sum(axis=0).astype(cp.float64),
-                       cp.where(value < 0, -value, 0.0).sum(axis=0)], axis=-1)
-    worst = ratio.min(axis=(1, 2))
-    return totals.get(), worst.get(), ratio.get() if keep_surface else None
+        (*args, np.int32(n_acc), np.int32(balance.shape[1]), np.int32(n_inst), np.int32(m.floor.shape[1]),
+         np.int32(n_shocks), np.int32(n_second), np.int32(is_vol), ratio, value))
+    totals += cp.stack([(ratio < 1).sum(axis=0).astype(cp.float64),
+                        cp.where(value < 0, -value, 0.0).sum(axis=0)], axis=-1)
+    worst[:] = ratio.min(axis=(1, 2))
+    return worst

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 import xarray as xr
+from cascade_reference import brute_force_cascade
+from conftest import MARKET_SPEC, make_book, make_positions
+from gpu_risk.kernels.cascade import cascade_cpu
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cascade_reference import brute_force_cascade
-from conftest import MARKET_SPEC, make_book, make_positions
 from gpu_risk import InputError, cascade, liquidation, store
 from gpu_risk.cascade import position_tables
-from gpu_risk.kernels.cascade import cascade_cpu
 from gpu_risk.store import market_from_dict
 
 # dyadic shocks and a half-tick grid keep every moved price and running sum exact, so ties
@@ -55,7 +55,6 @@ def run_kernel(books, quantity, lp, shocks, backend="cpu", extrapolation=None):
     arrays = [books[k] for k in ("bid_price", "bid_size", "ask_price", "ask_size")]
     if backend == "gpu":
         import cupy as cp
-
         from gpu_risk.kernels.cascade import cascade_gpu
 
         out = cp.empty((arrays[0].shape[0], shocks.size, 4))
@@ -185,7 +184,8 @@ def api_inputs(n_accounts=60, seed=3):
     entry = np.where(q != 0, 50_000 * rng.uniform(0.99, 1.01, size=q.shape), np.nan)
     balance = np.zeros((n_accounts, 3))
     balance[:, 0] = equity
-    positions = positions.assign(position=(("account", "instrument"), q), entry_price=(("account", "instrument"), entry),
+    positions = positions.assign(position=(("account", "instrument"), q),
+                                 entry_price=(("account", "instrument"), entry),
                                  balance=(("account", "asset"), balance),
                                  margin_mode=("account", np.full(n_accounts, "cross", dtype=object)),
                                  isolated_margin=(("account", "instrument"), np.zeros_like(q)))

@@ -4,12 +4,12 @@ array stays float64; stores read the same through gpu_risk and through plain xar
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import make_book
+from gpu_risk.kernels.ticks import TICK_FILL
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import make_book
 from gpu_risk import coding, store
-from gpu_risk.kernels.ticks import TICK_FILL
 
 
 def _same_bits(a, b):

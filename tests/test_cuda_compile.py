@@ -3,12 +3,10 @@
 import shutil
 import subprocess
 import tempfile
+import types
 from pathlib import Path
 
 import pytest
-
-import types
-
 from gpu_risk.kernels import cascade, imbalance, liquidation, stress
 
 
@@ -22,8 +20,9 @@ def nvcc():
 @pytest.mark.parametrize("module,kernels", [(imbalance, ["imbalance_ofi", "imbalance_state"]),
                                             (liquidation, ["liquidation_gpu"]),
                                             (cascade, ["cascade_gpu"]),
-                                            (types.SimpleNamespace(CUDA_SOURCE=liquidation.CUDA_SOURCE + stress.STRESS_CUDA_SOURCE,
-                                                                   CUDA_OPTIONS=liquidation.CUDA_OPTIONS), ["stress_gpu"])],
+                                            (types.SimpleNamespace(
+                                                CUDA_SOURCE=liquidation.CUDA_SOURCE + stress.STRESS_CUDA_SOURCE,
+                                                CUDA_OPTIONS=liquidation.CUDA_OPTIONS), ["stress_gpu"])],
                          ids=["imbalance", "liquidation", "cascade", "stress"])
 def test_cuda_source_compiles(module, kernels):
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,13 +7,14 @@ device exists, the GPU tests (marked ``cupy``) run the same comparisons on it.
 
 import numpy as np
 import pytest
-
 from cuda_host import compiler, cuda_on_host
+
 from gpu_risk import store
-from gpu_risk.liquidation import FACTOR_RANGE, MARKET_ORDER, SHOCK_RANGE, market_arrays
+from gpu_risk.liquidation import FACTOR_RANGE, SHOCK_RANGE, market_arrays
 from gpu_risk.model import in_market_order
 
-pytestmark = pytest.mark.skipif(compiler() is None, reason="no C++ compiler (g++) to build the CUDA source for the host")
+pytestmark = pytest.mark.skipif(compiler() is None,
+                                reason="no C++ compiler (g++) to build the CUDA source for the host")
 
 
 def day_inputs(tiny_dataset):
@@ -30,12 +31,11 @@ def test_liquidation_kernel(tiny_dataset, monkeypatch):
     from gpu_risk.kernels.liquidation import liquidation_cpu, liquidation_gpu
 
     accounts, m = day_inputs(tiny_dataset)
-    market = [m[k] for k in MARKET_ORDER]
     cpu = np.empty((accounts[0].shape[0], accounts[1].shape[1] + 3))
-    liquidation_cpu(*accounts, *market, *FACTOR_RANGE, *SHOCK_RANGE, cpu)
+    liquidation_cpu(*accounts, m, *FACTOR_RANGE, *SHOCK_RANGE, cpu)
     with cuda_on_host(monkeypatch):
         gpu = np.empty_like(cpu)
-        liquidation_gpu(*accounts, *market, *FACTOR_RANGE, *SHOCK_RANGE, gpu)
+        liquidation_gpu(*accounts, m, *FACTOR_RANGE, *SHOCK_RANGE, gpu)
     assert np.isfinite(cpu).sum() > cpu.shape[0]  # liquidation prices and shocks were found
     np.testing.assert_array_equal(np.isnan(gpu), np.isnan(cpu))
     np.testing.assert_allclose(gpu, cpu, rtol=1e-9, atol=1e-12)
@@ -54,10 +54,11 @@ def test_stress_kernel(tiny_dataset, monkeypatch, second_is_vol):
     totals = np.zeros((shocks.size, second.size, 2))
     worst = np.empty(n)
     surface = np.empty((n, shocks.size, second.size))
-    stress_cpu(*accounts, exclude, *(m[k] for k in MARKET_ORDER), shocks, second, second_is_vol, surface, totals,
-               worst)
+    stress_cpu(*accounts, exclude, m, shocks, second, second_is_vol, surface, totals, worst)
     with cuda_on_host(monkeypatch):
-        g_totals, g_worst, g_surface = stress_gpu(*accounts, exclude, m, shocks, second, second_is_vol, True)
+        # the same contract: outputs given, totals added to
+        g_totals, g_worst, g_surface = np.zeros_like(totals), np.empty_like(worst), np.empty_like(surface)
+        stress_gpu(*accounts, exclude, m, shocks, second, second_is_vol, g_surface, g_totals, g_worst)
     np.testing.assert_allclose(g_surface, surface, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(g_worst, worst, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(g_totals[..., 0], totals[..., 0])
@@ -66,9 +67,10 @@ def test_stress_kernel(tiny_dataset, monkeypatch, second_is_vol):
 
 
 def test_cascade_kernel(monkeypatch):
-    from gpu_risk.cascade import position_tables
     from gpu_risk.kernels.cascade import cascade_gpu
     from test_cascade import SHOCKS, random_case, run_kernel
+
+    from gpu_risk.cascade import position_tables
 
     rng = np.random.default_rng(11)
     for extrapolation in (None, 0.25):

@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
+from gpu_risk.kernels.positions import open_interest_cpu
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-
-from gpu_risk.kernels.positions import open_interest_cpu
 
 
 def reference_open_interest(position, unit_notional, exclude):

@@ -6,11 +6,11 @@ import pytest
 import xarray as xr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from liquidation_reference import collateral_ratio, gross, margin_parts, price_scenario, shock_scenario
 
 from gpu_risk.errors import InputError
 from gpu_risk.liquidation import liquidation, market_arrays
 from gpu_risk.store import market_from_dict
-from liquidation_reference import collateral_ratio, gross, margin_parts, price_scenario, shock_scenario
 
 USDT = {"price": 1.0, "haircut": 0.0, "beta": 0.0}
 BINANCE_BTC = [[0, 0.004, 0], [50_000, 0.005, 50], [250_000, 0.01, 1_300], [1_000_000, 0.025, 16_300],
@@ -161,7 +161,7 @@ def accounts(draw):
 def reference_inputs(mkt_ds, acc):
     m = market_arrays(mkt_ds)
     kinds = list(mkt_ds.kind.values)
-    mkt = dict(m, kind=kinds, call=m["is_call"])
+    mkt = dict(m._asdict(), kind=kinds, call=m.is_call)
     balance, q, entry, isolated, iso = acc
     return mkt, {"balance": balance, "position": q, "entry": entry, "isolated": isolated, "iso_margin": iso}
 
@@ -267,8 +267,9 @@ def test_numba_and_cuda_twins_share_their_capacities():
 def test_too_many_bracket_boundaries_raise_before_computing():
     """An account crossing more bracket boundaries than the root search holds is refused,
     naming the account, instead of having boundaries dropped (a wrong liquidation price)."""
-    from gpu_risk.errors import InputError
     from gpu_risk.kernels.liquidation import MAX_KINKS
+
+    from gpu_risk.errors import InputError
 
     n_brackets = 200
     floors = [[float(k * 1000), 0.004 + k * 1e-5, float(k)] for k in range(n_brackets)]

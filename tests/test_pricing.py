@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-
 from gpu_risk.kernels.pricing import black76
 
 

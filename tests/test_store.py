@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-
 from conftest import MARKET_SPEC, make_book, make_positions
+
 from gpu_risk import store
 from gpu_risk.errors import InputError, SchemaError
 from gpu_risk.schema import as_str

@@ -6,12 +6,12 @@ import pytest
 import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from liquidation_reference import black76, margin_parts, shock_scenario
+from test_liquidation import ASSETS, INSTRUMENTS, accounts, positions, random_market
 
 from gpu_risk import store
 from gpu_risk.liquidation import liquidation, market_arrays
 from gpu_risk.stress import stress_surface
-from liquidation_reference import black76, margin_parts, shock_scenario
-from test_liquidation import ASSETS, INSTRUMENTS, accounts, positions, random_market
 
 SHOCKS = np.array([-0.5, -0.2, -0.05, 0.0, 0.03, 0.3, 1.0])
 
@@ -19,7 +19,7 @@ SHOCKS = np.array([-0.5, -0.2, -0.05, 0.0, 0.03, 0.3, 1.0])
 def reference_surface(acc, mkt_ds, shocks, second, is_vol):
     """Ratio and full value per (shock, second) with plain loops."""
     base = market_arrays(mkt_ds)
-    mkt = dict(base, kind=list(mkt_ds.kind.values), call=base["is_call"])
+    mkt = dict(base._asdict(), kind=list(mkt_ds.kind.values), call=base.is_call)
     ratio = np.empty((len(shocks), len(second)))
     value = np.empty_like(ratio)
     for k, v in enumerate(second):
@@ -104,7 +104,8 @@ def test_long_only_ratio_falls_with_the_price_and_chunking_does_not_matter(tiny_
     long_only = ((held.position.values[:, kind == "linear"] >= 0).all(1)
                  & (held.position.values[:, kind != "linear"] == 0).all(1)
                  & (held.position.values != 0).any(1) & (held.balance.values >= 0).all(1)
-                 & (held.balance.sel(asset=[x for x in held.asset.values if x not in ("USDT", "USDC")]).values == 0).all(1))
+                 & (held.balance.sel(asset=[x for x in held.asset.values if x not in ("USDT", "USDC")]).values
+                    == 0).all(1))
     assert long_only.sum() > 100
     # For a long-only account C - R = W + q (m - e) - (q m mmr - cum) rises with the price (slope
     # q (1 - mmr) > 0), so once liquidated on the way down it stays liquidated further down.
@@ -183,7 +184,7 @@ def test_span_matches_reference(accs, scan, vol_scan):
     got = stress_surface(p, mkt_ds, [0.0], vol_shocks=[0.0], span_scan_range=scans, span_vol_range=vol_scan,
                          validate=False)
     base = market_arrays(mkt_ds)
-    mkt = dict(base, kind=list(mkt_ds.kind.values), call=base["is_call"])
+    mkt = dict(base._asdict(), kind=list(mkt_ds.kind.values), call=base.is_call)
     for n, (balance, q, entry, isolated, iso) in enumerate(accs):
         acc = {"balance": balance, "position": q, "entry": entry, "isolated": isolated, "iso_margin": iso}
         want = reference_span(acc, mkt, [scans[i] for i in INSTRUMENTS], vol_scan)

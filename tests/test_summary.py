@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-
 from conftest import make_book, make_positions
+
 from gpu_risk import store
 from gpu_risk.summary import book_summary, positions_summary
 from gpu_risk.validate import validate_book_dataset, validate_positions

@@ -22,8 +22,8 @@ def test_synthetic_data_passes_validation(tiny_dataset):
 
 
 def test_same_seed_same_data_other_seed_other_data(tmp_path):
-    cfg = dict(days=1, instruments=2, accounts=500, levels=3, snapshots_per_day=2000,
-               book_chunk_rows=512, account_chunk_rows=128)
+    cfg = {"days": 1, "instruments": 2, "accounts": 500, "levels": 3, "snapshots_per_day": 2000,
+           "book_chunk_rows": 512, "account_chunk_rows": 128}
     a = synth(SynthConfig(out=str(tmp_path / "a"), seed=7, **cfg))
     b = synth(SynthConfig(out=str(tmp_path / "b"), seed=7, **cfg))
     c = synth(SynthConfig(out=str(tmp_path / "c"), seed=8, **cfg))

@@ -4,8 +4,8 @@ or, under on_bad_rows="flag", a qc_* flag marking exactly the bad rows."""
 import numpy as np
 import pytest
 import xarray as xr
-
 from conftest import make_book, make_positions
+
 from gpu_risk import store
 from gpu_risk.errors import InputError, SchemaError
 from gpu_risk.validate import validate_book_dataset, validate_market, validate_positions

@@ -4,12 +4,12 @@ expressions, stamps that later functions trust, and counts of validation passes.
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import make_book
+from gpu_risk.kernels.qc import BOOK_RULE_BITS
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import make_book
 from gpu_risk import validate as validate_module
-from gpu_risk.kernels.qc import BOOK_RULE_BITS
 from gpu_risk.validate import book_row_flags, book_rule_mask, is_validated, validate_book_dataset
 
 CORRUPTIONS = [np.nan, np.inf, -np.inf, 0.0, -1.0]
@@ -55,9 +55,9 @@ def _count(monkeypatch, name):
         calls["n"] += 1
         return original(*args, **kwargs)
 
-    from gpu_risk import store
+    from gpu_risk.stores import book, days, market, positions, results
 
-    for module in (validate_module, store):  # every module holding the function by name
+    for module in (validate_module, book, days, market, positions, results):  # every module holding it by name
         if hasattr(module, name):
             monkeypatch.setattr(module, name, counting)
     return calls
@@ -156,6 +156,7 @@ def test_day_without_a_summary_is_validated(tmp_path, monkeypatch):
 
 def test_positions_record_their_validation_and_opening_trusts_it(tmp_path, monkeypatch):
     from conftest import MARKET_SPEC, make_positions
+
     from gpu_risk import store
     from gpu_risk.errors import InputError
 

@@ -34,11 +34,12 @@ import bisect
 import gzip
 import json
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
+import zarr
 
 from .. import store
 from ..errors import InputError
@@ -262,8 +263,6 @@ STATE_ATTR = "binance_book_state"
 def _save_state(out, instrument, bids: Side, asks: Side, state: dict, market: str) -> None:
     """The whole book after the last applied diff, kept with the instrument so that a later
     file (the next day's capture, without a REST snapshot) continues it."""
-    import zarr
-
     value = {"market": market, "ready": bool(state["ready"]), "last_u": state["last_u"],
              "snapshot_id": state["snapshot_id"],
              "bids": [[p, q] for p, q in bids.qty.items()], "asks": [[p, q] for p, q in asks.qty.items()]}
@@ -271,14 +270,12 @@ def _save_state(out, instrument, bids: Side, asks: Side, state: dict, market: st
 
 
 def _load_state(out, instrument):
-    import zarr
-
     if not Path(str(out)).exists() or instrument not in store.child_groups(out):
         return None
     return zarr.open_group(str(out), path=instrument, mode="r", zarr_format=3).attrs.get(STATE_ATTR)
 
 
-def _restore(saved: dict, bids: Side, asks: Side, state: dict, report: "ImportReport") -> None:
+def _restore(saved: dict, bids: Side, asks: Side, state: dict, report: ImportReport) -> None:
     if saved["market"] != report.market:
         raise InputError(f"the store's {report.instrument} comes from a {saved['market']} stream, "
                          f"these files are {report.market}", instrument=report.instrument)

@@ -12,6 +12,7 @@ sequence) are not stored. Read in chunks, so any size fits in memory.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -112,7 +113,7 @@ def import_databento(csv_path, out, chunk_rows: int = store.BOOK_CHUNK_ROWS,
             spool.discard()
         raise InputError(f"malformed CSV after line {first_line}: {exc}", store=str(csv_path),
                          index=first_line) from exc
-    result = {}
+    result: dict[str, Any] = {}
     for symbol, spool in spools.items():
         snapshots, days = spool.close()
         result[symbol] = {"snapshots": snapshots, "days": days}

@@ -1,0 +1,210 @@
+"""The book store: one group per instrument and day of snapshots (time, level).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from ..coding import (
+    decode_ticked,
+    encode_ticked,
+    encode_with,
+    tick_attrs,
+)
+from ..errors import InputError
+from ..schema import (
+    BOOK_OPTIONAL_VARS,
+    BOOK_VARS,
+    describe,
+)
+from ..validate import (
+    QC_RULES_VERSION,
+    OnBadRows,
+    book_qc_summary,
+    is_clean_summary,
+    is_current_summary,
+    no_flags,
+    stamp_validated,
+    validate_book_dataset,
+    without_flagged_rows,
+)
+from .days import (
+    BOOK_CHUNK_ROWS,
+    QC_ATTR,
+    PathLike,
+    RegionWriter,
+    _lazy_template,
+    _open_root,
+    _record_qc,
+    _with_attrs,
+    child_groups,
+    complete_days,
+    day_key,
+    init_store,
+    is_sealed,
+    open_day_dataset,
+    write_day_dataset,
+)
+
+
+def _check_instrument_name(name: str) -> None:
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"instrument name {name!r} must be non-empty, without '/' or leading '.'")
+
+
+def write_book(ds: xr.Dataset, path: PathLike, instrument: str,
+               chunk_rows: int = BOOK_CHUNK_ROWS) -> list[str]:
+    """Write one instrument's snapshots, split into one complete group per UTC day.
+
+    Returns the days written. The dataset must pass :func:`validate_book_dataset`.
+    """
+    _check_instrument_name(instrument)
+    validate_book_dataset(ds, store=str(path), instrument=instrument)
+    init_store(path, "book")
+    day = ds["time"].values.astype("datetime64[D]")
+    written = []
+    for d in np.unique(day):
+        part = _with_attrs(ds.isel(time=np.flatnonzero(day == d)), BOOK_VARS)
+        key = day_key(d)
+        part.attrs.update(instrument=instrument, date=key)
+        rows = part.sizes["time"]  # validated above: every row is clean
+        part.attrs[QC_ATTR] = {"rules": QC_RULES_VERSION, "rows": rows, "bad_rows": 0,
+                               "last_valid_row": rows - 1}
+        part = encode_ticked(part.load())[0]  # exact int32 ticks where the values allow
+        write_day_dataset(part, path, f"{instrument}/{key}", {"time": chunk_rows})
+        written.append(key)
+    return written
+
+
+def book_writer(path: PathLike, instrument: str, date: Any, time: np.ndarray, levels: int,
+                chunk_rows: int = BOOK_CHUNK_ROWS, extra_attrs: dict | None = None,
+                optional_vars: tuple[str, ...] = (), suffix: str = "",
+                ticks: dict[str, tuple[float, float]] | None = None) -> RegionWriter:
+    """A :class:`RegionWriter` for one instrument-day whose snapshot times are known;
+    ``optional_vars`` names variables of ``BOOK_OPTIONAL_VARS`` the slabs will carry too;
+    ``suffix`` writes a sibling group (``<day><suffix>``) that :func:`replace_day` swaps in;
+    ``ticks`` maps book variables to exact tick encodings ``(divisor, multiplier)``
+    (:mod:`gpu_risk.coding`): their slabs are stored as int32 ticks, and a value off the
+    grid raises instead of being rounded."""
+    ticks = {k: v for k, v in (ticks or {}).items() if v is not None}
+    _check_instrument_name(instrument)
+    init_store(path, "book")
+    key = day_key(date)
+    sizes = {"time": len(time), "level": levels}
+    variables = {name: (var.dims, np.dtype("int32"), describe(var) | tick_attrs(ticks[name]))
+                 if name in ticks else (var.dims, np.dtype("float64"), describe(var))
+                 for name, var in BOOK_VARS.items()}
+    for name in optional_vars:
+        var = BOOK_OPTIONAL_VARS[name]
+        variables[name] = (var.dims, np.dtype("float64"), describe(var))
+    coords = {"time": ("time", np.asarray(time, dtype="datetime64[ns]")),
+              "level": ("level", np.arange(1, levels + 1, dtype=np.int16))}
+    template = _lazy_template(coords, variables, sizes, {"time": chunk_rows})
+    template.attrs.update(instrument=instrument, date=key, **(extra_attrs or {}))
+    encode = (lambda slab: encode_with(slab, ticks, where=f" of {instrument} {key}")) if ticks else None
+    return RegionWriter(template, path, f"{instrument}/{key}{suffix}", "time", chunk_rows,
+                        encode=encode, before_complete=record_book_qc)
+
+
+def record_book_qc(path: PathLike, group: str) -> dict:
+    """Validate a written book day in one pass and record the summary on its group."""
+    return _record_qc(path, group, book_qc_summary)
+
+
+def book_instruments(path: PathLike) -> list[str]:
+    _open_root(path, "book")
+    return child_groups(path)
+
+
+def book_days(path: PathLike) -> dict[str, list[str]]:
+    """Complete days per instrument."""
+    return {inst: complete_days(path, inst) for inst in book_instruments(path)}
+
+
+def open_book_instrument(path: PathLike, instrument: str, start: Any = None, end: Any = None,
+                         *, validate: bool = True, on_bad_rows: OnBadRows = "raise",
+                         chunks: Any = None, trust_recorded: bool = True) -> xr.Dataset:
+    """One instrument's book over the complete days in [start, end], lazily (Dask).
+
+    ``trust_recorded``: days whose recorded validation (written with the day) says they
+    are clean are not read to be validated again; False validates every day (for stores
+    edited by other tools since they were written)."""
+    _open_root(path, "book")
+    plain = bool(instrument) and "/" not in instrument and not instrument.startswith(".")
+    if not plain or (not (Path(str(path)) / instrument).is_dir() and instrument not in child_groups(path)):
+        raise InputError("instrument not in the book store", store=str(path), instrument=instrument)
+    days = complete_days(path, instrument, start, end)
+    if not days:
+        raise InputError(f"no complete day in [{start}, {end}]", store=str(path), instrument=instrument)
+    parts = [open_day_dataset(path, f"{instrument}/{d}", chunks) for d in days]
+    # days validated when written (their recorded summary says clean) are not read again:
+    # only the order of time across their boundaries is checked here
+    clean = trust_recorded and all(
+        is_clean_summary(p.attrs.get(QC_ATTR), p.sizes["time"]) and is_sealed(path, f"{instrument}/{d}", p.encoding)
+        for d, p in zip(days, parts)) and all(
+        a["time"].values[-1] <= b["time"].values[0]
+        for a, b in zip(parts, parts[1:]) if a.sizes["time"] and b.sizes["time"])
+    ds = parts[0] if len(parts) == 1 else xr.concat(
+        parts, dim="time", data_vars="minimal", coords="minimal", compat="override", join="exact")
+    ds.attrs = {"instrument": instrument, "days": days, "store": str(path)}
+    if validate and clean:
+        return stamp_validated(no_flags(ds) if on_bad_rows == "flag" else ds, "book")
+    if validate:
+        ds = validate_book_dataset(ds, store=str(path), instrument=instrument, on_bad_rows=on_bad_rows)
+    return ds
+
+
+def last_valid_snapshot(path: PathLike, instrument: str, day: str) -> xr.Dataset | None:
+    """The last snapshot of ``day`` that breaks no rule (one row), or None: read from the
+    day's recorded validation summary where it has one, else by validating the day."""
+    group = f"{instrument}/{day}"
+    node = zarr.open_group(str(path), path=group, mode="r", zarr_format=3)
+    summary = node.attrs.get(QC_ATTR)
+    arrays = dict(node.arrays())
+    rows = arrays["time"].shape[0]
+    if not (is_current_summary(summary, rows) and is_sealed(path, group, dict(node.attrs))):
+        kept = without_flagged_rows(validate_book_dataset(open_day_dataset(path, group), on_bad_rows="flag"))
+        return kept.isel(time=[-1]) if kept.sizes["time"] else None
+    assert isinstance(summary, dict)  # is_current_summary checked it
+    row = int(summary["last_valid_row"])
+    if row < 0:
+        return None
+    # one row read straight from Zarr (opening the day with xarray would load its time axis)
+    one = xr.Dataset({"time": ("time", arrays["time"][row:row + 1])})
+    time = xr.decode_cf(one.assign_coords(time=one["time"].assign_attrs(dict(arrays["time"].attrs))))["time"].values
+    variables = {}
+    for name in BOOK_VARS:
+        raw = arrays[name][row:row + 1]
+        variables[name] = (("time", "level"), decode_ticked(xr.Dataset(
+            {name: (("time", "level"), raw, dict(arrays[name].attrs))}))[name].values)
+    return xr.Dataset(variables, coords={"time": time, "level": arrays["level"][:]})
+
+
+def open_book(path: PathLike, instruments: Iterable[str] | None = None, start: Any = None,
+              end: Any = None, *, validate: bool = True, on_bad_rows: OnBadRows = "raise",
+              chunks: Any = None, trust_recorded: bool = True) -> xr.DataTree:
+    """Open a book store as a :class:`xarray.DataTree` with one node per instrument.
+
+    Each node holds that instrument's snapshots (dims ``time``, ``level``) over the
+    complete days in ``[start, end]`` (inclusive; all days by default), Dask-backed with
+    the on-disk chunks. ``validate`` checks the SPEC's bad-input rules: an
+    :class:`~gpu_risk.errors.InputError` under ``on_bad_rows="raise"``, ``qc_*``
+    variables under ``"flag"``. Days are validated when written and that is recorded with
+    them: opening them again validates only what has no (current) record, unless
+    ``trust_recorded=False``.
+    """
+    names = list(instruments) if instruments is not None else book_instruments(path)
+    nodes = {}
+    for inst in names:
+        nodes[f"/{inst}"] = open_book_instrument(path, inst, start, end, validate=validate,
+                                                 on_bad_rows=on_bad_rows, chunks=chunks,
+                                                 trust_recorded=trust_recorded)
+    tree = xr.DataTree.from_dict(nodes)
+    tree.attrs = {"store": str(path)}
+    return tree

@@ -1,0 +1,424 @@
+"""Zarr 3 stores: book, positions, market and results.
+
+Layout (every leaf group is one xarray Dataset):
+
+    book.zarr/<instrument>/<YYYY-MM-DD>/   bid_price, ask_price, bid_size, ask_size (time, level)
+    positions.zarr/<YYYY-MM-DD>/           balance, position, entry_price, margin_mode, isolated_margin
+    market.zarr/<YYYY-MM-DD>/              price, haircut, beta (asset); kind, ... (instrument); brackets
+    results.zarr/<YYYY-MM-DD>/<family>/    one group per result family
+
+Each day is its own group rather than an append along ``time`` (Zarr 3 append pitfalls,
+see docs/operations.md). A day group carries the attribute ``gpu_risk_complete``: it is
+written ``False`` first and set ``True`` only after every array of the day is written,
+so a killed writer never leaves a day that looks complete; readers skip incomplete days
+and writers overwrite them. Arrays are not sharded and Dask write chunks equal Zarr
+chunks, so parallel writes never share a chunk.
+
+This module: the atomic day groups every store is made of, their seals, and the one-writer lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+from zarr.codecs import BloscCodec
+
+from ..coding import (
+    TICK_FILL,
+    TICKED_VARS,
+    TICKS_ATTR,
+    cf_scale_factor,
+    decode_ticked,
+)
+from ..errors import InputError, SchemaError
+from ..schema import as_str, describe
+
+COMPLETE = "gpu_risk_complete"
+QC_ATTR = "gpu_risk_qc"  # a book day's validation summary (validate.book_qc_summary)
+STORE_KIND = "gpu_risk_store"
+SCHEMA_VERSION = 1
+BOOK_CHUNK_ROWS = 262_144  # ~21 MB per float64 variable at 10 levels: Dask tasks of ~100 MB
+ACCOUNT_CHUNK_ROWS = 262_144
+TIME_ENCODING = {"units": "nanoseconds since 1970-01-01", "calendar": "proleptic_gregorian",
+                 "dtype": "int64"}
+
+PathLike = str | os.PathLike
+
+
+def day_key(date: Any) -> str:
+    """'YYYY-MM-DD' for a date, datetime, numpy datetime64 or string."""
+    return pd.Timestamp(date).strftime("%Y-%m-%d")
+
+
+def _zarr_kwargs() -> dict:
+    return {"zarr_format": 3, "consolidated": False}
+
+
+def init_store(path: PathLike, kind: str) -> zarr.Group:
+    """Open (creating if absent) a store's root group and check it is a ``kind`` store."""
+    path = str(path)
+    if Path(path).exists():
+        root = zarr.open_group(path, mode="r+", zarr_format=3)
+        found = root.attrs.get(STORE_KIND)
+        if found not in (None, kind):
+            raise SchemaError(f"{path!r} is a {found} store, not a {kind} store", store=path)
+        if found is None:
+            root.attrs.update({STORE_KIND: kind, "schema_version": SCHEMA_VERSION})
+        return root
+    root = zarr.open_group(path, mode="w", zarr_format=3)
+    root.attrs.update({STORE_KIND: kind, "schema_version": SCHEMA_VERSION})
+    return root
+
+
+def _open_root(path: PathLike, kind: str) -> zarr.Group:
+    path = str(path)
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no {kind} store at {path!r}")
+    try:
+        root = zarr.open_group(path, mode="r", zarr_format=3)
+    except Exception as exc:  # zarr raises several types for a non-store directory
+        raise SchemaError(f"{path!r} is not a Zarr 3 group ({exc})", store=path) from exc
+    found = root.attrs.get(STORE_KIND)
+    if found != kind:
+        raise SchemaError(f"{path!r} is a {found or 'foreign'} store, not a {kind} store", store=path)
+    return root
+
+
+def child_groups(path: PathLike, group: str = "") -> list[str]:
+    """Sorted names of the child groups of ``group``."""
+    root = zarr.open_group(str(path), mode="r", zarr_format=3)
+    node = root[group] if group else root
+    if not isinstance(node, zarr.Group):
+        raise SchemaError(f"{group!r} in {str(path)!r} is an array, not a group", store=str(path))
+    return sorted(name for name, _ in node.groups())
+
+
+def is_complete(path: PathLike, group: str) -> bool:
+    try:
+        node = zarr.open_group(str(path), path=group, mode="r", zarr_format=3)
+    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, ValueError):
+        return False
+    return bool(node.attrs.get(COMPLETE, False))
+
+
+WRITE_ID = "gpu_risk_write_id"  # a new random id each time a group is completed
+SEAL = "gpu_risk_sealed_ns"  # the latest change under a group when it was completed
+
+
+def _latest_change_ns(path: PathLike, group: str) -> int | None:
+    """The latest modification time (ns) of any file or directory under a local group, its
+    own metadata file aside; None for a store that is not a local directory."""
+    root = Path(str(path)) / group
+    if not root.is_dir():
+        return None
+    # the group's own directory and metadata change when it is completed (and its attributes
+    # updated); a whole array removed from it fails opening as a missing variable
+    latest = 0
+    own = root / "zarr.json"
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            entry = Path(folder) / name
+            if entry != own:
+                latest = max(latest, entry.lstat().st_mtime_ns)
+    return latest
+
+
+def is_sealed(path: PathLike, group: str, attrs: dict) -> bool:
+    """Whether nothing under ``group`` (a chunk written, truncated or deleted, an array's
+    metadata) changed since it was completed: what its recorded validation may be trusted
+    on. ``attrs``: the group's attributes, or an opened day's ``encoding``, holding the seal."""
+    sealed = attrs.get(SEAL)
+    latest = _latest_change_ns(path, group)
+    return isinstance(sealed, int) and latest is not None and latest <= sealed
+
+
+def mark_complete(path: PathLike, group: str) -> None:
+    """Make ``group`` visible to readers; its new write id tells results made from an
+    earlier version of it (an input day rewritten since) from results made from this one,
+    and its seal lets a later reader see whether anything under it changed since."""
+    import uuid  # noqa: PLC0415
+
+    zarr.open_group(str(path), path=group, mode="r+", zarr_format=3).attrs.update(
+        {COMPLETE: True, WRITE_ID: uuid.uuid4().hex, SEAL: _latest_change_ns(path, group)})
+
+
+def day_identity(path: PathLike, group: str) -> str:
+    """What identifies the current version of a complete group: its write id; for groups
+    written before write ids existed, the modification time of its metadata (a rewrite
+    changes it)."""
+    node = zarr.open_group(str(path), path=group, mode="r", zarr_format=3)
+    write_id = node.attrs.get(WRITE_ID)
+    if isinstance(write_id, str):
+        return write_id
+    meta = Path(str(path)) / group / "zarr.json"
+    stamp = meta.stat().st_mtime_ns if meta.exists() else 0
+    return f"legacy:{stamp}"
+
+
+DAY_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _day_names(path: PathLike, group: str) -> list[str]:
+    """Candidate day names under ``group``: a directory listing for a local store (opening
+    every child group to list it cost about 0.5 ms a day, every day of a run)."""
+    local = Path(str(path)) / group
+    if local.is_dir():
+        return sorted(d.name for d in local.iterdir() if DAY_NAME.match(d.name) and d.is_dir())
+    return [d for d in child_groups(path, group) if DAY_NAME.match(d)]
+
+
+def _select_days(days: Iterable[str], start: Any, end: Any) -> list[str]:
+    lo = day_key(start) if start is not None else None
+    hi = day_key(end) if end is not None else None
+    return [d for d in days if (lo is None or d >= lo) and (hi is None or d <= hi)]
+
+
+def complete_days(path: PathLike, group: str = "", start: Any = None, end: Any = None) -> list[str]:
+    """Names of the complete day groups under ``group``, in [start, end] when given (a day
+    being rewritten lives in a sibling group with a suffix until it replaces the old one,
+    and is not listed); only days in the range are opened to check that they are complete."""
+    days = _select_days(_day_names(path, group), start, end)
+    return [d for d in days if is_complete(path, f"{group}/{d}".strip("/"))]
+
+
+def replace_day(path: PathLike, group: str, new_group: str) -> None:
+    """Make the complete group ``new_group`` (a sibling) the day ``group``, for a local
+    store: rename the old day aside, the new one into place, then delete the old one. A
+    run killed in between is finished by :func:`recover_day` on the next write."""
+    root = Path(str(path))
+    old, new, aside = root / group, root / new_group, root / (group + ".old")
+    if not is_complete(path, new_group):
+        raise RuntimeError(f"{new_group} is not complete")
+    if old.exists():
+        old.rename(aside)
+    new.rename(old)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def recover_day(path: PathLike, group: str) -> None:
+    """Finish or undo an interrupted :func:`replace_day` of ``group``."""
+    root = Path(str(path))
+    old, aside = root / group, root / (group + ".old")
+    new = root / (group + ".new")
+    if not old.exists() and new.exists() and is_complete(path, group + ".new"):
+        new.rename(old)
+    if not old.exists() and aside.exists():
+        aside.rename(old)
+    for leftover in (aside, new):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+# Numbers (book, positions, results) are compressed with LZ4 inside Blosc: decoding a book
+# runs 2.4x as fast as with zarr's default (Zstandard, level 0) and writing 3x, for files
+# 1.7x as large (docs/performance.md, "Store format", lists every candidate measured).
+# Blosc is in the Zarr 3 specification, so any Zarr 3 reader decodes these stores; stores
+# written with other codecs read as before (the codec is in each array's metadata).
+NUMBER_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"),)
+# book prices and sizes as exact int32 ticks (gpu_risk.coding): byte shuffle then LZ4
+TICK_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
+
+
+def _encoding(ds: xr.Dataset, chunk_dims: Mapping[Any, int]) -> dict:
+    enc: dict[str, dict] = {}
+    for name, var in ds.variables.items():
+        e: dict[str, Any] = {}
+        if var.dtype.kind in "fiub" and var.ndim:
+            e["compressors"] = NUMBER_COMPRESSORS
+        if TICKS_ATTR in var.attrs and var.dtype == np.int32:
+            # the Zarr fill_value too: a missing chunk reads as empty levels, never as 0
+            e.update(compressors=TICK_COMPRESSORS, _FillValue=TICK_FILL, fill_value=TICK_FILL)
+        if np.issubdtype(var.dtype, np.datetime64):
+            e.update(TIME_ENCODING)
+            e["compressors"] = NUMBER_COMPRESSORS
+        if var.dims and name not in ds.dims:
+            e["chunks"] = tuple(min(chunk_dims.get(d, var.sizes[d]), var.sizes[d]) or 1
+                                for d in var.dims)
+        if e:
+            enc[str(name)] = e
+    return enc
+
+
+def _prepare(ds: xr.Dataset) -> xr.Dataset:
+    """Strings as variable-length UTF-8 (the Zarr 3 `string` type: fixed-width is unstable);
+    datetimes as int64 nanoseconds since the epoch."""
+    out = ds.copy()
+    for name, var in ds.variables.items():
+        if var.dtype.kind in "UT" and var.chunks is None:
+            out[name] = var.copy(data=np.asarray(var.values).astype(object))
+        elif var.dtype.kind == "M" and var.dtype != np.dtype("datetime64[ns]"):
+            # xarray keeps s/ms/us resolutions, which a fixed ns encoding would turn into NaT
+            out[name] = var.astype("datetime64[ns]")
+    for var in out.variables.values():
+        var.encoding = {}
+    return out
+
+
+def _add_cf_scale(path: PathLike, group: str) -> None:
+    """Give every ticked array of ``group`` its CF ``scale_factor`` (after xarray wrote it),
+    so that CF readers other than gpu_risk get the values back too."""
+    node = zarr.open_group(str(path), path=group, mode="r+", zarr_format=3)
+    for _name, array in node.arrays():
+        factor = cf_scale_factor(dict(array.attrs))
+        if factor is not None and "scale_factor" not in array.attrs:
+            array.attrs["scale_factor"] = factor
+
+
+def write_day_dataset(
+    ds: xr.Dataset, path: PathLike, group: str, chunk_dims: Mapping[Any, int] | None = None
+) -> None:
+    """Write ``ds`` to ``group`` atomically: incomplete until every array is written.
+
+    ``ds`` may be Dask-backed: its chunks are rechunked to the Zarr chunks first so that
+    no two tasks write one Zarr chunk.
+    """
+    chunk_dims = chunk_dims or {}
+    ds = _prepare(ds)
+    enc = _encoding(ds, chunk_dims)
+    if any(v.chunks is not None for v in ds.variables.values()):
+        # one Dask chunk per Zarr chunk: no two tasks ever write the same Zarr chunk
+        ds = ds.chunk({d: chunk_dims.get(d, -1) for d in ds.dims})
+    ds.attrs[COMPLETE] = False
+    ds.to_zarr(str(path), group=group, mode="w", encoding=enc, **_zarr_kwargs())
+    if any(TICKS_ATTR in v.attrs for v in ds.data_vars.values()):
+        _add_cf_scale(path, group)
+    mark_complete(path, group)
+
+
+class RegionWriter:
+    """Write a large dataset one slab of ``dim`` at a time, never holding all of it.
+
+    ``template`` holds the coordinates (written at once) and, for each data variable,
+    a lazy array of the final shape; slabs are then written into Zarr regions aligned
+    to the chunks, and the group is marked complete on :meth:`close`.
+    """
+
+    def __init__(self, template: xr.Dataset, path: PathLike, group: str, dim: str, chunk: int,
+                 chunk_dims: Mapping[Any, int] | None = None, encode=None, before_complete=None):
+        self.path, self.group, self.dim, self.chunk = str(path), group, dim, chunk
+        self._before_complete = before_complete  # called with (path, group) before marking complete
+        self._encode = encode or (lambda ds: ds)  # applied to each slab before it is written
+        chunk_dims = dict(chunk_dims or {})
+        chunk_dims[dim] = chunk
+        template = _prepare(template)
+        template.attrs[COMPLETE] = False
+        enc = _encoding(template, chunk_dims)
+        template.to_zarr(self.path, group=group, mode="w", compute=False, encoding=enc,
+                         **_zarr_kwargs())
+        self.size = template.sizes[dim]
+        self._static = [n for n, v in template.variables.items() if dim not in v.dims]
+
+    def write(self, start: int, slab: xr.Dataset) -> None:
+        if start % self.chunk:
+            raise ValueError(f"region start {start} not aligned to chunk {self.chunk}")
+        stop = start + slab.sizes[self.dim]
+        slab = _prepare(self._encode(slab.drop_vars([n for n in self._static if n in slab.variables])))
+        slab.to_zarr(self.path, group=self.group, region={self.dim: slice(start, stop)},
+                     mode="r+", **_zarr_kwargs())
+
+    def close(self) -> None:
+        _add_cf_scale(self.path, self.group)
+        if self._before_complete is not None:
+            self._before_complete(self.path, self.group)
+        mark_complete(self.path, self.group)
+
+
+def _lazy_template(coords: dict, variables: dict[str, tuple[tuple[str, ...], np.dtype, dict]],
+                   sizes: Mapping[Any, int], chunk_dims: Mapping[Any, int]) -> xr.Dataset:
+    data_vars = {}
+    for name, (dims, dtype, attrs) in variables.items():
+        shape = tuple(sizes[d] for d in dims)
+        chunks = tuple(min(chunk_dims.get(d, sizes[d]), sizes[d]) or 1 for d in dims)
+        data_vars[name] = xr.Variable(dims, da.empty(shape, dtype=dtype, chunks=chunks), attrs)
+    return xr.Dataset(data_vars, coords=coords)
+
+
+def open_day_dataset(path: PathLike, group: str, chunks: Any = None) -> xr.Dataset:
+    # book arrays stored as ticks are decoded by gpu_risk (exactly, one pass per chunk),
+    # not by xarray's CF mask-and-scale
+    ds = xr.open_zarr(str(path), group=group, chunks={} if chunks is None else chunks,
+                      mask_and_scale=dict.fromkeys(TICKED_VARS, False), **_zarr_kwargs())
+    ds = decode_ticked(ds)
+    # Variable-length strings come back as numpy StringDType; plain `str` labels index best.
+    for name in list(ds.coords):
+        if ds[name].dtype.kind in "TO":
+            ds = ds.assign_coords({name: as_str(ds[name].values)})
+    ds.attrs.pop(COMPLETE, None)
+    ds.attrs.pop(WRITE_ID, None)
+    # bookkeeping, not data: kept where is_sealed looks for it, out of the dataset's attributes
+    ds.encoding[SEAL] = ds.attrs.pop(SEAL, None)
+    return ds
+
+
+@contextlib.contextmanager
+def exclusive_writer(path: PathLike, what: str = "results"):
+    """Hold the store's writer lock while the block runs: a second writer is refused at
+    once, in one line, instead of interleaving its days with ours. An OS file lock
+    (``flock``), so a killed writer never leaves it held; it covers writers on one machine
+    (or a file system with working ``flock``), not several hosts on NFS."""
+    import fcntl  # noqa: PLC0415
+
+    # beside the store, not in it: taken before the store itself is created, so that two
+    # writers never race to create it either
+    lock_path = Path(str(path)).with_name(Path(str(path)).name + WRITER_LOCK_SUFFIX)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RuntimeError(f"{path} is being written by {holder}; wait for it to finish or "
+                               "write to another store") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {os.uname().nodename}")
+        handle.flush()
+        init_store(path, what)
+        yield
+    finally:
+        handle.close()
+
+
+WRITER_LOCK_SUFFIX = ".writer.lock"  # results.zarr -> results.zarr.writer.lock
+
+
+def _with_attrs(ds: xr.Dataset, *specs: dict) -> xr.Dataset:
+    """A copy of ``ds`` whose variables carry the schema's ``units`` and ``long_name``."""
+    ds = ds.copy()
+    for spec in specs:
+        for name, var in spec.items():
+            if name in ds:
+                ds[name].attrs.update(describe(var))
+    return ds
+
+
+def _record_qc(path: PathLike, group: str, summarize) -> dict:
+    """Validate a written group in one pass (``summarize`` of its opened dataset) and record
+    the summary on it, before it is marked complete."""
+    summary = summarize(open_day_dataset(path, group))
+    zarr.open_group(str(path), path=group, mode="r+", zarr_format=3).attrs[QC_ATTR] = summary
+    return summary
+
+
+def _pick_date(path: PathLike, dates: list[str], date: Any, kind: str) -> str:
+    if not dates:
+        raise InputError(f"no complete as-of date in the {kind} store", store=str(path))
+    if date is None:
+        return dates[-1]
+    key = day_key(date)
+    if key not in dates:
+        raise InputError(f"as-of date {key} not in the {kind} store (have {dates[0]}..{dates[-1]})",
+                         store=str(path))
+    return key
