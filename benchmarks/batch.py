@@ -189,24 +189,83 @@ def demo_workflow(args, tmp: Path) -> None:
         print("    kernel time by kernel: " + ", ".join(f"{k} {v:.2f} s" for k, v in kernels.items()))
 
 
-def history(args, tmp: Path) -> None:
+def _open_and_grid(path: Path) -> tuple[float, float]:
     import gpu_risk
     from gpu_risk import store
+
+    t0 = time.perf_counter()
+    book = store.open_book(path)
+    t_open = time.perf_counter() - t0
+    gpu_risk.imbalance_grid(book, "1min").compute(scheduler="threads")
+    return t_open, time.perf_counter() - t0
+
+
+def history(args, tmp: Path) -> None:
+    """The same snapshots as 2 days and as 180 days, in both book layouts (day groups, and
+    instrument arrays after ``gpu-risk migrate``): open plus a 1-minute grid; then a year of
+    50 instruments' small days as instrument arrays: open alone."""
+    import shutil
+
+    import numpy as np
+    import xarray as xr
+
+    from gpu_risk import store
+    from gpu_risk.stores.book_arrays import migrate_book
     from gpu_risk.synth import SynthConfig, synth
 
     total = args.history_snapshots
+    cost: dict[tuple[str, int], float] = {}
     for days in (2, 180):
         data = tmp / f"history-{days}"
         synth(SynthConfig(out=str(data), days=days, instruments=2, accounts=10, levels=10,
                           snapshots_per_day=total // (2 * days)))
+        arrays = tmp / f"history-{days}-arrays"
+        shutil.copytree(data / "book.zarr", arrays)
         t0 = time.perf_counter()
-        book = store.open_book(data / "book.zarr")
-        t_open = time.perf_counter() - t0
-        grid = gpu_risk.imbalance_grid(book, "1min")
-        grid.compute(scheduler="threads")
-        t_all = time.perf_counter() - t0
-        print(f"history: {total:,} snapshots as {days} days x 2 instruments: open {t_open:.2f} s, "
-              f"open + 1-minute grid {t_all:.2f} s ({t_all / days * 1000 / 2:.0f} ms per instrument-day)")
+        migrate_book(arrays)
+        t_migrate = time.perf_counter() - t0
+        for layout, path in (("day groups", data / "book.zarr"), ("instrument arrays", arrays)):
+            best = min((_open_and_grid(path) for _ in range(args.repeat)), key=lambda r: r[1])
+            cost[layout, days] = best[1]
+            print(f"history, {layout}: {total:,} snapshots as {days} days x 2 instruments: open {best[0]:.3f} s, "
+                  f"open + 1-minute grid {best[1]:.2f} s ({best[1] / days * 1000 / 2:.1f} ms per instrument-day)"
+                  + (f"; migrating took {t_migrate:.2f} s" if layout != "day groups" else ""))
+    for layout in ("day groups", "instrument arrays"):
+        print(f"history, {layout}: 180 days cost {cost[layout, 180] / cost[layout, 2]:.2f}x what 2 days cost")
+
+    # a year of 50 instruments' small days (1,000 snapshots each), written as instrument arrays
+    year = tmp / "year.zarr"
+    store.init_store(year, "book")
+    import zarr
+
+    from gpu_risk.stores.book_arrays import BOOK_LAYOUT_ATTR, INSTRUMENT_ARRAYS
+
+    zarr.open_group(str(year), mode="r+").attrs[BOOK_LAYOUT_ATTR] = INSTRUMENT_ARRAYS
+    rng = np.random.default_rng(0)
+    per_day, levels = 1_000, 5
+    n = 365 * per_day
+    t_write = time.perf_counter()
+    for k in range(args.history_instruments):
+        time_ns = (np.datetime64("2025-01-01", "ns") + np.repeat(np.arange(365), per_day).astype("timedelta64[D]")
+                   + np.tile(np.arange(per_day) * 86_000_000_000 // per_day, 365).astype("timedelta64[ns]"))
+        mid = 1_000 + np.cumsum(rng.integers(-1, 2, n))
+        ladder = np.arange(levels)
+        book = xr.Dataset({"bid_price": (("time", "level"), (mid[:, None] - 1 - ladder) * 0.5),
+                           "ask_price": (("time", "level"), (mid[:, None] + 1 + ladder) * 0.5),
+                           "bid_size": (("time", "level"), rng.integers(1, 100, (n, levels)) * 0.001),
+                           "ask_size": (("time", "level"), rng.integers(1, 100, (n, levels)) * 0.001)},
+                          coords={"time": time_ns, "level": np.arange(1, levels + 1)})
+        store.write_book(book, year, f"INST{k:02d}")
+    t_write = time.perf_counter() - t_write
+    opens = []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        tree = store.open_book(year)
+        opens.append(time.perf_counter() - t0)
+    days = sum(len(tree[c].attrs["days"]) for c in tree.children)
+    print(f"history: a year x {args.history_instruments} instruments of small days ({days:,} instrument-days, "
+          f"{days * per_day:,} snapshots) as instrument arrays: open {min(opens):.2f} s "
+          f"(written in {t_write:.1f} s)")
 
 
 def main() -> None:
@@ -222,6 +281,8 @@ def main() -> None:
     p.add_argument("--demo", action="store_true", help="also the overnight workflow on the demo data")
     p.add_argument("--history", action="store_true", help="also 2 days against 180 days")
     p.add_argument("--history-snapshots", type=int, default=1_800_000)
+    p.add_argument("--history-instruments", type=int, default=50)
+    p.add_argument("--repeat", type=int, default=3, help="history: best of this many runs")
     p.add_argument("--keep", help="directory for the synthetic store (reused when present)")
     p.add_argument("--skip", nargs="*", default=[], choices=["zarr", "api"],
                    help="leave out the Zarr-to-Zarr or the in-memory API part")

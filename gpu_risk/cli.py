@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .errors import InputError
+from .errors import InputError, SchemaError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="gpu_risk: batch risk over order books and positions stored in Zarr.")
@@ -414,6 +414,34 @@ def validate(
         print(json.dumps(checked))
     else:
         console.print(f"[green]valid[/green]: {escape(str(checked))}")
+
+
+@app.command()
+def migrate(
+    book: Path = typer.Argument(..., exists=True, file_okay=False, help="book store (converted in place)"),
+    layout: str = typer.Option("instrument-arrays", help="instrument-arrays (the only other layout)"),
+    chunk_rows: int = typer.Option(262_144, help="rows per Zarr chunk of the new arrays"),
+    as_json: bool = JSON,
+):
+    """Convert a book store of day groups to instrument arrays (one array per variable and
+    instrument over all days): stores of many days open and read per byte, not per day."""
+    from .stores.book_arrays import INSTRUMENT_ARRAYS, migrate_book
+    from .stores.days import exclusive_writer
+
+    if layout != INSTRUMENT_ARRAYS:
+        _fail(ValueError(f"--layout {layout!r}: only {INSTRUMENT_ARRAYS!r} can be migrated to"))
+    if chunk_rows < 1:
+        _fail(ValueError(f"--chunk-rows {chunk_rows}: must be positive"))
+    try:
+        with exclusive_writer(book, "book"), _progress() as bar:
+            task = bar.add_task("days", total=None)
+            summary = migrate_book(book, chunk_rows=chunk_rows, progress=lambda inst, day: bar.advance(task))
+    except (InputError, ValueError, RuntimeError, SchemaError) as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps({"book": str(book), "layout": layout, "days": summary}))
+    else:
+        console.print(f"migrated {book}: " + ", ".join(f"{k} {v} day(s)" for k, v in summary.items()))
 
 
 def main() -> None:  # pragma: no cover

@@ -7,6 +7,7 @@ the writer lock), ``book``, ``positions``, ``market`` and ``results``.
 from .coding import decode_margin_mode, encode_margin_mode  # noqa: F401
 from .stores.book import *  # noqa: F403
 from .stores.book import _check_instrument_name  # noqa: F401
+from .stores.book_arrays import INSTRUMENT_ARRAYS, is_instrument_arrays, migrate_book, store_layout  # noqa: F401
 from .stores.days import *  # noqa: F403
 from .stores.days import _with_attrs  # noqa: F401
 from .stores.market import *  # noqa: F403

@@ -474,7 +474,7 @@ def synth(cfg: SynthConfig, progress: Callable[[str, int], None] | None = None) 
 
     for k, inst in enumerate(instruments):
         for d, day in enumerate(days):
-            if not store.is_complete(book_path, f"{inst.name}/{store.day_key(day)}"):
+            if not store.has_book_day(book_path, inst.name, day):
                 c = closes[inst.underlying]
                 write_book_day(book_path, inst, k, d, day, c[d], c[d + 1], cfg.snapshots_per_day,
                                cfg.levels, cfg.seed, cfg.book_chunk_rows)

@@ -121,6 +121,20 @@ def test_killed_run_resumes_to_the_same_output(reference, tiny_dataset, tmp_path
     assert_same_results(reference, tmp_path / "results.zarr")
 
 
+def test_same_results_from_a_book_stored_as_instrument_arrays(reference, tiny_dataset, tmp_path):
+    """The whole workflow on the book migrated to the instrument-arrays layout: every
+    family's results identical to those from the day groups."""
+    from gpu_risk.stores.book_arrays import migrate_book
+
+    book = tmp_path / "book.zarr"
+    shutil.copytree(tiny_dataset["book"], book)
+    migrate_book(book, chunk_rows=2048)
+    data = {**tiny_dataset, "book": str(book)}
+    summary = run_workflow(load_config(write_config(tmp_path, data)))
+    assert summary["computed"] == tiny_dataset["days"]
+    assert_same_results(reference, tmp_path / "results.zarr")
+
+
 @pytest.mark.parametrize("scheduler", ["threads", "local"])
 def test_same_results_on_every_scheduler(reference, tiny_dataset, tmp_path, scheduler):
     cfg = load_config(write_config(tmp_path, tiny_dataset, scheduler=scheduler))

@@ -43,6 +43,10 @@ class DaySpool:
         self.rewrite_day: str | None = None
         self.last_stored_ns: int | None = None
         self.stored_days: list[str] = []
+        if Path(str(out)).exists() and store.store_layout(out) == store.INSTRUMENT_ARRAYS:
+            # the importers' resume and same-day rewrite work on day groups
+            raise InputError("this book store holds instrument arrays; import into a day-group store, "
+                             "then `gpu-risk migrate` it", store=str(out), instrument=instrument)
         if Path(str(out)).exists() and instrument in store.child_groups(out):
             for d in store.child_groups(out, instrument):
                 if not store.DAY_NAME.match(d):

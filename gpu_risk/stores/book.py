@@ -1,4 +1,6 @@
-"""The book store: one group per instrument and day of snapshots (time, level).
+"""The book store: each instrument's snapshots (time, level), one group per day, or with
+the instrument-arrays layout (:mod:`gpu_risk.stores.book_arrays`) one array per variable
+over all days with a day index. Readers and writers here handle both.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from ..validate import (
     validate_book_dataset,
     without_flagged_rows,
 )
+from . import book_arrays
+from .book_arrays import INSTRUMENT_ARRAYS, is_instrument_arrays, store_layout
 from .days import (
     BOOK_CHUNK_ROWS,
     QC_ATTR,
@@ -67,6 +71,8 @@ def write_book(ds: xr.Dataset, path: PathLike, instrument: str,
     _check_instrument_name(instrument)
     validate_book_dataset(ds, store=str(path), instrument=instrument)
     init_store(path, "book")
+    if _arrays_layout(path, instrument):
+        return book_arrays.append_days(_with_attrs(ds, BOOK_VARS).load(), path, instrument, chunk_rows)
     day = ds["time"].values.astype("datetime64[D]")
     written = []
     for d in np.unique(day):
@@ -85,7 +91,7 @@ def write_book(ds: xr.Dataset, path: PathLike, instrument: str,
 def book_writer(path: PathLike, instrument: str, date: Any, time: np.ndarray, levels: int,
                 chunk_rows: int = BOOK_CHUNK_ROWS, extra_attrs: dict | None = None,
                 optional_vars: tuple[str, ...] = (), suffix: str = "",
-                ticks: dict[str, tuple[float, float]] | None = None) -> RegionWriter:
+                ticks: dict[str, tuple[float, float]] | None = None) -> RegionWriter | book_arrays.DayAppender:
     """A :class:`RegionWriter` for one instrument-day whose snapshot times are known;
     ``optional_vars`` names variables of ``BOOK_OPTIONAL_VARS`` the slabs will carry too;
     ``suffix`` writes a sibling group (``<day><suffix>``) that :func:`replace_day` swaps in;
@@ -95,6 +101,9 @@ def book_writer(path: PathLike, instrument: str, date: Any, time: np.ndarray, le
     ticks = {k: v for k, v in (ticks or {}).items() if v is not None}
     _check_instrument_name(instrument)
     init_store(path, "book")
+    if _arrays_layout(path, instrument):  # a day written again is appended anew: no sibling group
+        return book_arrays.DayAppender(path, instrument, date, time, levels, chunk_rows, extra_attrs,
+                                       optional_vars, ticks)
     key = day_key(date)
     sizes = {"time": len(time), "level": levels}
     variables = {name: (var.dims, np.dtype("int32"), describe(var) | tick_attrs(ticks[name]))
@@ -122,9 +131,32 @@ def book_instruments(path: PathLike) -> list[str]:
     return child_groups(path)
 
 
+def _arrays_layout(path: PathLike, instrument: str) -> bool:
+    """Whether ``instrument`` is (or, new, will be) stored as instrument arrays."""
+    if is_instrument_arrays(path, instrument):
+        return True
+    return not (Path(str(path)) / instrument).exists() and store_layout(path) == INSTRUMENT_ARRAYS
+
+
+def instrument_days(path: PathLike, instrument: str, start: Any = None, end: Any = None) -> list[str]:
+    """The complete days of one instrument in [start, end], whatever its layout."""
+    if is_instrument_arrays(path, instrument):
+        return book_arrays.instrument_days(path, instrument, start, end)
+    return complete_days(path, instrument, start, end)
+
+
+def has_book_day(path: PathLike, instrument: str, date: Any) -> bool:
+    """Whether the book store holds ``date`` of ``instrument`` complete."""
+    key = day_key(date)
+    try:
+        return key in instrument_days(path, instrument, key, key)
+    except (FileNotFoundError, KeyError):  # no such store or instrument yet
+        return False
+
+
 def book_days(path: PathLike) -> dict[str, list[str]]:
     """Complete days per instrument."""
-    return {inst: complete_days(path, inst) for inst in book_instruments(path)}
+    return {inst: instrument_days(path, inst) for inst in book_instruments(path)}
 
 
 def open_book_instrument(path: PathLike, instrument: str, start: Any = None, end: Any = None,
@@ -139,6 +171,9 @@ def open_book_instrument(path: PathLike, instrument: str, start: Any = None, end
     plain = bool(instrument) and "/" not in instrument and not instrument.startswith(".")
     if not plain or (not (Path(str(path)) / instrument).is_dir() and instrument not in child_groups(path)):
         raise InputError("instrument not in the book store", store=str(path), instrument=instrument)
+    if is_instrument_arrays(path, instrument):
+        return book_arrays.open_instrument(path, instrument, start, end, validate=validate,
+                                           on_bad_rows=on_bad_rows, chunks=chunks, trust_recorded=trust_recorded)
     days = complete_days(path, instrument, start, end)
     if not days:
         raise InputError(f"no complete day in [{start}, {end}]", store=str(path), instrument=instrument)
@@ -163,6 +198,8 @@ def open_book_instrument(path: PathLike, instrument: str, start: Any = None, end
 def last_valid_snapshot(path: PathLike, instrument: str, day: str) -> xr.Dataset | None:
     """The last snapshot of ``day`` that breaks no rule (one row), or None: read from the
     day's recorded validation summary where it has one, else by validating the day."""
+    if is_instrument_arrays(path, instrument):
+        return book_arrays.last_valid_snapshot(path, instrument, day)
     group = f"{instrument}/{day}"
     node = zarr.open_group(str(path), path=group, mode="r", zarr_format=3)
     summary = node.attrs.get(QC_ATTR)

@@ -112,6 +112,7 @@ def is_complete(path: PathLike, group: str) -> bool:
     return bool(node.attrs.get(COMPLETE, False))
 
 
+DAY_INDEX = "gpu_risk_days"  # an instrument-arrays book instrument's days (stores/book_arrays.py)
 WRITE_ID = "gpu_risk_write_id"  # a new random id each time a group is completed
 SEAL = "gpu_risk_sealed_ns"  # the latest change under a group when it was completed
 
@@ -156,7 +157,13 @@ def mark_complete(path: PathLike, group: str) -> None:
 def day_identity(path: PathLike, group: str) -> str:
     """What identifies the current version of a complete group: its write id; for groups
     written before write ids existed, the modification time of its metadata (a rewrite
-    changes it)."""
+    changes it). A day of an instrument-arrays book instrument (``<instrument>/<day>``):
+    the write id its index records."""
+    parent, _, day = group.rpartition("/")
+    if parent and not (Path(str(path)) / group).exists():
+        index = zarr.open_group(str(path), path=parent, mode="r", zarr_format=3).attrs.get(DAY_INDEX)
+        if isinstance(index, dict) and day in index:
+            return str(index[day].get("write_id"))
     node = zarr.open_group(str(path), path=group, mode="r", zarr_format=3)
     write_id = node.attrs.get(WRITE_ID)
     if isinstance(write_id, str):
