@@ -206,10 +206,6 @@ def history(args, tmp: Path) -> None:
     50 instruments' small days as instrument arrays: open alone."""
     import shutil
 
-    import numpy as np
-    import xarray as xr
-
-    from gpu_risk import store
     from gpu_risk.stores.book_arrays import migrate_book
     from gpu_risk.synth import SynthConfig, synth
 
@@ -233,12 +229,20 @@ def history(args, tmp: Path) -> None:
     for layout in ("day groups", "instrument arrays"):
         print(f"history, {layout}: 180 days cost {cost[layout, 180] / cost[layout, 2]:.2f}x what 2 days cost")
 
-    # a year of 50 instruments' small days (1,000 snapshots each), written as instrument arrays
-    year = tmp / "year.zarr"
-    store.init_store(year, "book")
+
+def history_year(args, tmp: Path) -> None:
+    """A year of 50 instruments' small days (1,000 snapshots each) as instrument arrays:
+    open alone."""
+    import numpy as np
+    import xarray as xr
     import zarr
 
+    from gpu_risk import store
     from gpu_risk.stores.book_arrays import BOOK_LAYOUT_ATTR, INSTRUMENT_ARRAYS
+
+    year = tmp / "year.zarr"
+    store.init_store(year, "book")
+
 
     zarr.open_group(str(year), mode="r+").attrs[BOOK_LAYOUT_ATTR] = INSTRUMENT_ARRAYS
     rng = np.random.default_rng(0)
@@ -248,7 +252,7 @@ def history(args, tmp: Path) -> None:
     for k in range(args.history_instruments):
         time_ns = (np.datetime64("2025-01-01", "ns") + np.repeat(np.arange(365), per_day).astype("timedelta64[D]")
                    + np.tile(np.arange(per_day) * 86_000_000_000 // per_day, 365).astype("timedelta64[ns]"))
-        mid = 1_000 + np.cumsum(rng.integers(-1, 2, n))
+        mid = 100_000 + np.cumsum(rng.integers(-1, 2, n))  # in ticks: stays far above zero
         ladder = np.arange(levels)
         book = xr.Dataset({"bid_price": (("time", "level"), (mid[:, None] - 1 - ladder) * 0.5),
                            "ask_price": (("time", "level"), (mid[:, None] + 1 + ladder) * 0.5),
@@ -282,6 +286,7 @@ def main() -> None:
     p.add_argument("--history", action="store_true", help="also 2 days against 180 days")
     p.add_argument("--history-snapshots", type=int, default=1_800_000)
     p.add_argument("--history-instruments", type=int, default=50)
+    p.add_argument("--history-year", action="store_true", help="only the year of small days (part of --history)")
     p.add_argument("--repeat", type=int, default=3, help="history: best of this many runs")
     p.add_argument("--keep", help="directory for the synthetic store (reused when present)")
     p.add_argument("--skip", nargs="*", default=[], choices=["zarr", "api"],
@@ -303,6 +308,8 @@ def main() -> None:
             demo_workflow(args, tmp)
         if args.history:
             history(args, tmp)
+        if args.history or args.history_year:
+            history_year(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
