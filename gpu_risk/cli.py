@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 from pathlib import Path
 
 import typer
@@ -13,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .errors import InputError, SchemaError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="gpu_risk: batch risk over order books and positions stored in Zarr.")
 console = Console(stderr=True)
 REDO = typer.Option(None, "--redo", help="recompute these days even where current: DATE[,DATE...] or all")
@@ -26,9 +28,14 @@ def _progress() -> Progress:
                     TimeElapsedColumn(), console=console, transient=False)
 
 
+_DEBUG = {"on": False}  # set by main(): --debug shows tracebacks
+
+
 def _fail(exc: Exception) -> None:
+    if _DEBUG["on"]:
+        raise exc
     # errors contain [...] locations; soft_wrap: a store path is never broken across lines
-    console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+    console.print(f"[red]error:[/red] {escape(_one_line(exc))}", soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -444,9 +451,33 @@ def migrate(
         console.print(f"migrated {book}: " + ", ".join(f"{k} {v} day(s)" for k, v in summary.items()))
 
 
-def main() -> None:  # pragma: no cover
+def _one_line(exc: BaseException, limit: int = 600) -> str:
+    """An exception as one line, long fields cut."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 20] + f"... ({len(text):,} characters)"
+
+
+def main() -> None:
+    """The ``gpu-risk`` entry point: any failure ends in one line on stderr and exit status 2
+    (a user's error names what and where; an unexpected one its type); ``--debug``
+    anywhere on the command line, or GPU_RISK_DEBUG=1, shows the traceback instead."""
     logging.basicConfig(level=logging.WARNING)
-    app()
+    debug = "--debug" in sys.argv[1:] or os.environ.get("GPU_RISK_DEBUG") == "1"
+    sys.argv = [a for a in sys.argv if a != "--debug"]
+    _DEBUG["on"] = debug
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/red]")
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            raise
+        known = isinstance(exc, (InputError, SchemaError, ValueError, OSError))
+        kind = "" if known else f"{type(exc).__name__}: "
+        console.print(f"[red]error:[/red] {kind}{escape(_one_line(exc))} (--debug shows the traceback)",
+                      soft_wrap=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover

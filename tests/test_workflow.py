@@ -148,15 +148,16 @@ def test_same_results_on_a_separately_started_scheduler(reference, tiny_dataset,
     dask_cli = [str(bindir / "dask")] if (bindir / "dask").exists() else [sys.executable, "-m", "dask"]
     sched_file = tmp_path / "scheduler.json"
     procs = [subprocess.Popen([*dask_cli, "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--no-dashboard", "--scheduler-file", str(sched_file)],
+                               "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
         for _ in range(300):
             if sched_file.exists() and sched_file.stat().st_size:
                 break
             time.sleep(0.1)
-        procs.append(subprocess.Popen([*dask_cli, "worker", "--scheduler-file", str(sched_file),
-                                       "--nthreads", "2", "--no-dashboard", "--memory-limit", "2GB"],
+        procs.append(subprocess.Popen([*dask_cli, "worker", "--scheduler-file", str(sched_file), "--host", "127.0.0.1",
+                                       "--nthreads", "2", "--dashboard-address", "127.0.0.1:0",
+                                       "--memory-limit", "2GB"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         import json
 

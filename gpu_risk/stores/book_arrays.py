@@ -59,6 +59,7 @@ from .days import (
     _latest_change_ns,
     _select_days,
     day_key,
+    naming_metadata,
 )
 
 LAYOUT_ATTR = "gpu_risk_layout"
@@ -358,7 +359,9 @@ def open_instrument(path: PathLike, instrument: str, start: Any = None, end: Any
                     validate: bool = True, on_bad_rows: OnBadRows = "raise", chunks: Any = None,
                     trust_recorded: bool = True) -> xr.Dataset:
     """:func:`~gpu_risk.stores.book.open_book_instrument` for an instrument-arrays instrument."""
-    group = zarr.open_group(str(path), path=instrument, mode="r", zarr_format=3)
+    with naming_metadata(path, instrument):
+        group = zarr.open_group(str(path), path=instrument, mode="r", zarr_format=3)
+        _arrays(group)  # every array's metadata read now, not inside a task
     attrs = _meta(group)
     index = attrs.get(DAY_INDEX) or {}
     days = _select_days(sorted(index), start, end)

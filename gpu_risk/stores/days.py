@@ -20,6 +20,7 @@ This module: the atomic day groups every store is made of, their seals, and the 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -350,11 +351,27 @@ def _lazy_template(coords: dict, variables: dict[str, tuple[tuple[str, ...], np.
     return xr.Dataset(data_vars, coords=coords)
 
 
+# what zarr raises for metadata it cannot read: named with the group by the readers here
+UNREADABLE_METADATA = (json.JSONDecodeError, UnicodeDecodeError, zarr.errors.MetadataValidationError,
+                       zarr.errors.UnknownCodecError)
+
+
+@contextlib.contextmanager
+def naming_metadata(path: PathLike, group: str):
+    """Within: unreadable Zarr metadata is a :class:`SchemaError` naming the store and group."""
+    try:
+        yield
+    except UNREADABLE_METADATA as exc:
+        raise SchemaError(f"unreadable Zarr metadata under {group!r} ({type(exc).__name__}: {exc})",
+                          store=str(path)) from exc
+
+
 def open_day_dataset(path: PathLike, group: str, chunks: Any = None) -> xr.Dataset:
     # book arrays stored as ticks are decoded by gpu_risk (exactly, one pass per chunk),
     # not by xarray's CF mask-and-scale
-    ds = xr.open_zarr(str(path), group=group, chunks={} if chunks is None else chunks,
-                      mask_and_scale=dict.fromkeys(TICKED_VARS, False), **_zarr_kwargs())
+    with naming_metadata(path, group):
+        ds = xr.open_zarr(str(path), group=group, chunks={} if chunks is None else chunks,
+                          mask_and_scale=dict.fromkeys(TICKED_VARS, False), **_zarr_kwargs())
     ds = decode_ticked(ds)
     # Variable-length strings come back as numpy StringDType; plain `str` labels index best.
     for name in list(ds.coords):

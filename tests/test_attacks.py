@@ -1,0 +1,82 @@
+"""Hostile inputs and broken environments: each ends in one line naming what and where,
+a flag, or the right answer; never a traceback."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "gpu_risk.cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def one_line_error(done, *parts):
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    for part in parts:
+        assert part in " ".join(done.stderr.split()), (part, done.stderr)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    out = tmp_path_factory.mktemp("attacks")
+    made = cli("synth", "--out", out / "d", "--days", 2, "--instruments", 2, "--accounts", 100,
+               "--snapshots-per-day", 300, "--levels", 3, "--json")
+    assert made.returncode == 0, made.stderr
+    return json.loads(made.stdout)
+
+
+def test_garbage_metadata_in_a_book_day_is_one_line(small, tmp_path):
+    import shutil
+
+    book = tmp_path / "book.zarr"
+    shutil.copytree(small["book"], book)
+    (book / "ETHUSDT" / small["days"][0] / "bid_price" / "zarr.json").write_text("{not json")
+    done = cli("validate", "--book", book)
+    one_line_error(done, "ETHUSDT", small["days"][0], "unreadable Zarr metadata", "book.zarr")
+    debug = cli("validate", "--book", book, "--debug")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_a_python_tag_in_a_workflow_is_refused_in_one_line(small, tmp_path):
+    wf = tmp_path / "wf.yaml"
+    wf.write_text("name: !!python/object/apply:os.system ['echo hacked']\n"
+                  f"stores: {{positions: {small['positions']}, market: {small['market']}}}\n"
+                  f"families: [liquidation]\noutput: {tmp_path / 'out.zarr'}\n")
+    done = cli("run", wf)
+    one_line_error(done, "python/object")
+    assert "hacked" not in done.stdout
+
+
+def test_a_results_day_with_garbage_metadata_is_recomputed(small, tmp_path):
+    cfg = {"name": "t", "stores": {"positions": small["positions"], "market": small["market"]},
+           "families": ["liquidation"], "output": str(tmp_path / "out.zarr"), "scheduler": "sync",
+           "backend": "cpu"}
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(yaml.safe_dump(cfg))
+    first = cli("run", wf, "--json")
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "out.zarr" / small["days"][0] / "zarr.json").write_text("garbage")
+    again = cli("run", wf, "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["computed"] == [small["days"][0]]
+    from gpu_risk import store
+
+    assert store.results_days(tmp_path / "out.zarr") == small["days"]
+
+
+def test_an_unexpected_failure_is_one_line_with_its_type(small, tmp_path):
+    """A store path that is a file, not a directory: the environment's error, in one line."""
+    not_a_dir = tmp_path / "file.zarr"
+    not_a_dir.write_text("x")
+    done = cli("validate", "--book", not_a_dir)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "file.zarr" in done.stderr
