@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import xarray as xr
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from . import store
 from .backend import to_backend
@@ -42,6 +43,14 @@ class ImbalanceConfig(BaseModel):
     bucket: str = "1s"
     levels: int | None = None
     bands_bps: list[float] = [5, 10, 25, 50, 100]
+    max_carry: str | None = "5min"  # empty buckets carry the book this long (SPEC section 1)
+
+    @field_validator("bucket", "max_carry")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None and pd.Timedelta(value) < pd.Timedelta(0):
+            raise ValueError(f"{value!r} is a negative duration")
+        return value
 
 
 class CascadeConfig(BaseModel):
@@ -81,7 +90,7 @@ def day_imbalance_grid(ctx: DayContext) -> xr.Dataset:
     c = ctx.settings
     assert isinstance(c, ImbalanceConfig)
     return imbalance_grid(xr.DataTree.from_dict(nodes), bucket=c.bucket, levels=c.levels,
-                          bands_bps=c.bands_bps, start=date, validate=False,
+                          bands_bps=c.bands_bps, start=date, validate=False, max_carry=c.max_carry,
                           end=np.datetime64(date) + np.timedelta64(1, "D"))
 
 

@@ -199,13 +199,18 @@ def imbalance(
     bucket: str | None = typer.Option(None, help="bucket length, e.g. 1s, 10s, 1min (default 1s)"),
     levels: int | None = typer.Option(None, help="book levels used (default: all)"),
     bands_bps: str | None = typer.Option(None, help="band half-widths in bps, e.g. 5,10,25"),
+    max_carry: str | None = typer.Option(
+        None, help="how long an empty bucket carries the book, e.g. 5min (the default), or none"),
     report: Path | None = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
     memory_limit: str | None = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
     performance_report: Path | None = PERF,
     redo: str | None = REDO,
 ):
     """Imbalance grids (OFI, depth, band imbalance, microprice) per day into a results store."""
-    _family("imbalance", {"bucket": bucket, "levels": levels, "bands_bps": _floats(bands_bps)},
+    settings = {"bucket": bucket, "levels": levels, "bands_bps": _floats(bands_bps)}
+    if max_carry is not None:
+        settings["max_carry"] = None if max_carry.lower() == "none" else max_carry
+    _family("imbalance", settings, keep_none=("max_carry",),
             book=book, positions=None, market=None, out=out, start=start, end=end, report=report,
             backend=backend, scheduler=scheduler, memory_limit=memory_limit, on_bad_rows=on_bad_rows,
             as_json=as_json, performance_report=performance_report, redo=redo)

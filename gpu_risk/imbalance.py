@@ -219,6 +219,14 @@ def _instrument_grid(ds: xr.Dataset, origin_ns: int, bucket_ns: int, n_buckets: 
     return done[0] if len(done) == 1 else xp.concatenate(done, axis=0)
 
 
+def _grid_times(ds: xr.Dataset, origin_ns: int) -> np.ndarray:
+    """The snapshot times an instrument's grid uses: flagged rows left out, and of the rows
+    before the origin only the last (the carried lead-in), as ``_instrument_grid`` does."""
+    t = _time_ns(without_flagged_rows(ds))
+    keep = max(int(np.searchsorted(t, origin_ns, side="left")) - 1, 0)
+    return t[keep:]
+
+
 def _fill(dest, values):
     if dest is None:
         return values
@@ -265,10 +273,40 @@ def _empty_buckets(n: int, levels: int, n_cols: int, meta, lazy: bool = True):
     return arr.map_blocks(_to_cupy, dtype=np.float64, meta=meta) if is_cupy(meta) else arr
 
 
+def _stale_buckets(t: np.ndarray, origin_ns: int, bucket_ns: int, n_buckets: int, max_carry_ns: int) -> np.ndarray:
+    """Empty buckets whose end is more than ``max_carry_ns`` after the last snapshot before
+    them (SPEC section 1: a gap in the data is never shown as a current book). ``t``: the
+    instrument's snapshot times used by the grid (a lead-in snapshot before the origin
+    included: it is carried, not counted)."""
+    last = np.full(n_buckets, np.iinfo(np.int64).min)
+    counted = np.zeros(n_buckets, dtype=bool)
+    if t.size:
+        b = np.clip((t - origin_ns) // bucket_ns, 0, n_buckets - 1)
+        ends = np.r_[np.flatnonzero(np.diff(b)), b.size - 1]  # the last row of each bucket (t sorted)
+        last[b[ends]] = t[ends]
+        counted[b[t >= origin_ns]] = True
+    carried = np.maximum.accumulate(last)
+    labels = origin_ns + (np.arange(n_buckets, dtype=np.int64) + 1) * bucket_ns
+    return ~counted & (carried > np.iinfo(np.int64).min) & (labels - carried > max_carry_ns)
+
+
+def _without(data, stale: np.ndarray, name: str):
+    """``data`` (instrument, time[, k]) with NaN where ``stale`` (instrument, time)."""
+    cond = stale if data.ndim == 2 else stale[:, :, None]
+    if isinstance(data, da.Array):
+        chunks = data.chunks[:2] + (((1,),) if data.ndim == 3 else ())
+        mask = da.from_array(cond, chunks=chunks, name=f"stale-{name}-{dask.base.tokenize(cond.tobytes())}")
+        if is_cupy(data._meta):
+            mask = mask.map_blocks(_to_cupy, dtype=bool, meta=data._meta.astype(bool))
+        return da.where(mask, np.nan, data)
+    xp = _array_module(data)
+    return xp.where(xp.asarray(cond), np.nan, data)
+
+
 def imbalance_grid(book: xr.DataTree | xr.Dataset, bucket="1s", levels: int | None = None,
                    bands_bps: Sequence[float] = (5, 10, 25, 50, 100),
                    instruments: Iterable[str] | None = None, start=None, end=None,
-                   validate: bool = True) -> xr.Dataset:
+                   validate: bool = True, max_carry="5min") -> xr.Dataset:
     """Order-book imbalance grids per instrument x time bucket x depth (SPEC section 1).
 
     Parameters
@@ -287,6 +325,12 @@ def imbalance_grid(book: xr.DataTree | xr.Dataset, bucket="1s", levels: int | No
     end : optional time; the grid then runs to the bucket ending at ``end`` (carrying
         the state forward) and leaves out snapshots at or after it. With ``start`` and
         ``end`` at consecutive midnights, day grids tile the history's grid exactly.
+    max_carry : how long an empty bucket carries the last snapshot's state (pandas
+        Timedelta; default 5 minutes, SPEC section 1): an empty bucket ending more than
+        ``max_carry`` after the last snapshot has NaN state (``depth_imbalance``,
+        ``mid_price``, ``spread``, ``microprice``, ``band_imbalance``), 0 ``ofi`` and 0
+        ``n_updates``, so a gap in the data never looks like a current book. None carries
+        it forever.
     validate : check the SPEC's bad-input rules on a book that has not been validated yet
         (``open_book`` and ``validate_book_dataset`` stamp what they checked); an
         :class:`~gpu_risk.errors.InputError` names the first bad snapshot.
@@ -310,6 +354,9 @@ def imbalance_grid(book: xr.DataTree | xr.Dataset, bucket="1s", levels: int | No
     if not 1 <= levels <= max_levels:
         raise ValueError(f"levels must be in [1, {max_levels}], not {levels}")
     bucket_ns = _bucket_ns(bucket)
+    max_carry_ns = None if max_carry is None else pd.Timedelta(max_carry).value
+    if max_carry_ns is not None and max_carry_ns < 0:
+        raise ValueError(f"max_carry must be a non-negative duration, not {max_carry!r}")
     bands = np.asarray(bands_bps, dtype=np.float64)
     if bands.ndim != 1 or (bands < 0).any() or not np.isfinite(bands).all():
         raise ValueError("bands_bps must be non-negative finite numbers")
@@ -348,19 +395,26 @@ def imbalance_grid(book: xr.DataTree | xr.Dataset, bucket="1s", levels: int | No
         packed = _array_module(first).empty((len(datasets), n_buckets, n_columns(levels, bands.size)))
         for i, ds in enumerate(datasets.values()):
             _instrument_grid(ds, origin_ns, bucket_ns, n_buckets, bands, levels, dest=packed[i])
+    stale = None
+    if max_carry_ns is not None:
+        stale = np.stack([_stale_buckets(_grid_times(ds, origin_ns), origin_ns, bucket_ns, n_buckets, max_carry_ns)
+                          for ds in datasets.values()])
+        stale = stale if stale.any() else None
     labels = (origin_ns + (np.arange(n_buckets, dtype=np.int64) + 1) * bucket_ns).astype("datetime64[ns]")
     coords = {"instrument": np.array(names, dtype=str), "time": labels,
               "level": np.arange(1, levels + 1), "band": bands}
     L, B = levels, bands.size
 
-    def var(columns, dims, units, long_name):
+    def var(columns, dims, units, long_name, state=True):
         data = packed[:, :, columns]
+        if state and stale is not None:
+            data = _without(data, stale, f"{columns}")
         return xr.DataArray(data, dims=dims, attrs={"units": units, "long_name": long_name})
 
     it, itl, itb = ("instrument", "time"), ("instrument", "time", "level"), ("instrument", "time", "band")
     out = xr.Dataset(
         {
-            "ofi": var(slice(0, L), itl, "base units", "order-flow imbalance summed over the bucket"),
+            "ofi": var(slice(0, L), itl, "base units", "order-flow imbalance summed over the bucket", state=False),
             "depth_imbalance": var(slice(L, 2 * L), itl, "1",
                                    "(bid - ask)/(bid + ask) depth over levels 1..k at the bucket's last snapshot"),
             "mid_price": var(2 * L, it, "quote currency", "mid price at the bucket's last snapshot"),
@@ -369,7 +423,7 @@ def imbalance_grid(book: xr.DataTree | xr.Dataset, bucket="1s", levels: int | No
                               "size-weighted mid (Pb1 qa1 + Pa1 qb1)/(qa1 + qb1) at the bucket's last snapshot"),
             "band_imbalance": var(slice(2 * L + 3, 2 * L + 3 + B), itb, "1",
                                   "(bid - ask)/(bid + ask) depth within the band around the mid"),
-            "n_updates": var(2 * L + 3 + B, it, "1", "snapshots in the bucket").astype(np.int64)
+            "n_updates": var(2 * L + 3 + B, it, "1", "snapshots in the bucket", state=False).astype(np.int64)
                          .assign_attrs(units="1", long_name="snapshots in the bucket"),
         },
         coords=coords,
@@ -377,7 +431,8 @@ def imbalance_grid(book: xr.DataTree | xr.Dataset, bucket="1s", levels: int | No
     out["time"].attrs["long_name"] = "end of the time bucket (UTC)"
     out["band"].attrs.update(units="bps", long_name="half-width of the band around the mid")
     out["level"].attrs.update(long_name="book level (1 = best); depth_imbalance sums levels 1..k")
-    out.attrs.update(bucket=str(pd.Timedelta(bucket_ns)), bucket_alignment="midnight UTC")
+    out.attrs.update(bucket=str(pd.Timedelta(bucket_ns)), bucket_alignment="midnight UTC",
+                     max_carry=str(pd.Timedelta(max_carry_ns)) if max_carry_ns is not None else "none")
     if start is not None:
         out = out.sel(time=slice(np.datetime64(start_ns + 1, "ns"), None))
     return out if lazy else out.compute()

@@ -7,10 +7,12 @@ import numpy as np
 import pandas as pd
 
 
-def reference_grid(books: dict, bucket: str, bands_bps=(5, 10, 25, 50, 100), levels=None):
+def reference_grid(books: dict, bucket: str, bands_bps=(5, 10, 25, 50, 100), levels=None, max_carry="5min"):
     """books: {instrument: Dataset (time, level)} in memory. Returns a dict of arrays
-    indexed [instrument (sorted), time bucket, level|band]."""
+    indexed [instrument (sorted), time bucket, level|band]. An empty bucket ending more
+    than ``max_carry`` after the last snapshot keeps NaN state (None: carried forever)."""
     bucket_ns = pd.Timedelta(bucket).value
+    carry_ns = None if max_carry is None else pd.Timedelta(max_carry).value
     names = sorted(books)
     times = {n: books[n].time.values.astype("datetime64[ns]").astype(np.int64) for n in names}
     first = min(t.min() for t in times.values() if t.size)
@@ -67,6 +69,8 @@ def reference_grid(books: dict, bucket: str, bands_bps=(5, 10, 25, 50, 100), lev
             if last_state is None:
                 continue
             n = last_state
+            if b not in state_at and carry_ns is not None and labels[b] - t[n] > carry_ns:
+                continue  # a gap: the last snapshot is too old to stand for the book
             cb = np.cumsum(qb[n])
             ca = np.cumsum(qa[n])
             for k in range(L):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import dask
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 from conftest import make_book
@@ -203,3 +204,50 @@ def test_bucket_of_matches_floor_division(times, sort, origin, bucket):
     t = np.array(sorted(times) if sort else times, dtype=np.int64)
     got = bucket_of_cpu(t, origin, bucket, np.empty(t.size, dtype=np.int64))
     np.testing.assert_array_equal(got, np.maximum((t - origin) // bucket, 0))
+
+
+def _with_gap(book: xr.Dataset, after: int, minutes: float) -> xr.Dataset:
+    """``book`` with every snapshot after row ``after`` moved ``minutes`` later."""
+    t = book.time.values.copy()
+    t[after + 1:] = t[after + 1:] + np.timedelta64(int(minutes * 60e9), "ns")
+    return book.assign_coords(time=t)
+
+
+@pytest.mark.parametrize("max_carry", ["5min", "90s", None])
+@pytest.mark.parametrize("chunks", [None, 17])
+def test_a_gap_longer_than_max_carry_is_nan_not_a_stale_book(max_carry, chunks):
+    """SPEC section 1: empty buckets carry the last snapshot's state only up to max_carry;
+    beyond, state is NaN (OFI and n_updates 0), in memory and lazily, as the reference says."""
+    books = {"A": _with_gap(awkward_book(21, n=150, span_s=120.0), 70, 12),
+             "B": _with_gap(awkward_book(22, n=90, span_s=100.0, start="2026-01-05T09:00:30"), 20, 3)}
+    tree = xr.DataTree.from_dict({f"/{k}": (v.chunk({"time": chunks}) if chunks else v) for k, v in books.items()})
+    grid = imbalance_grid(tree, "10s", max_carry=max_carry).compute()
+    assert_matches_reference(grid, books, "10s", max_carry=max_carry)
+    a = grid.sel(instrument="A")
+    forever = imbalance_grid(tree, "10s", max_carry=None).compute().sel(instrument="A")
+    masked = np.isnan(a.mid_price.values) & ~np.isnan(forever.mid_price.values)
+    if max_carry is None:
+        assert not masked.any()
+    else:
+        # the 12-minute gap: its buckets ending more than max_carry after the last snapshot
+        limit = pd.Timedelta(max_carry).total_seconds()
+        assert int(masked.sum()) in (int((12 * 60 - limit) // 10), int((12 * 60 - limit) // 10) + 1)
+        assert (a.n_updates.values[masked] == 0).all() and (a.ofi.values[masked] == 0).all()
+        assert np.isnan(a.band_imbalance.values[masked]).all() and np.isnan(a.depth_imbalance.values[masked]).all()
+    assert grid.attrs["max_carry"] == ("none" if max_carry is None else str(pd.Timedelta(max_carry)))
+
+
+def test_gaps_across_midnight_tile_day_by_day(tmp_path):
+    """A gap spanning midnight: day 2 gridded alone (with day 1's last snapshot) equals the
+    whole history's day-2 buckets, stale buckets included."""
+    book = _with_gap(awkward_book(31, n=200, start="2026-01-05T23:55:00", span_s=60.0), 120, 9)
+    store.write_book(book, tmp_path / "b.zarr", "A", chunk_rows=16)
+    whole = imbalance_grid(store.open_book(tmp_path / "b.zarr"), "1s").compute()
+    assert_matches_reference(whole, {"A": book}, "1s")
+    assert np.isnan(whole.mid_price.values).sum() > 0
+    day2 = store.open_book(tmp_path / "b.zarr", start="2026-01-06", end="2026-01-06")["A"].to_dataset()
+    last_of_day1 = store.open_book(tmp_path / "b.zarr", end="2026-01-05")["A"].to_dataset().isel(time=[-1])
+    part = imbalance_grid(xr.DataTree.from_dict({"/A": xr.concat([last_of_day1, day2], "time")}), "1s",
+                          start="2026-01-06").compute()
+    expected = whole.sel(time=slice(np.datetime64("2026-01-06T00:00:00.000000001"), None))
+    xr.testing.assert_identical(part.drop_attrs(), expected.drop_attrs())
