@@ -113,7 +113,7 @@ def _check_shocks(initial_shocks) -> np.ndarray:
 def cascade(book: xr.DataTree | xr.Dataset, positions: xr.Dataset, market: xr.Dataset, times,
             initial_shocks: Sequence[float], *, liquidation: xr.Dataset | None = None,
             depth_extrapolation: float | None = None, instruments: Iterable[str] | None = None,
-            time_block: int = TIME_BLOCK, validate: bool = True) -> xr.Dataset:
+            time_block: int = TIME_BLOCK, validate: bool = True, allow_lookahead: bool = False) -> xr.Dataset:
     """Liquidation cascades per instrument x time x initial shock (SPEC section 4).
 
     Parameters
@@ -135,6 +135,8 @@ def cascade(book: xr.DataTree | xr.Dataset, positions: xr.Dataset, market: xr.Da
         further x times the moved mid holds as much size as the whole visible side.
     instruments : subset of the book's instruments (default: all; each must be a
         perpetual in the market).
+    allow_lookahead : positions or a market dated after the last evaluation time's day
+        are refused (a cascade would use positions from its future) unless True.
 
     Returns a Dataset with dims (instrument, time, initial_shock): ``final_price`` [quote
     currency], ``liquidated_notional`` [USD], ``rounds`` [1], ``amplification`` [1],
@@ -166,6 +168,7 @@ def cascade(book: xr.DataTree | xr.Dataset, positions: xr.Dataset, market: xr.Da
         books = {name: ensure_book(ds, instrument=name) for name, ds in books.items()}
     books = {name: without_flagged_rows(ds) for name, ds in books.items()}
     when = cascade_times(books, times)
+    dates = dates_used(when, positions, market, allow_lookahead=allow_lookahead)
 
     if liquidation is None:
         from .liquidation import liquidation as compute_liquidation  # noqa: PLC0415
@@ -242,7 +245,29 @@ def cascade(book: xr.DataTree | xr.Dataset, positions: xr.Dataset, market: xr.Da
     out["initial_shock"].attrs.update(units="1", long_name="initial relative move s0 of every book price")
     out["time"].attrs["long_name"] = "evaluation time (UTC)"
     out.attrs["depth_extrapolation"] = "none" if depth_extrapolation is None else float(depth_extrapolation)
+    out.attrs.update(dates)
     return out if lazy else out.compute()
+
+
+def dates_used(when: np.ndarray, positions: xr.Dataset, market: xr.Dataset, *,
+               allow_lookahead: bool = False) -> dict[str, str]:
+    """The dates a cascade combines (recorded on its result): the evaluation times' first
+    and last day and the positions' and market's as-of dates. Positions or a market dated
+    after the last evaluation day are an error unless ``allow_lookahead``."""
+    first, last = (str(np.datetime64(when[i], "D")) for i in (0, -1))
+    used = {"times_first_day": first, "times_last_day": last}
+    for what, ds in (("positions", positions), ("market", market)):
+        date = ds.attrs.get("date")
+        if date is None:
+            continue
+        key = str(np.datetime64(pd.Timestamp(date).tz_localize(None), "D"))
+        used[f"{what}_date"] = key
+        if key > last and not allow_lookahead:
+            raise InputError(f"the {what} are as of {key}, after the last cascade time's day {last}: the "
+                             f"cascade would use {what} from its future; open them for {last} (e.g. "
+                             f"open_{what}(..., date={last!r})) or pass allow_lookahead=True",
+                             variable="date")
+    return used
 
 
 def _empty_snapshot(ds: xr.Dataset) -> xr.Dataset:

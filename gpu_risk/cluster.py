@@ -74,9 +74,67 @@ def dask_scheduler(spec: str = "auto", *, backend: str = "cpu", memory_limit: st
         finally:
             cluster.close()
         return
-    with Client(spec, timeout="30s") as client:
+    try:
+        client = Client(spec, timeout=f"{CONNECT_TIMEOUT_S}s")
+    except (OSError, TimeoutError) as exc:
+        raise RuntimeError(f"no Dask scheduler answered at {spec} within {CONNECT_TIMEOUT_S} s ({exc})") from None
+    with client, _workers_watched(client, spec) as watch:
         n = len(client.scheduler_info().get("workers", {}))
-        yield f"Dask scheduler at {spec} ({n} workers)"
+        try:
+            yield f"Dask scheduler at {spec} ({n} workers)"
+        except BaseException as exc:  # asyncio's CancelledError is not an Exception
+            if watch.reason:  # the watchdog closed the client: say why, not how it broke
+                raise RuntimeError(watch.reason) from exc
+            raise
+
+
+CONNECT_TIMEOUT_S = 30
+
+
+def no_worker_timeout_s() -> float:
+    """How long a run waits for a scheduler with no worker before it fails (seconds;
+    GPU_RISK_NO_WORKER_TIMEOUT, default 120)."""
+    return float(os.environ.get("GPU_RISK_NO_WORKER_TIMEOUT", "120"))
+
+
+class _Watch:
+    reason: str | None = None
+
+
+@contextlib.contextmanager
+def _workers_watched(client, spec: str) -> Iterator[_Watch]:
+    """Fail instead of waiting forever: when the scheduler has had no worker for
+    ``no_worker_timeout_s()`` (none started, or every one gone), close the client, so
+    that the computation waiting on it raises; the watch says why."""
+    import threading  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    watch, stop = _Watch(), threading.Event()
+    limit = no_worker_timeout_s()
+
+    def run() -> None:
+        since = None
+        while not stop.wait(min(2.0, limit / 4)):
+            try:
+                workers = len(client.scheduler_info().get("workers", {}))
+            except Exception:  # the client is closing
+                return
+            if workers:
+                since = None
+                continue
+            since = since or time.monotonic()
+            if time.monotonic() - since >= limit:
+                watch.reason = (f"the Dask scheduler at {spec} has had no worker for {limit:.0f} s "
+                                "(none started, or every one gone); start workers and run again")
+                client.close()
+                return
+
+    thread = threading.Thread(target=run, name="gpu-risk-worker-watch", daemon=True)
+    thread.start()
+    try:
+        yield watch
+    finally:
+        stop.set()
 
 
 def scheduler_threads(spec: str, memory_limit: str | None = None) -> int:

@@ -249,9 +249,11 @@ def compute_day(cfg: WorkflowConfig, date: str, backend: str, inputs: dict | Non
             # rather than persisted, as persisted keys collide on a cluster with the same
             # keys in the day's later graph
             out = {k: v.compute() for k, v in out.items()}
+        # what made them: every input is opened for the as-of date itself (never a later one)
+        for ds in out.values():
+            ds.attrs.update(date=date, workflow=cfg.name,
+                            **{f"{need}_date": date for need in family.needs})
         results.update(out)
-    for ds in results.values():
-        ds.attrs.update(date=date, workflow=cfg.name)
     return results
 
 

@@ -80,3 +80,67 @@ def test_an_unexpected_failure_is_one_line_with_its_type(small, tmp_path):
     done = cli("validate", "--book", not_a_dir)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "file.zarr" in done.stderr
+
+
+def test_the_readme_example_runs_and_refuses_positions_from_the_future(tmp_path):
+    """The README's Python example, as written, on a synthetic store of the demo's dates;
+    then the same cascade with the latest positions (a day after the book) is refused."""
+    import re
+    from pathlib import Path
+
+    import gpu_risk
+    from gpu_risk.errors import InputError
+    from gpu_risk.synth import SynthConfig, synth
+
+    synth(SynthConfig(out=str(tmp_path / "data" / "demo"), days=3, instruments=2, accounts=200,
+                      snapshots_per_day=600, levels=5))
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "gpu_risk.cascade" in block)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        scope: dict = {}
+        exec(compile(code, "README.md", "exec"), scope)
+    finally:
+        os.chdir(cwd)
+    cascades = scope["cascades"].compute()
+    assert cascades.attrs["positions_date"] == cascades.attrs["times_last_day"] == "2026-01-06"
+    latest = gpu_risk.open_positions(tmp_path / "data/demo/positions.zarr", market=scope["market"])
+    assert latest.attrs["date"] == "2026-01-07"
+    with pytest.raises(InputError, match="from its future"):
+        gpu_risk.cascade(scope["book"], latest, scope["market"], "1h", [-0.1])
+    ahead = gpu_risk.cascade(scope["book"], latest, scope["market"], "1h", [-0.1], allow_lookahead=True)
+    assert ahead.attrs["positions_date"] == "2026-01-07"
+
+
+def test_a_scheduler_without_workers_fails_in_one_line_instead_of_waiting(small, tmp_path):
+    """`gpu-risk run --scheduler ADDRESS` on a scheduler with no worker (none started, or all
+    gone) fails after GPU_RISK_NO_WORKER_TIMEOUT seconds with one line; never hangs."""
+    import time
+    from pathlib import Path
+
+    bindir = Path(sys.executable).parent
+    dask_cli = [str(bindir / "dask")] if (bindir / "dask").exists() else [sys.executable, "-m", "dask"]
+    sched_file = tmp_path / "scheduler.json"
+    scheduler = subprocess.Popen([*dask_cli, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                                  "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            if sched_file.exists() and sched_file.stat().st_size:
+                break
+            time.sleep(0.1)
+        address = json.loads(sched_file.read_text())["address"]
+        cfg = {"name": "t", "stores": {"positions": small["positions"], "market": small["market"]},
+               "families": ["liquidation"], "output": str(tmp_path / "out.zarr"), "backend": "cpu"}
+        wf = tmp_path / "wf.yaml"
+        wf.write_text(yaml.safe_dump(cfg))
+        t0 = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "gpu_risk.cli", "run", str(wf), "--scheduler", address],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "GPU_RISK_NO_WORKER_TIMEOUT": "3"})
+        assert time.monotonic() - t0 < 90
+        one_line_error(done, "no worker", address)
+    finally:
+        scheduler.kill()
+        scheduler.wait()
