@@ -429,6 +429,31 @@ def validate(
 
 
 @app.command()
+def verify(
+    store_path: Path = typer.Argument(..., exists=True, file_okay=False,
+                                      help="a book, positions, market or results store"),
+    as_json: bool = JSON,
+):
+    """Check every complete day of a store: each chunk is there, whole, and reads back (its
+    checksum); exit 2 with one line per damaged chunk."""
+    from .stores.verify import verify_store
+
+    try:
+        found = verify_store(store_path)
+    except (InputError, SchemaError, ValueError) as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(found))
+    for line in found["problems"]:
+        console.print(f"[red]damaged:[/red] {escape(line)}", soft_wrap=True)
+    if found["problems"]:
+        raise typer.Exit(2)
+    if not as_json:
+        console.print(f"[green]intact[/green]: {found['kind']} store, {found['groups']} day group(s), "
+                      f"{found['chunks']} chunk(s) read")
+
+
+@app.command()
 def migrate(
     book: Path = typer.Argument(..., exists=True, file_okay=False, help="book store (converted in place)"),
     layout: str = typer.Option("instrument-arrays", help="instrument-arrays (the only other layout)"),

@@ -144,3 +144,51 @@ def test_a_scheduler_without_workers_fails_in_one_line_instead_of_waiting(small,
     finally:
         scheduler.kill()
         scheduler.wait()
+
+
+def test_verify_names_missing_truncated_and_flipped_chunks_and_runs_recompute_damaged_results(small, tmp_path):
+    """`gpu-risk verify` lists every damaged chunk in one line each; opening a damaged input
+    day names the chunk; a damaged results day is recomputed by the next run."""
+    import shutil
+    from pathlib import Path
+
+    from gpu_risk import store
+    from gpu_risk.errors import InputError
+
+    book = tmp_path / "book.zarr"
+    shutil.copytree(small["book"], book)
+    ok = cli("verify", book, "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["problems"] == [] and json.loads(ok.stdout)["chunks"] > 0
+    day = book / "BTCUSDT" / small["days"][0]
+    chunk = next(p for p in sorted((day / "bid_size").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    flipped = next(p for p in sorted((day / "ask_price").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the checksum can tell
+    flipped.write_bytes(bytes(data))
+    chunk.write_bytes(chunk.read_bytes()[:10])  # truncated
+    other = next(p for p in sorted((book / "ETHUSDT" / small["days"][1] / "time").rglob("*"))
+                 if p.is_file() and p.name != "zarr.json")
+    other.unlink()  # missing
+    bad = cli("verify", book)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    lines = [line for line in bad.stderr.splitlines() if line.startswith("damaged:")]
+    text = " ".join(bad.stderr.split())
+    assert len(lines) >= 3, bad.stderr
+    assert "bid_size" in text and "bytes" in text and "ask_price" in text and "checksum" in text.lower()
+    assert "time" in text and "missing" in text
+    with pytest.raises(InputError, match="damaged store.*bid_size"):
+        store.open_book_instrument(book, "BTCUSDT")
+    # results: a damaged day is recomputed, the others kept
+    cfg = {"name": "t", "stores": {"positions": small["positions"], "market": small["market"]},
+           "families": ["liquidation"], "output": str(tmp_path / "out.zarr"), "scheduler": "sync", "backend": "cpu"}
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(yaml.safe_dump(cfg))
+    assert cli("run", wf).returncode == 0
+    victim = next(p for p in sorted(Path(tmp_path / "out.zarr" / small["days"][1]).rglob("*"))
+                  if p.is_file() and p.name != "zarr.json")
+    victim.unlink()
+    assert cli("verify", tmp_path / "out.zarr").returncode == 2
+    again = cli("run", wf, "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["computed"] == [small["days"][1]]
+    assert cli("verify", tmp_path / "out.zarr").returncode == 0

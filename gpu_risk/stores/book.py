@@ -47,6 +47,7 @@ from .days import (
     _open_root,
     _record_qc,
     _with_attrs,
+    check_manifest,
     child_groups,
     complete_days,
     day_key,
@@ -178,11 +179,14 @@ def open_book_instrument(path: PathLike, instrument: str, start: Any = None, end
     if not days:
         raise InputError(f"no complete day in [{start}, {end}]", store=str(path), instrument=instrument)
     parts = [open_day_dataset(path, f"{instrument}/{d}", chunks) for d in days]
+    sealed = [is_sealed(path, f"{instrument}/{d}", p.encoding) for d, p in zip(days, parts)]
+    for d, p, ok in zip(days, parts, sealed):
+        if not ok:  # changed since written: a chunk missing or truncated is named, not read
+            check_manifest(path, f"{instrument}/{d}", p.encoding)
     # days validated when written (their recorded summary says clean) are not read again:
     # only the order of time across their boundaries is checked here
-    clean = trust_recorded and all(
-        is_clean_summary(p.attrs.get(QC_ATTR), p.sizes["time"]) and is_sealed(path, f"{instrument}/{d}", p.encoding)
-        for d, p in zip(days, parts)) and all(
+    clean = trust_recorded and all(sealed) and all(
+        is_clean_summary(p.attrs.get(QC_ATTR), p.sizes["time"]) for p in parts) and all(
         a["time"].values[-1] <= b["time"].values[0]
         for a, b in zip(parts, parts[1:]) if a.sizes["time"] and b.sizes["time"])
     ds = parts[0] if len(parts) == 1 else xr.concat(

@@ -51,6 +51,7 @@ from ..validate import (
 from .days import (
     BOOK_CHUNK_ROWS,
     DAY_INDEX,
+    MANIFEST,
     NUMBER_COMPRESSORS,
     SEAL,
     TICK_COMPRESSORS,
@@ -58,6 +59,8 @@ from .days import (
     PathLike,
     _latest_change_ns,
     _select_days,
+    check_manifest,
+    chunk_manifest,
     day_key,
     naming_metadata,
 )
@@ -226,7 +229,8 @@ def _commit(path: PathLike, instrument: str, entries: dict[str, dict], rows: int
     index = dict(_meta(group).get(DAY_INDEX) or {})
     for day, entry in entries.items():
         index[day] = entry | {"write_id": uuid.uuid4().hex}
-    group.attrs.update({DAY_INDEX: index, ROWS_ATTR: int(rows), SEAL: _latest_change_ns(path, instrument)})
+    group.attrs.update({DAY_INDEX: index, ROWS_ATTR: int(rows), SEAL: _latest_change_ns(path, instrument),
+                        MANIFEST: chunk_manifest(path, instrument)})
 
 
 def _append_block(group: zarr.Group, start: int, ds: xr.Dataset, *, where: str) -> int:
@@ -368,9 +372,11 @@ def open_instrument(path: PathLike, instrument: str, start: Any = None, end: Any
     if not days:
         raise InputError(f"no complete day in [{start}, {end}]", store=str(path), instrument=instrument)
     latest = _latest_change_ns(path, instrument)
+    sealed = isinstance(attrs.get(SEAL), int) and (latest or 0) <= attrs[SEAL]
+    if not sealed:  # changed since the last commit: a chunk missing or truncated is named
+        check_manifest(path, instrument, attrs, extra_ok=True)
     ds = _dataset(path, instrument, group, _runs(index, days), chunks, latest)
     ds.attrs = {"instrument": instrument, "days": days, "store": str(path)}
-    sealed = isinstance(attrs.get(SEAL), int) and (latest or 0) <= attrs[SEAL]
     entries = [index[d] for d in days]
     clean = trust_recorded and sealed and all(
         is_clean_summary(e.get("qc"), int(e["stop"]) - int(e["start"])) for e in entries) and all(

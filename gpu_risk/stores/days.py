@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from ..coding import (
     TICK_FILL,
@@ -152,7 +152,54 @@ def mark_complete(path: PathLike, group: str) -> None:
     import uuid  # noqa: PLC0415
 
     zarr.open_group(str(path), path=group, mode="r+", zarr_format=3).attrs.update(
-        {COMPLETE: True, WRITE_ID: uuid.uuid4().hex, SEAL: _latest_change_ns(path, group)})
+        {COMPLETE: True, WRITE_ID: uuid.uuid4().hex, SEAL: _latest_change_ns(path, group),
+         MANIFEST: chunk_manifest(path, group)})
+
+
+MANIFEST = "gpu_risk_manifest"  # every chunk file under a completed group: {key: bytes}
+
+
+def chunk_manifest(path: PathLike, group: str) -> dict[str, int] | None:
+    """The chunk files under a local group and their sizes (key relative to the group:
+    ``array/c/0/1``); None for a store that is not a local directory."""
+    root = Path(str(path)) / group
+    if not root.is_dir():
+        return None
+    found = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if name == "zarr.json":
+                continue
+            entry = Path(folder) / name
+            found[entry.relative_to(root).as_posix()] = entry.stat().st_size
+    return found
+
+
+def manifest_problems(path: PathLike, group: str, recorded: Any, *, extra_ok: bool = False) -> list[str]:
+    """What differs between the chunk files under ``group`` and its recorded manifest:
+    chunks missing or truncated (or grown), and chunks nobody wrote (unless ``extra_ok``:
+    an instrument's arrays may hold a killed writer's rows past the committed end); []
+    when they agree or nothing was recorded."""
+    if not isinstance(recorded, dict):
+        return []
+    now = chunk_manifest(path, group) or {}
+    where = f"{path}/{group}"
+    problems = [f"{where}: chunk {key} is missing" for key in sorted(set(recorded) - set(now))]
+    problems += [f"{where}: chunk {key} has {now[key]} bytes, {recorded[key]} when written"
+                 for key in sorted(set(recorded) & set(now)) if now[key] != recorded[key]]
+    if not extra_ok:
+        problems += [f"{where}: chunk {key} was not written with the day"
+                     for key in sorted(set(now) - set(recorded))]
+    return problems
+
+
+def check_manifest(path: PathLike, group: str, attrs: dict, *, extra_ok: bool = False) -> None:
+    """Raise an :class:`InputError` naming the first damaged chunk of ``group`` (missing,
+    truncated, or not written with it) when its files differ from its manifest."""
+    problems = manifest_problems(path, group, attrs.get(MANIFEST), extra_ok=extra_ok)
+    if problems:
+        more = f" ({len(problems)} problems in all; gpu-risk verify lists them)" if len(problems) > 1 else ""
+        raise InputError(f"damaged store: {problems[0]}{more}", store=str(path))
 
 
 def day_identity(path: PathLike, group: str) -> str:
@@ -232,9 +279,12 @@ def recover_day(path: PathLike, group: str) -> None:
 # 1.7x as large (docs/performance.md, "Store format", lists every candidate measured).
 # Blosc is in the Zarr 3 specification, so any Zarr 3 reader decodes these stores; stores
 # written with other codecs read as before (the codec is in each array's metadata).
-NUMBER_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"),)
+# every chunk carries a CRC-32C of its compressed bytes (Zarr 3's crc32c codec): a chunk
+# damaged in place fails when read instead of decoding to other numbers (a few per cent of
+# the read and write time, docs/performance.md, "Store format")
+NUMBER_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"), Crc32cCodec())
 # book prices and sizes as exact int32 ticks (gpu_risk.coding): byte shuffle then LZ4
-TICK_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
+TICK_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec())
 
 
 def _encoding(ds: xr.Dataset, chunk_dims: Mapping[Any, int]) -> dict:
@@ -381,6 +431,7 @@ def open_day_dataset(path: PathLike, group: str, chunks: Any = None) -> xr.Datas
     ds.attrs.pop(WRITE_ID, None)
     # bookkeeping, not data: kept where is_sealed looks for it, out of the dataset's attributes
     ds.encoding[SEAL] = ds.attrs.pop(SEAL, None)
+    ds.encoding[MANIFEST] = ds.attrs.pop(MANIFEST, None)
     return ds
 
 

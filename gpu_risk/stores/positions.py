@@ -32,6 +32,7 @@ from .days import (
     _pick_date,
     _record_qc,
     _with_attrs,
+    check_manifest,
     complete_days,
     day_key,
     init_store,
@@ -98,6 +99,8 @@ def open_positions(path: PathLike, date: Any = None, *, market: xr.Dataset | Non
     key = _pick_date(path, positions_dates(path), date, "positions")
     ds = open_day_dataset(path, key, chunks)
     sealed = is_sealed(path, key, ds.encoding)
+    if not sealed:
+        check_manifest(path, key, ds.encoding)
     summary = ds.attrs.pop(QC_ATTR, None)
     ds.attrs.update(date=key, store=str(path))
     ds = decode_margin_mode(ds)

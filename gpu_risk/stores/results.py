@@ -12,6 +12,7 @@ import zarr
 
 from .days import (
     COMPLETE,
+    MANIFEST,
     PathLike,
     _open_root,
     child_groups,
@@ -19,6 +20,8 @@ from .days import (
     day_key,
     init_store,
     is_complete,
+    is_sealed,
+    manifest_problems,
     mark_complete,
     open_day_dataset,
     write_day_dataset,
@@ -60,11 +63,15 @@ def write_results_day(path: PathLike, date: Any, families: dict[str, xr.Dataset]
 
 
 def results_fingerprints(path: PathLike, date: Any) -> dict[str, str]:
-    """The fingerprint of each family a complete results day holds ({} if none recorded)."""
+    """The fingerprint of each family a complete results day holds ({} if none recorded, or
+    if a chunk of the day is missing, truncated or foreign: a damaged day is recomputed)."""
     key = day_key(date)
     if not is_complete(path, key):
         return {}
-    found = zarr.open_group(str(path), path=key, mode="r", zarr_format=3).attrs.get(FINGERPRINTS)
+    attrs = dict(zarr.open_group(str(path), path=key, mode="r", zarr_format=3).attrs)
+    if not is_sealed(path, key, attrs) and manifest_problems(path, key, attrs.get(MANIFEST)):
+        return {}
+    found = attrs.get(FINGERPRINTS)
     return dict(found) if isinstance(found, dict) else {}
 
 
