@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 from conftest import make_book
 
 import gpu_risk
@@ -100,11 +101,26 @@ def test_a_deleted_or_truncated_chunk_is_noticed_not_trusted(tmp_path):
     migrate_book(path, chunk_rows=16)
     store.open_book_instrument(path, "X")  # clean and sealed: trusted
     shutil.rmtree(path / "X" / "bid_size" / "c" / "1")
-    with pytest.raises(InputError, match="X"):
-        store.open_book_instrument(path, "X")  # the seal is broken: validated, NaN sizes found
+    for mode in ("raise", "flag"):  # a missing chunk would read as empty levels: named instead
+        with pytest.raises(InputError, match="damaged store.*X.*bid_size/c/1/0 is missing"):
+            store.open_book_instrument(path, "X", on_bad_rows=mode)
+    # a chunk rewritten with readable values is validated again (here: sizes made negative)
+    shutil.rmtree(path)
+    store.write_book(make_book(n=40), path, "X", chunk_rows=16)
+    migrate_book(path, chunk_rows=16)
+    sizes = zarr.open_array(str(path), path="X/bid_size", mode="r+")
+    sizes[16:32] = -np.abs(sizes[16:32]) - 1
+    with pytest.raises(InputError, match="bid_size"):
+        store.open_book_instrument(path, "X")
     flagged = store.open_book_instrument(path, "X", on_bad_rows="flag")
     assert int(flagged["qc_row_excluded"].sum()) == 16
-    assert store.last_valid_snapshot(path, "X", "2026-01-05") is not None
+    # a truncated chunk is named
+    chunk = path / "X" / "ask_size" / "c" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:7])
+    with pytest.raises(InputError, match="ask_size/c/0/0 cannot be read"):
+        store.open_book_instrument(path, "X")
+    with pytest.raises(InputError, match="ask_size/c/0/0 cannot be read"):
+        store.last_valid_snapshot(path, "X", "2026-01-05")
 
 
 def test_a_day_off_the_instruments_tick_grid_is_refused(tmp_path):

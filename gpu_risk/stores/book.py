@@ -209,7 +209,10 @@ def last_valid_snapshot(path: PathLike, instrument: str, day: str) -> xr.Dataset
     summary = node.attrs.get(QC_ATTR)
     arrays = dict(node.arrays())
     rows = arrays["time"].shape[0]
-    if not (is_current_summary(summary, rows) and is_sealed(path, group, dict(node.attrs))):
+    sealed = is_sealed(path, group, dict(node.attrs))
+    if not sealed:
+        check_manifest(path, group, dict(node.attrs))
+    if not (is_current_summary(summary, rows) and sealed):
         kept = without_flagged_rows(validate_book_dataset(open_day_dataset(path, group), on_bad_rows="flag"))
         return kept.isel(time=[-1]) if kept.sizes["time"] else None
     assert isinstance(summary, dict)  # is_current_summary checked it

@@ -397,6 +397,8 @@ def last_valid_snapshot(path: PathLike, instrument: str, day: str) -> xr.Dataset
     a, b = int(entry["start"]), int(entry["stop"])
     summary = entry.get("qc")
     sealed = isinstance(attrs.get(SEAL), int) and (_latest_change_ns(path, instrument) or 0) <= attrs[SEAL]
+    if not sealed:
+        check_manifest(path, instrument, attrs, extra_ok=True)
     if not (sealed and is_current_summary(summary, b - a)):
         kept = without_flagged_rows(validate_book_dataset(
             _dataset(path, instrument, group, [(a, b)], None), on_bad_rows="flag"))

@@ -193,13 +193,35 @@ def manifest_problems(path: PathLike, group: str, recorded: Any, *, extra_ok: bo
     return problems
 
 
+def _read_chunk(path: PathLike, group: str, key: str) -> None:
+    """Read the chunk file ``key`` (``array/c/i/j``, relative to ``group``) through zarr."""
+    name, _, index = key.partition("/c")
+    array = zarr.open_array(str(path), path=f"{group}/{name}", mode="r", zarr_format=3)
+    idx = [int(i) for i in index.strip("/").split("/") if i]
+    region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, array.chunks, array.shape))
+    array[region]
+
+
 def check_manifest(path: PathLike, group: str, attrs: dict, *, extra_ok: bool = False) -> None:
-    """Raise an :class:`InputError` naming the first damaged chunk of ``group`` (missing,
-    truncated, or not written with it) when its files differ from its manifest."""
-    problems = manifest_problems(path, group, attrs.get(MANIFEST), extra_ok=extra_ok)
-    if problems:
-        more = f" ({len(problems)} problems in all; gpu-risk verify lists them)" if len(problems) > 1 else ""
-        raise InputError(f"damaged store: {problems[0]}{more}", store=str(path))
+    """For a day changed since it was completed: raise an :class:`InputError` naming the
+    first chunk that is missing (it would read as the fill value) or that changed and no
+    longer reads (truncated, or failing its checksum). Chunks rewritten with readable data
+    are left to validation, which reads and checks their values."""
+    recorded = attrs.get(MANIFEST)
+    if not isinstance(recorded, dict):
+        return
+    now = chunk_manifest(path, group) or {}
+    where = f"{path}/{group}"
+    missing = sorted(set(recorded) - set(now))
+    if missing:
+        more = f" ({len(missing)} chunks missing in all; gpu-risk verify lists them)" if len(missing) > 1 else ""
+        raise InputError(f"damaged store: {where}: chunk {missing[0]} is missing{more}", store=str(path))
+    for key in sorted(k for k in recorded if now[k] != recorded[k]):
+        try:
+            _read_chunk(path, group, key)
+        except Exception as exc:  # the codec that meets the damage raises
+            raise InputError(f"damaged store: {where}: chunk {key} cannot be read ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:200]})", store=str(path)) from None
 
 
 def day_identity(path: PathLike, group: str) -> str:
