@@ -152,7 +152,57 @@ def test_appending_the_next_file_continues_the_store(tmp_path, name):
     import xarray as xr
 
     xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
-    again = import_binance(files[1:], 5, tmp_path / "appended.zarr")  # the same file again
-    assert again["snapshots"] == 0 and again["stale_diffs"] == second["diffs_applied"]  # all stale
+    from gpu_risk.importers.binance import STATE_ATTR
+
+    def state():
+        return dict(store.zarr.open_group(str(tmp_path / "appended.zarr"), path=together["instrument"]).attrs)[STATE_ATTR]
+
+    saved = state()
+    again = import_binance(files, 5, tmp_path / "appended.zarr")  # both files again: recognised
+    assert again["snapshots"] == 0 and again["skipped_files"] == [str(f) for f in files]
+    assert again["diffs_applied"] == 0 and again["lines"] == 0  # not even read
     b2 = store.open_book(tmp_path / "appended.zarr")[together["instrument"]].to_dataset()
     assert b2.sizes["time"] == a.sizes["time"]  # nothing duplicated
+    assert state() == saved  # the book's state is kept for the next file
+
+
+def test_a_repeated_file_with_other_bytes_keeps_the_book_usable_for_the_next(tmp_path):
+    """The first file imported again as a recompressed copy (other bytes, so not recognised):
+    every diff is stale, nothing is written and the saved book stays as it was, so the next
+    file still continues the store exactly as if imported together."""
+    files = paths("spot_btc")
+    together = import_binance(files, 5, tmp_path / "together.zarr", chunk_rows=1000)
+    import_binance(files[:1], 5, tmp_path / "a.zarr", chunk_rows=1000)
+    copy = tmp_path / "copy.gz"
+    _copy_lines(files[0], copy, lambda ls: ls)
+    assert copy.read_bytes() != files[0].read_bytes()
+    again = import_binance([copy], 5, tmp_path / "a.zarr", chunk_rows=1000)
+    assert again["snapshots"] == 0 and again["skipped_files"] == []
+    second = import_binance(files[1:], 5, tmp_path / "a.zarr", chunk_rows=1000)
+    assert second["gaps"] == 0
+    import xarray as xr
+
+    a = store.open_book(tmp_path / "together.zarr")[together["instrument"]].to_dataset().load()
+    b = store.open_book(tmp_path / "a.zarr")[together["instrument"]].to_dataset().load()
+    xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
+
+
+def test_event_time_going_backwards_is_an_error_not_a_rewritten_day(tmp_path):
+    src = paths("usdm_btc")[0]
+    lines = gzip.open(src, "rt").read().splitlines(keepends=True)
+    depth = [i for i, line in enumerate(lines) if "depthUpdate" in line]
+    k = depth[len(depth) // 2]
+    ts, payload = lines[k].split(" ", 1)
+    msg = json.loads(payload)
+    data = msg.get("data", msg)
+    data["E"] -= 2 * 86_400_000  # two days back
+    bad = tmp_path / "back.gz"
+    _copy_lines(src, bad, lambda ls: ls[:k] + [f"{ts} {json.dumps(msg)}\n"] + ls[k + 1:])
+    with pytest.raises(InputError, match=f"event time goes backwards at .*back.gz:{k + 1}"):
+        import_binance([bad], 5, tmp_path / "b.zarr", chunk_rows=1000)
+    # complete days already written stay; no day was written twice or half
+    if (tmp_path / "b.zarr").exists():
+        for inst, days in store.book_days(tmp_path / "b.zarr").items():
+            for d in days:
+                ds = store.open_book_instrument(tmp_path / "b.zarr", inst, d, d)
+                assert (ds.time.values.astype("datetime64[D]") == np.datetime64(d)).all()

@@ -43,6 +43,7 @@ class DaySpool:
         self.rewrite_day: str | None = None
         self.last_stored_ns: int | None = None
         self.stored_days: list[str] = []
+        self.last_added_ns: int | None = None  # the last snapshot time added by this import
         if Path(str(out)).exists() and store.store_layout(out) == store.INSTRUMENT_ARRAYS:
             # the importers' resume and same-day rewrite work on day groups
             raise InputError("this book store holds instrument arrays; import into a day-group store, "
@@ -126,12 +127,26 @@ class DaySpool:
             extras = {name: part[name].values for name in self.optional}
             self._append(part["time"].values.astype("datetime64[ns]").view(np.int64), block, extras)
 
-    def add(self, time_ns: np.ndarray, block: np.ndarray, extras: dict | None = None) -> None:
+    def add(self, time_ns: np.ndarray, block: np.ndarray, extras: dict | None = None,
+            where: str | None = None) -> None:
         """Append snapshots: ``time_ns`` (n,) int64 in time order, ``block`` (4, n, levels)
         in the order bid_price, bid_size, ask_price, ask_size, ``extras`` the optional
-        variables (n,)."""
+        variables (n,). Time going backwards is an error naming ``where`` (file and line):
+        never a day written twice."""
         if time_ns.size == 0:
             return
+        previous = self.last_added_ns
+        back = np.flatnonzero(np.diff(time_ns) < 0)
+        bad = None
+        if previous is not None and time_ns[0] < previous:
+            bad = (int(time_ns[0]), previous)
+        elif back.size:
+            bad = (int(time_ns[back[0] + 1]), int(time_ns[back[0]]))
+        if bad is not None:
+            raise InputError(f"event time goes backwards{' at ' + where if where else ''}: "
+                             f"{np.datetime64(bad[0], 'ns')} after {np.datetime64(bad[1], 'ns')}",
+                             store=str(self.out), instrument=self.instrument)
+        self.last_added_ns = int(time_ns[-1])
         if self.day is None and self.last_stored_ns is not None:
             if time_ns[0] <= self.last_stored_ns:
                 raise InputError(

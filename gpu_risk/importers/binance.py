@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import gzip
+import hashlib
 import json
 import zlib
 from collections.abc import Iterator
@@ -65,6 +66,7 @@ class ImportReport:
     bookticker_compared: int = 0
     bookticker_agree: int = 0
     first_disagreement: str | None = None
+    skipped_files: list[str] = field(default_factory=list)  # imported before (same content)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -132,6 +134,14 @@ def import_binance(files, levels: int, out, instrument: str | None = None,
     if levels < 1:
         raise ValueError("levels must be >= 1")
     report = ImportReport(files=[str(f) for f in files])
+    # a file imported before (the same bytes) is recognised and skipped: replaying its diffs
+    # over the saved book would only find them stale and lose the book's state
+    digests = {str(f): file_digest(f) for f in files}
+    done = imported_files(out)
+    report.skipped_files = [str(f) for f in files if digests[str(f)] in done]
+    files = [f for f in files if digests[str(f)] not in done]
+    if not files:
+        return report.as_dict()
     bids, asks = Side(descending=True), Side(descending=False)
     state = {"ready": False, "last_u": None, "snapshot_id": None}
     pending: list[tuple[str, int, dict]] = []  # diffs seen before the (next) snapshot
@@ -196,7 +206,8 @@ def import_binance(files, levels: int, out, instrument: str | None = None,
         report.diffs_applied += 1
         bids.top(levels, scale, row[0, :, 0], row[1, :, 0])
         asks.top(levels, scale, row[2, :, 0], row[3, :, 0])
-        spool.add(np.array([int(d["E"]) * 1_000_000], dtype=np.int64), row.transpose(0, 2, 1))
+        spool.add(np.array([int(d["E"]) * 1_000_000], dtype=np.int64), row.transpose(0, 2, 1),
+                  where=f"{where}:{line}")
 
     def _gap(where, line, why):
         report.gaps += 1
@@ -253,8 +264,37 @@ def import_binance(files, levels: int, out, instrument: str | None = None,
             spool.discard()  # complete days already written stay; the partial day never appears
         raise
     report.snapshots, report.days = spool.close()
-    _save_state(out, report.instrument, bids, asks, state, report.market)
+    if report.snapshots or _load_state(out, report.instrument) is None:
+        # a file that added nothing (all stale, or a gap throughout) leaves the book's state
+        # as it was, so that the next file continues from the last good one
+        _save_state(out, report.instrument, bids, asks, state, report.market)
+    record_imported(out, {digests[str(f)]: {"file": Path(str(f)).name, "instrument": report.instrument}
+                          for f in files})
     return report.as_dict()
+
+
+IMPORTED_ATTR = "gpu_risk_imported_files"  # on the store's root: content digest -> what it was
+
+
+def file_digest(path) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def imported_files(out) -> dict:
+    if not Path(str(out)).exists():
+        return {}
+    found = dict(zarr.open_group(str(out), mode="r", zarr_format=3).attrs).get(IMPORTED_ATTR)
+    return dict(found) if isinstance(found, dict) else {}
+
+
+def record_imported(out, files: dict) -> None:
+    root = zarr.open_group(str(out), mode="r+", zarr_format=3)
+    root.attrs[IMPORTED_ATTR] = {**imported_files(out), **files}
 
 
 STATE_ATTR = "binance_book_state"
