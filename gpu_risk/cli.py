@@ -23,6 +23,19 @@ PERF = typer.Option(None, "--performance-report",
                     help="also write Dask's HTML performance report here (scheduler local or ADDRESS)")
 
 
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """Importers stream files in blocks; glibc's per-thread malloc arenas (zarr's I/O and
+    Dask's threads each get one) would otherwise keep freed blocks and grow the process
+    with the file's size (measured: +100 MB per 55 MB of LOBSTER input; flat with two
+    arenas). No effect off glibc."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console, transient=False)
@@ -315,13 +328,15 @@ def import_lobster_cmd(
     date: str = typer.Option(..., help="trading day YYYY-MM-DD (times are New York local)"),
     instrument: str = typer.Option(..., help="instrument name in the store"),
     out: Path = typer.Option(..., help="book store to write or extend"),
+    chunk_rows: int = typer.Option(262_144, min=1, help="rows read, spooled and stored per chunk (memory)"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
 ):
     """LOBSTER orderbook + message files (any level count) into a book store."""
+    _limit_malloc_arenas()
     from .importers.lobster import import_lobster
 
     try:
-        summary = import_lobster(orderbook_csv, message_csv, date, instrument, out)
+        summary = import_lobster(orderbook_csv, message_csv, date, instrument, out, chunk_rows=chunk_rows)
     except (InputError, ValueError) as exc:
         _fail(exc)
     if as_json:
@@ -342,6 +357,7 @@ def import_binance_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the import report as JSON"),
 ):
     """Binance depth streams (REST snapshot + depthUpdate diffs) into a book store."""
+    _limit_malloc_arenas()
     from .importers.binance import import_binance
 
     try:
@@ -368,6 +384,7 @@ def import_databento_cmd(
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
 ):
     """Databento MBP-10 CSV (ts_event as time, 10 levels; one instrument per symbol)."""
+    _limit_malloc_arenas()
     from .importers.databento import import_databento
 
     try:

@@ -155,7 +155,8 @@ def test_appending_the_next_file_continues_the_store(tmp_path, name):
     from gpu_risk.importers.binance import STATE_ATTR
 
     def state():
-        return dict(store.zarr.open_group(str(tmp_path / "appended.zarr"), path=together["instrument"]).attrs)[STATE_ATTR]
+        node = store.zarr.open_group(str(tmp_path / "appended.zarr"), path=together["instrument"])
+        return dict(node.attrs)[STATE_ATTR]
 
     saved = state()
     again = import_binance(files, 5, tmp_path / "appended.zarr")  # both files again: recognised
@@ -206,3 +207,23 @@ def test_event_time_going_backwards_is_an_error_not_a_rewritten_day(tmp_path):
             for d in days:
                 ds = store.open_book_instrument(tmp_path / "b.zarr", inst, d, d)
                 assert (ds.time.values.astype("datetime64[D]") == np.datetime64(d)).all()
+
+
+def test_diffs_waiting_for_a_snapshot_are_bounded(tmp_path, monkeypatch):
+    """Diffs before the first REST snapshot are kept up to a bound (memory); the oldest
+    beyond it are counted as dropped, and a snapshot they were needed for is a gap."""
+    from gpu_risk.importers import binance
+
+    src = paths("usdm_btc")[0]
+    lines = gzip.open(src, "rt").read().splitlines(keepends=True)
+    snap = next(i for i, line in enumerate(lines) if "lastUpdateId" in line)
+    depth = [i for i, line in enumerate(lines) if "depthUpdate" in line]
+    # the snapshot moved after the 20th diff: the diff covering it is then among the oldest
+    late = tmp_path / "late.gz"
+    order = [i for i in range(len(lines)) if i != snap]
+    order.insert(order.index(depth[20]) + 1, snap)
+    _copy_lines(src, late, lambda ls: [ls[i] for i in order])
+    monkeypatch.setattr(binance, "MAX_PENDING_DIFFS", 5)
+    report = import_binance([late], 5, tmp_path / "b.zarr")
+    assert report["diffs_dropped_before_snapshot"] > 0
+    assert report["gaps"] >= 1 and report["first_gap"]  # the diffs that covered the snapshot were dropped

@@ -142,3 +142,60 @@ def test_an_interrupted_day_rewrite_is_recovered(tmp_path):
     zarr.open_group(str(path), path="X/2026-01-05.new", mode="r+").attrs[store.COMPLETE] = False
     store.recover_day(path, "X/2026-01-05")
     assert not (path / "X/2026-01-05.new").exists() and store.open_book(path)["X"].sizes["time"] == 80
+
+
+def _big_lobster(folder, rows: int, levels: int = 10):
+    """A valid LOBSTER pair of ``rows`` rows (prices in dollars x 10000)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    mid = 1_000_000 + np.cumsum(rng.integers(-1, 2, rows)) * 100
+    cols = {}
+    for k in range(levels):
+        cols[4 * k] = mid + 100 * (k + 1)
+        cols[4 * k + 1] = rng.integers(1, 500, rows)
+        cols[4 * k + 2] = mid - 100 * (k + 1)
+        cols[4 * k + 3] = rng.integers(1, 500, rows)
+    book = folder / "X_2012-06-21_34200000_57600000_orderbook_10.csv"
+    msg = folder / "X_2012-06-21_34200000_57600000_message_10.csv"
+    pd.DataFrame(cols).to_csv(book, header=False, index=False)
+    seconds = 34_200 + np.sort(rng.uniform(0, 23_400, rows))
+    pd.DataFrame({0: seconds, 1: rng.choice([1, 3, 4], rows), 2: np.arange(rows), 3: rng.integers(1, 100, rows),
+                  4: mid, 5: rng.choice([-1, 1], rows)}).to_csv(msg, header=False, index=False, float_format="%.9f")
+    return book, msg
+
+
+def test_importing_a_file_10x_the_samples_keeps_memory_bounded(tmp_path):
+    """`gpu-risk import lobster` on a generated pair 10x the largest shared sample, and on
+    one twice as large again: peak RSS grows by well under the added input (both files
+    are read in blocks), so memory does not follow the file's size."""
+    import shutil
+    import subprocess
+    import sys
+
+    script = ("import resource, sys\n"
+              "from gpu_risk.cli import main\n"
+              "sys.argv = ['gpu-risk', 'import', 'lobster', *sys.argv[1:]]\n"
+              "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n")
+
+    def peak(rows):
+        folder = tmp_path / str(rows)
+        if not folder.exists():
+            folder.mkdir()
+            _big_lobster(folder, rows)
+        book, msg = (folder / f"X_2012-06-21_34200000_57600000_{kind}_10.csv" for kind in ("orderbook", "message"))
+        shutil.rmtree(folder / "b.zarr", ignore_errors=True)
+        done = subprocess.run([sys.executable, "-c", script, str(book), str(msg), "--date", "2012-06-21",
+                               "--instrument", "X", "--out", str(folder / "b.zarr"), "--chunk-rows", "20000"],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout.split()[-1]), book.stat().st_size + msg.stat().st_size
+
+    # a first run compiles (and caches) every numba specialization the import meets: LLVM's
+    # memory then counts in that process's peak, once, whatever the file's size
+    peak(400_000)
+    rss_10x, size_10x = peak(200_000)
+    rss_20x, size_20x = peak(400_000)
+    assert size_10x > 10 * 3_756_788  # 10x the largest shared LOBSTER file
+    assert rss_20x - rss_10x < 0.5 * (size_20x - size_10x), (rss_10x, rss_20x, size_10x, size_20x)

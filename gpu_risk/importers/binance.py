@@ -35,6 +35,7 @@ import gzip
 import hashlib
 import json
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ from ..errors import InputError
 from ._spool import DaySpool
 
 CONTRACT_USD = {"BTCUSD_PERP": 100.0}
+MAX_PENDING_DIFFS = 100_000  # diffs kept while waiting for the first REST snapshot (bounded memory)
 DEFAULT_CONTRACT_USD = 10.0
 
 
@@ -67,6 +69,7 @@ class ImportReport:
     bookticker_agree: int = 0
     first_disagreement: str | None = None
     skipped_files: list[str] = field(default_factory=list)  # imported before (same content)
+    diffs_dropped_before_snapshot: int = 0  # beyond MAX_PENDING_DIFFS waiting for a snapshot
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -144,7 +147,9 @@ def import_binance(files, levels: int, out, instrument: str | None = None,
         return report.as_dict()
     bids, asks = Side(descending=True), Side(descending=False)
     state = {"ready": False, "last_u": None, "snapshot_id": None}
-    pending: list[tuple[str, int, dict]] = []  # diffs seen before the (next) snapshot
+    # diffs seen before the first REST snapshot, at most MAX_PENDING_DIFFS (the oldest go
+    # first: a snapshot taken later than that would not be covered, and is reported as a gap)
+    pending: deque[tuple[str, int, dict]] = deque(maxlen=MAX_PENDING_DIFFS)
     tickers: list[tuple[str, int, dict]] = []  # bookTickers waiting for the next diff's U
     scale = 1.0
     row = np.empty((4, levels, 1))
@@ -251,6 +256,8 @@ def import_binance(files, levels: int, out, instrument: str | None = None,
                         _restore(saved, bids, asks, state, report)
                 if not state["ready"]:
                     if state["snapshot_id"] is None:
+                        if len(pending) == MAX_PENDING_DIFFS:
+                            report.diffs_dropped_before_snapshot += 1
                         pending.append((where, line, data))
                     continue
                 apply(where, line, data, report.market != "spot")
@@ -264,6 +271,8 @@ def import_binance(files, levels: int, out, instrument: str | None = None,
             spool.discard()  # complete days already written stay; the partial day never appears
         raise
     report.snapshots, report.days = spool.close()
+    if not Path(str(out)).exists() or report.instrument not in store.child_groups(out):
+        return report.as_dict()  # nothing was ever written (a gap throughout): nothing to keep
     if report.snapshots or _load_state(out, report.instrument) is None:
         # a file that added nothing (all stale, or a gap throughout) leaves the book's state
         # as it was, so that the next file continues from the last good one

@@ -31,9 +31,13 @@ NEW_YORK = ZoneInfo("America/New_York")
 
 
 def _count_rows(path: Path) -> int:
+    """Lines of a text file, read in 8 MiB blocks (never the whole file at once)."""
+    lines, last = 0, b""
     with open(path, "rb") as f:
-        data = f.read()
-    return data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+        for block in iter(lambda: f.read(1 << 23), b""):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    return lines + (0 if last in (b"\n", b"") else 1)
 
 
 EXECUTIONS = (4, 5)  # visible and hidden executions
@@ -48,8 +52,16 @@ def read_messages(message_csv: Path, date: str) -> tuple[np.ndarray, np.ndarray]
                           dtype={0: np.float64, 1: np.int64, 3: np.float64, 5: np.int64})
     except (ValueError, pd.errors.ParserError) as exc:
         raise InputError(f"cannot read the LOBSTER message file: {exc}", store=str(message_csv)) from exc
+    return _message_arrays(msg, _new_york_midnight(date))
+
+
+def _new_york_midnight(date: str) -> np.datetime64:
     midnight = dt.datetime.combine(dt.date.fromisoformat(date), dt.time(), NEW_YORK)
-    origin = np.datetime64(int(midnight.timestamp() * 1e9), "ns")
+    return np.datetime64(int(midnight.timestamp() * 1e9), "ns")
+
+
+def _message_arrays(msg: pd.DataFrame, origin: np.datetime64) -> tuple[np.ndarray, np.ndarray]:
+    """(times, signed traded volume) of a block of message rows."""
     # seconds carry nanosecond decimals: round, not truncate, to the nanosecond
     time = origin + np.round(msg[0].to_numpy() * 1e9).astype(np.int64).astype("timedelta64[ns]")
     executed = np.isin(msg[1].to_numpy(), EXECUTIONS)
@@ -74,29 +86,39 @@ def import_lobster(orderbook_csv, message_csv, date: str, instrument: str, out,
     only when complete, and opening it validates every snapshot. A later file of the same
     instrument (e.g. the afternoon of the same day) continues the stored book."""
     orderbook_csv, message_csv = Path(orderbook_csv), Path(message_csv)
-    time, traded = read_messages(message_csv, date)
-    n_book = _count_rows(orderbook_csv)
-    if n_book != time.size:
-        raise InputError(f"orderbook has {n_book} rows but the message file {time.size}",
+    # both files are read in blocks of chunk_rows rows, side by side: memory stays bounded
+    # whatever their size (the row counts are compared first, by a streaming line count)
+    n_book, n_msg = _count_rows(orderbook_csv), _count_rows(message_csv)
+    if n_book != n_msg:
+        raise InputError(f"orderbook has {n_book} rows but the message file {n_msg}",
                          store=str(orderbook_csv))
+    origin = _new_york_midnight(date)
     first = pd.read_csv(orderbook_csv, header=None, nrows=1)
     if first.shape[1] % 4:
         raise InputError(f"{first.shape[1]} columns is not a multiple of 4", store=str(orderbook_csv))
     levels = first.shape[1] // 4
     spool = DaySpool(out, instrument, levels, chunk_rows, {"source": f"LOBSTER {orderbook_csv.name}"},
                      optional_vars=("traded_volume",))
-    t_ns = time.view(np.int64)
-    start = 0
+    start, first_time, time = 0, None, np.empty(0, dtype="datetime64[ns]")
     try:
+        messages = pd.read_csv(message_csv, header=None, usecols=[0, 1, 3, 5], chunksize=chunk_rows,
+                               dtype={0: np.float64, 1: np.int64, 3: np.float64, 5: np.int64})
         for chunk in pd.read_csv(orderbook_csv, header=None, chunksize=chunk_rows, dtype=np.int64):
+            try:
+                msg = next(messages)
+            except (ValueError, pd.errors.ParserError) as exc:
+                raise InputError(f"cannot read the LOBSTER message file: {exc}", store=str(message_csv),
+                                 index=start) from exc
+            time, traded = _message_arrays(msg, origin)
+            first_time = time[0] if first_time is None else first_time
             slab = _book_slab(chunk.to_numpy(), levels, orderbook_csv, start)
             stop = start + len(chunk)
-            spool.add(t_ns[start:stop], np.stack([slab[name].values for name in ORDER]),
-                      {"traded_volume": traded[start:stop]})
+            spool.add(time.view(np.int64), np.stack([slab[name].values for name in ORDER]),
+                      {"traded_volume": traded}, where=f"{message_csv}:{start + 1}")
             start = stop
     except BaseException:
         spool.discard()
         raise
     spool.close()
-    return {"instrument": instrument, "date": date, "snapshots": int(time.size), "levels": levels,
-            "first_time": str(time[0]), "last_time": str(time[-1]), "out": str(out)}
+    return {"instrument": instrument, "date": date, "snapshots": start, "levels": levels,
+            "first_time": str(first_time), "last_time": str(time[-1]) if time.size else "None", "out": str(out)}
