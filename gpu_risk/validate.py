@@ -143,7 +143,7 @@ def is_validated(ds: xr.Dataset, kind: str) -> bool:
 
 def _first_bad(flags: dict[tuple[str, str], xr.DataArray]) -> dict[tuple[str, str], tuple[int, int]]:
     """(count, first index) of every flag, computed in one pass over the data."""
-    keys = list(flags)
+    keys = [k for k in flags if flags[k].size]  # nothing to find in an empty dataset
     counts = [flags[k].data.sum() for k in keys]
     firsts = [flags[k].data.argmax() for k in keys]
     results = dask.compute(*counts, *firsts)
@@ -410,6 +410,14 @@ def validate_market(ds: xr.Dataset, *, store: str | None = None) -> xr.Dataset:
         if not np.isfinite(a).all():
             j = int(np.argmax(~np.isfinite(a)))
             raise InputError("maintenance_amount NaN", store=store, variable="maintenance_amount",
+                             instrument=inst, index=j, label=f"bracket {j}")
+        # MM = notional x mmr - amount grows with the notional inside a bracket (mmr >= 0):
+        # it is lowest at the bracket's floor, where it must not be negative (SPEC)
+        at_floor = f * m - a
+        if (at_floor < 0).any():
+            j = int(np.argmax(at_floor < 0))
+            raise InputError(f"maintenance margin negative at the floor of bracket {j}: {f[j]:g} x {m[j]:g} - "
+                             f"{a[j]:g} = {at_floor[j]:g}", store=store, variable="maintenance_amount",
                              instrument=inst, index=j, label=f"bracket {j}")
     return stamp_validated(ds, "market")
 

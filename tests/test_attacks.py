@@ -192,3 +192,41 @@ def test_verify_names_missing_truncated_and_flipped_chunks_and_runs_recompute_da
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["computed"] == [small["days"][1]]
     assert cli("verify", tmp_path / "out.zarr").returncode == 0
+
+
+def test_spec_bad_inputs_negative_margin_days_and_empty_sets(tmp_path):
+    """SPEC's bad-input list: brackets whose maintenance margin is negative anywhere, a
+    snapshot outside its day, empty days, empty account sets."""
+    import copy
+
+    import numpy as np
+    from conftest import MARKET_SPEC, make_book, make_positions
+
+    import gpu_risk
+    from gpu_risk import store
+    from gpu_risk.errors import InputError
+
+    spec = copy.deepcopy(MARKET_SPEC)
+    spec["instruments"]["BTCUSDT"]["brackets"][1] = [50_000, 0.005, 300]  # 250 - 300 < 0 at the floor
+    with pytest.raises(InputError, match="maintenance margin negative at the floor of bracket 1"):
+        gpu_risk.liquidation(make_positions(5), store.market_from_dict(spec))
+
+    path = tmp_path / "b.zarr"
+    store.write_book(make_book(n=30, start="2026-01-05T10:00"), path, "X")
+    t = store.zarr.open_array(str(path), path="X/2026-01-05/time", mode="r+")
+    raw = t[:]
+    raw[7] = raw[7] + 2 * 86_400 * 10**9  # a snapshot two days later, inside the 5th's group
+    t[:] = np.sort(raw)
+    with pytest.raises(InputError, match="outside its day 2026-01-05") as info:
+        store.open_book_instrument(path, "X")
+    assert info.value.index == 29 and info.value.instrument == "X"
+
+    market = store.market_from_dict(MARKET_SPEC)
+    nobody = make_positions(5).isel(account=slice(0, 0))
+    liq = gpu_risk.liquidation(nobody, market)
+    assert liq.sizes["account"] == 0 and float(liq.long_open_interest.sum()) == 0.0
+    surface = gpu_risk.stress_surface(nobody, market, [-0.1, 0.1], vol_shocks=[0.0])
+    assert (surface.accounts_liquidated == 0).all() and (surface.shortfall == 0).all()
+    empty = make_book(5).isel(time=slice(0, 0))
+    with pytest.raises(ValueError, match="no snapshot"):
+        gpu_risk.imbalance_grid(empty, "1s")

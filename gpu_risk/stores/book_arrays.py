@@ -60,6 +60,7 @@ from .days import (
     _latest_change_ns,
     _select_days,
     check_manifest,
+    check_within_day,
     chunk_manifest,
     day_key,
     naming_metadata,
@@ -377,6 +378,11 @@ def open_instrument(path: PathLike, instrument: str, start: Any = None, end: Any
         check_manifest(path, instrument, attrs, extra_ok=True)
     ds = _dataset(path, instrument, group, _runs(index, days), chunks, latest)
     ds.attrs = {"instrument": instrument, "days": days, "store": str(path)}
+    times, offset = ds["time"].values, 0
+    for d in days:
+        n = int(index[d]["stop"]) - int(index[d]["start"])
+        check_within_day(times[offset:offset + n], d, store=str(path), instrument=instrument, offset=offset)
+        offset += n
     entries = [index[d] for d in days]
     clean = trust_recorded and sealed and all(
         is_clean_summary(e.get("qc"), int(e["stop"]) - int(e["start"])) for e in entries) and all(

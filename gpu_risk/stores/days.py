@@ -255,6 +255,19 @@ def _day_names(path: PathLike, group: str) -> list[str]:
     return [d for d in child_groups(path, group) if DAY_NAME.match(d)]
 
 
+def check_within_day(times: np.ndarray, day: str, *, store: str, instrument: str, offset: int = 0) -> None:
+    """Every snapshot time of a stored day must fall on that UTC day (SPEC: snapshots
+    outside their day are bad input); the error names the first one outside."""
+    t = np.asarray(times).astype("datetime64[ns]")
+    lo = np.datetime64(day, "ns")
+    outside = (t < lo) | (t >= lo + np.timedelta64(1, "D"))
+    outside &= ~np.isnat(t)  # NaT is validation's (qc_time_order)
+    if outside.any():
+        i = int(np.argmax(outside))
+        raise InputError(f"snapshot outside its day {day}", store=store, variable="time", instrument=instrument,
+                         index=offset + i, label=str(t[i]), count=int(outside.sum()))
+
+
 def _select_days(days: Iterable[str], start: Any, end: Any) -> list[str]:
     lo = day_key(start) if start is not None else None
     hi = day_key(end) if end is not None else None
