@@ -230,3 +230,24 @@ def test_spec_bad_inputs_negative_margin_days_and_empty_sets(tmp_path):
     empty = make_book(5).isel(time=slice(0, 0))
     with pytest.raises(ValueError, match="no snapshot"):
         gpu_risk.imbalance_grid(empty, "1s")
+
+
+@pytest.mark.parametrize("damage,where", [
+    (lambda s: s.update(assets=None), "assets must be a non-empty mapping"),
+    (lambda s: s["instruments"]["BTCUSDT"].update(brackets=[[0]]), "instruments.BTCUSDT.brackets[0]"),
+    (lambda s: s["instruments"]["BTCUSDT"].update(brackets="x"), "instruments.BTCUSDT.brackets must be a list"),
+    (lambda s: s["assets"].update(USDT=[1, 2]), "assets.USDT must be a mapping"),
+    (lambda s: s["assets"]["BTC"].update(price="abc"), "assets.BTC.price must be a number"),
+    (lambda s: s["instruments"]["BTC-C-55000"].update(expiry="not a date"), "instruments.BTC-C-55000.expiry"),
+], ids=["assets-null", "one-element-bracket", "brackets-string", "asset-list", "price-string", "expiry"])
+def test_malformed_market_specs_name_the_field(damage, where, tmp_path):
+    import copy
+
+    from conftest import MARKET_SPEC
+
+    spec = copy.deepcopy(MARKET_SPEC)
+    damage(spec)
+    path = tmp_path / "market.yaml"
+    path.write_text(yaml.safe_dump(spec, default_flow_style=False).replace("!!python/tuple", ""))
+    done = cli("validate", "--market", path)
+    one_line_error(done, where, "market.yaml")

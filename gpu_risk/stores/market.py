@@ -51,6 +51,52 @@ def market_dates(path: PathLike) -> list[str]:
     return complete_days(path)
 
 
+_NUMBERS = {"assets": ("price", "haircut", "beta"), "instruments": ("mark_price", "strike", "implied_vol")}
+
+
+def _check_spec_shape(spec: Any, source: str | None) -> None:
+    """A market spec's structure, each problem named by its path (``instruments.X.brackets[1]``)
+    before any value is read: the values themselves are validated by ``validate_market``."""
+    def fail(where: str, what: str) -> None:
+        raise SchemaError(f"market spec: {where} {what}", store=source)
+
+    if not isinstance(spec, dict):
+        fail("the file", f"must be a mapping with 'assets' and 'instruments', not {type(spec).__name__}")
+    for section in ("assets", "instruments"):
+        if section not in spec:
+            fail(section, "is missing")
+        table = spec[section]
+        if not isinstance(table, dict) or not table:
+            fail(section, "must be a non-empty mapping of name -> fields")
+        for name, fields in table.items():
+            if not isinstance(fields, dict):
+                fail(f"{section}.{name}", f"must be a mapping of fields, not {type(fields).__name__}")
+            for key in _NUMBERS[section]:
+                value = fields.get(key)
+                if value is not None and not isinstance(value, bool):
+                    try:
+                        float(value)
+                    except (TypeError, ValueError):
+                        fail(f"{section}.{name}.{key}", f"must be a number, not {value!r}")
+            if section == "instruments":
+                brackets = fields.get("brackets", [])
+                if not isinstance(brackets, list):
+                    fail(f"instruments.{name}.brackets", "must be a list of [floor, mmr, amount] rows")
+                for j, row in enumerate(brackets):
+                    if not isinstance(row, (list, tuple)) or len(row) not in (2, 3):
+                        fail(f"instruments.{name}.brackets[{j}]", f"must be [floor, mmr, amount], not {row!r}")
+                    try:
+                        [float(x) for x in row]
+                    except (TypeError, ValueError):
+                        fail(f"instruments.{name}.brackets[{j}]", f"must hold numbers, not {row!r}")
+                expiry = fields.get("expiry")
+                if expiry is not None:
+                    try:
+                        pd.Timestamp(expiry)
+                    except (TypeError, ValueError):
+                        fail(f"instruments.{name}.expiry", f"is not a date: {expiry!r}")
+
+
 def market_from_dict(spec: dict, *, source: str | None = None) -> xr.Dataset:
     """Build a market Dataset from a mapping (the YAML/TOML layout of docs/data.md)::
 
@@ -62,11 +108,9 @@ def market_from_dict(spec: dict, *, source: str | None = None) -> xr.Dataset:
           BTC-C-70000: {kind: option, underlying: BTC, mark_price: 1234.5, strike: 70000,
                         expiry: 2026-03-27, call_put: call, implied_vol: 0.55}
     """
-    try:
-        assets = spec["assets"]
-        instruments = spec["instruments"]
-    except KeyError as exc:
-        raise SchemaError(f"market spec lacks the section {exc.args[0]!r}", store=source) from exc
+    _check_spec_shape(spec, source)
+    assets = spec["assets"]
+    instruments = spec["instruments"]
     asset_names = list(assets)
     inst_names = list(instruments)
     n_brackets = max([len(v.get("brackets", [])) for v in instruments.values()] + [1])
