@@ -41,12 +41,21 @@ class InputError(ValueError):
         if index is not None:
             at = f"first bad index {index}"
             if label is not None:
-                at += f" ({label})"
+                at += f" ({_cut(str(label))})"
             where.append(at)
         if count is not None and count > 1:
             where.append(f"{count} bad rows in all")
+        problem = _cut(problem, 1000)
         message = problem if not where else f"{problem} [{', '.join(where)}]"
         super().__init__(message)
+
+
+MAX_FIELD = 300  # characters of a bad value shown in a message (a problem: 1,000)
+
+
+def _cut(text: str, limit: int = MAX_FIELD) -> str:
+    """``text`` cut to ``limit`` characters (a 2 MB bad field is not echoed whole)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 class SchemaError(InputError):

@@ -251,3 +251,10 @@ def test_malformed_market_specs_name_the_field(damage, where, tmp_path):
     path.write_text(yaml.safe_dump(spec, default_flow_style=False).replace("!!python/tuple", ""))
     done = cli("validate", "--market", path)
     one_line_error(done, where, "market.yaml")
+
+
+def test_a_huge_bad_field_is_not_echoed_whole():
+    from gpu_risk.errors import InputError
+
+    err = InputError("malformed field " + "x" * 2_000_000, store="s.csv", index=4, label="y" * 2_000_000)
+    assert len(str(err)) < 2_000 and "2,000,016 characters" in str(err) and "first bad index 4" in str(err)
