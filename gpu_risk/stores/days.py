@@ -316,7 +316,7 @@ def recover_day(path: PathLike, group: str) -> None:
 # written with other codecs read as before (the codec is in each array's metadata).
 # every chunk carries a CRC-32C of its compressed bytes (Zarr 3's crc32c codec): a chunk
 # damaged in place fails when read instead of decoding to other numbers (a few per cent of
-# the read and write time, docs/performance.md, "Store format")
+# the codecs' time at most: benchmarks/checksums.py, docs/performance.md, "Store format")
 NUMBER_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"), Crc32cCodec())
 # book prices and sizes as exact int32 ticks (gpu_risk.coding): byte shuffle then LZ4
 TICK_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec())
