@@ -332,14 +332,14 @@ def test_two_writers_at_once_twenty_times_leave_only_whole_days(tiny_dataset, tm
         errors: list[str] = []
         start = threading.Barrier(2)
 
-        def run():
+        def run(cfg, start, errors):
             start.wait()
             try:
                 run_workflow(cfg)
             except RuntimeError as exc:
                 errors.append(str(exc))
 
-        threads = [threading.Thread(target=run) for _ in range(2)]
+        threads = [threading.Thread(target=run, args=(cfg, start, errors)) for _ in range(2)]
         for t in threads:
             t.start()
         for t in threads:

@@ -314,9 +314,9 @@ def recover_day(path: PathLike, group: str) -> None:
 # 1.7x as large (docs/performance.md, "Store format", lists every candidate measured).
 # Blosc is in the Zarr 3 specification, so any Zarr 3 reader decodes these stores; stores
 # written with other codecs read as before (the codec is in each array's metadata).
-# every chunk carries a CRC-32C of its compressed bytes (Zarr 3's crc32c codec): a chunk
-# damaged in place fails when read instead of decoding to other numbers (a few per cent of
-# the codecs' time at most: benchmarks/checksums.py, docs/performance.md, "Store format")
+# Every chunk carries a CRC-32C of its compressed bytes (Zarr 3's crc32c codec): a chunk
+# damaged in place fails when read instead of decoding to other numbers (within the noise
+# of reading, up to 13 % of the codecs' write time: benchmarks/checksums.py).
 NUMBER_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"), Crc32cCodec())
 # book prices and sizes as exact int32 ticks (gpu_risk.coding): byte shuffle then LZ4
 TICK_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec())
