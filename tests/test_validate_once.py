@@ -55,9 +55,9 @@ def _count(monkeypatch, name):
         calls["n"] += 1
         return original(*args, **kwargs)
 
-    from gpu_risk.stores import book, days, market, positions, results
+    from gpu_risk.stores import book, book_arrays, days, market, positions, results
 
-    for module in (validate_module, book, days, market, positions, results):  # every module holding it by name
+    for module in (validate_module, book, book_arrays, days, market, positions, results):  # holding it by name
         if hasattr(module, name):
             monkeypatch.setattr(module, name, counting)
     return calls
@@ -200,3 +200,27 @@ def test_a_day_changed_after_it_was_written_is_validated_again(tmp_path, monkeyp
     shutil.rmtree(tmp_path / "b.zarr" / "X" / "2026-01-06" / "bid_price" / "c" / "1")
     with pytest.raises(InputError):
         store.open_book_instrument(tmp_path / "b.zarr", "X", start="2026-01-06")
+
+
+def test_the_workflow_validates_each_store_day_at_most_once(tiny_dataset, tmp_path, monkeypatch):
+    """Every family of the overnight workflow over two days: each market and positions day
+    is validated at most once (not once per family), and book days recorded clean when
+    written are not validated again."""
+    import yaml
+
+    from gpu_risk.workflow import load_config, run_workflow
+
+    counts = {name: _count(monkeypatch, name) for name in
+              ("validate_book_dataset", "validate_market", "validate_positions")}
+    cfg = {"name": "t", "stores": {k: tiny_dataset[k] for k in ("book", "positions", "market")},
+           "families": ["summary", "imbalance", "liquidation", "stress", "cascade"],
+           "imbalance": {"bucket": "1min"}, "stress": {"price_shocks": [-0.2, 0.2], "vol_shocks": [0.0]},
+           "cascade": {"every": "2h", "initial_shocks": [-0.1, 0.1]},
+           "output": str(tmp_path / "out.zarr"), "scheduler": "sync", "backend": "cpu"}
+    (tmp_path / "wf.yaml").write_text(yaml.safe_dump(cfg))
+    summary = run_workflow(load_config(tmp_path / "wf.yaml"))
+    days = len(summary["computed"])
+    assert days == len(tiny_dataset["days"]) == 2
+    assert counts["validate_market"]["n"] <= days
+    assert counts["validate_positions"]["n"] <= days
+    assert counts["validate_book_dataset"]["n"] == 0  # recorded clean when written
