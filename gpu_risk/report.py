@@ -60,6 +60,69 @@ def _table(df: pd.DataFrame) -> str:
     return f"<table><tr>{head}</tr>{rows}</table>"
 
 
+def _glance_values(results: xr.DataTree, day: str) -> dict[str, tuple[float, str]]:
+    """The figures of the summary at the top for one day: name -> (value, format)."""
+    node = results[day]
+    out: dict[str, tuple[float, str]] = {}
+    if "liquidation" in node.children:
+        liq = node["liquidation"].to_dataset()
+        ratio = liq["collateral_ratio"].values
+        shock = liq["liquidation_shock_down"].values
+        out["accounts below collateral ratio 1 (liquidatable now)"] = (float(np.sum(ratio < 1)), "count")
+        out["accounts liquidated by a common move of -5 % or less"] = (
+            float(np.sum((ratio >= 1) & np.isfinite(shock) & (shock >= -0.05))), "count")
+        oi = float(liq["long_open_interest"].sum() + liq["short_open_interest"].sum())
+        out["open interest, long + short (USD)"] = (oi, "money")
+    if "stress" in node.children:
+        st = node["stress"].to_dataset()
+        out["worst stress shortfall over the grid (USD)"] = (float(st["shortfall"].max()), "money")
+        out["most accounts liquidated in one stress scenario"] = (float(st["accounts_liquidated"].max()), "count")
+    if "cascade" in node.children:
+        ca = node["cascade"].to_dataset()
+        amp = ca["amplification"].where(~ca["qc_no_quote"])
+        if amp.notnull().any():
+            out["largest cascade amplification (final move / initial shock)"] = (float(amp.max()), "ratio")
+    if "positions_summary" in node.children:
+        out["accounts left out by validation"] = (float(node["positions_summary"]["n_excluded"]), "count")
+    if "imbalance" in node.children:
+        grid = node["imbalance"].to_dataset()
+        empty = (grid["n_updates"] == 0) & grid["mid_price"].isnull()
+        out["imbalance buckets without a current book (gaps)"] = (float(empty.sum()), "count")
+    return out
+
+
+def _fmt(value: float, kind: str) -> str:
+    if not np.isfinite(value):
+        return "n/a"
+    if kind == "count":
+        return f"{value:,.0f}"
+    if kind == "money":
+        return f"{value:,.0f}"  # whole currency units: cents do not help a decision
+    return f"{value:.2f}"
+
+
+def glance_section(results: xr.DataTree, days: list[str]) -> str:
+    """What to act on, first: the last day's headline figures and their change since the
+    day before (every figure is computed from the results store, nothing else)."""
+    last = days[-1]
+    now = _glance_values(results, last)
+    if not now:
+        return ""
+    before = _glance_values(results, days[-2]) if len(days) > 1 else {}
+    rows = []
+    for name, (value, kind) in now.items():
+        change = ""
+        if name in before and np.isfinite(before[name][0]) and np.isfinite(value):
+            delta = value - before[name][0]
+            change = ("+" if delta > 0 else "") + _fmt(delta, kind) if delta else "unchanged"
+        rows.append({"": name, last: _fmt(value, kind), f"change since {days[-2]}" if len(days) > 1 else "": change})
+    df = pd.DataFrame(rows).set_index("")
+    if len(days) == 1:
+        df = df.drop(columns=[""], errors="ignore")
+    return (f"<h2>At a glance, {last}</h2><p class='meta'>The last day's figures from every family in the "
+            "results, with their change since the day before. Details follow.</p>" + _table(df))
+
+
 def summary_section(results: xr.DataTree, days: list[str]) -> str:
     parts = ["<h2>Datasets</h2>"]
     book_rows, pos_rows, oi = [], [], {}
@@ -412,6 +475,7 @@ def write_report(results_path, out_path, *, title: str = "gpu_risk report", meta
     for key, value in (meta or {}).items():
         body.append(f"<p class='meta'><b>{html.escape(key)}</b>: {html.escape(str(value))}</p>")
     if days:
+        body.append(glance_section(results, days))
         for family in families().values():
             # a family's section only where some day holds its results
             if family.report is not None and any(g in results[d].children for d in days for g in family.groups):

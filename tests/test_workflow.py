@@ -351,3 +351,28 @@ def test_two_writers_at_once_twenty_times_leave_only_whole_days(tiny_dataset, tm
         assert verify_store(out)["problems"] == []
         refused += len(errors)
     assert refused >= 10  # the runs did overlap: the lock was what kept the days whole
+
+
+def test_the_report_opens_with_the_last_days_figures_and_their_change(reference, tiny_dataset):
+    """The summary at the top: each figure equals what the results store holds, computed
+    here independently with NumPy, and its change since the day before."""
+    import re
+
+    page = (reference.parent / "report.html").read_text()
+    days = tiny_dataset["days"]
+    assert page.index("At a glance") < page.index("<h2>Datasets")
+    table = page[page.index("At a glance"):].split("</table>")[0]
+
+    def row(name):
+        cells = re.search(r"<tr><td>" + re.escape(name) + r"</td>(.*?)</tr>", table).group(1)
+        return re.findall(r"<td>(.*?)</td>", cells)
+
+    tree = store.open_results(reference)
+    below = [int((tree[d]["liquidation"]["collateral_ratio"].values < 1).sum()) for d in days]
+    assert row("accounts below collateral ratio 1 (liquidatable now)") == [
+        f"{below[1]:,}", "unchanged" if below[1] == below[0] else f"{below[1] - below[0]:+,}"]
+    worst = [float(tree[d]["stress"]["shortfall"].values.max()) for d in days]
+    assert row("worst stress shortfall over the grid (USD)")[0] == f"{worst[1]:,.0f}"
+    grid = tree[days[1]]["imbalance"].to_dataset()
+    gaps = int(((grid.n_updates.values == 0) & np.isnan(grid.mid_price.values)).sum())
+    assert row("imbalance buckets without a current book (gaps)")[0] == f"{gaps:,}"
