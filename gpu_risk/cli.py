@@ -92,17 +92,28 @@ def run(
     output: Path | None = typer.Option(None, help="results store (overrides)"),
     report: Path | None = typer.Option(None, help="HTML report path (overrides)"),
     on_bad_rows: str | None = typer.Option(None, help="raise|flag (overrides)"),
+    book: Path | None = typer.Option(None, help="book store (overrides the workflow's)"),
+    positions: Path | None = typer.Option(None, help="positions store (overrides)"),
+    market: Path | None = typer.Option(None, help="market store or YAML/TOML file (overrides)"),
+    start: str | None = typer.Option(None, help="first as-of date (overrides)"),
+    end: str | None = typer.Option(None, help="last as-of date (overrides)"),
+    families: str | None = typer.Option(None, help="comma-separated families to run (overrides)"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
     performance_report: Path | None = PERF,
     redo: str | None = REDO,
 ):
-    """Run a batch workflow day by day; complete days are skipped on re-run."""
+    """Run a batch workflow day by day; complete days are skipped on re-run. Any setting of
+    the file can be overridden here (stores, dates, families, where and how to run)."""
     from pydantic import ValidationError
 
     from .workflow import load_config
 
+    stores = {"book": book, "positions": positions, "market": market}
     overrides = {"backend": backend, "scheduler": scheduler, "memory_limit": memory_limit,
-                 "output": output, "report": report, "on_bad_rows": on_bad_rows, "redo": _redo(redo)}
+                 "output": output, "report": report, "on_bad_rows": on_bad_rows, "redo": _redo(redo),
+                 "start": start, "end": end,
+                 "families": [f.strip() for f in families.split(",") if f.strip()] if families else None,
+                 "stores": stores if any(v is not None for v in stores.values()) else None}
     try:
         cfg = load_config(workflow, overrides)
     except ValidationError as exc:

@@ -450,6 +450,27 @@ class SynthConfig:
     account_chunk_rows: int = store.ACCOUNT_CHUNK_ROWS
 
 
+SHAPING = ("days", "instruments", "accounts", "levels", "snapshots_per_day", "start", "seed")
+
+
+def _same_settings_as_before(out: Path, cfg: SynthConfig) -> None:
+    """A directory holds one synthetic dataset: re-running with the same settings finishes
+    it (days already complete are kept); other settings are refused instead of mixing two
+    datasets in one store."""
+    import json  # noqa: PLC0415
+
+    record = out / "synth.json"
+    wanted = {k: getattr(cfg, k) for k in SHAPING}
+    if record.exists():
+        before = json.loads(record.read_text())
+        differ = {k: (before.get(k), v) for k, v in wanted.items() if before.get(k) != v}
+        if differ:
+            what = ", ".join(f"{k} {old} (asked: {new})" for k, (old, new) in differ.items())
+            raise ValueError(f"{out} holds synthetic data made with {what}; write to another --out or "
+                             "delete it first")
+    record.write_text(json.dumps(wanted))  # (a directory from before this record: taken as it is)
+
+
 def synth(cfg: SynthConfig, progress: Callable[[str, int], None] | None = None) -> dict:
     """Write ``book.zarr``, ``positions.zarr`` and ``market.zarr`` under ``cfg.out``.
 
@@ -462,6 +483,7 @@ def synth(cfg: SynthConfig, progress: Callable[[str, int], None] | None = None) 
         raise ValueError("snapshots_per_day must be >= 2")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    _same_settings_as_before(out, cfg)
     book_path, pos_path, mkt_path = out / "book.zarr", out / "positions.zarr", out / "market.zarr"
     instruments = catalog(cfg.instruments)
     underlyings = sorted({i.underlying for i in instruments} | ({"BTC"} if any(

@@ -134,10 +134,18 @@ _RESERVED.update(WorkflowConfig.model_fields)
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> WorkflowConfig:
-    """Read a YAML workflow file; ``overrides`` (e.g. from CLI options) win."""
+    """Read a YAML workflow file; ``overrides`` (e.g. from CLI options) win; a ``stores``
+    override replaces only the stores it names."""
     text = Path(path).read_text()
     raw = yaml.safe_load(text) or {}
-    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a workflow file is a mapping of settings, not {type(raw).__name__}")
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key == "stores" and isinstance(raw.get("stores"), dict):
+            value = {**raw["stores"], **{k: v for k, v in value.items() if v is not None}}
+        raw[key] = value
     return WorkflowConfig.model_validate(raw)
 
 

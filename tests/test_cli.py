@@ -71,3 +71,29 @@ def test_family_commands_write_what_the_api_computes(tiny_dataset, tmp_path):
     assert np.isfinite(res["cascade"].final_price).all()
     bad = cli("liquidation", "--positions", d["positions"], "--out", tmp_path / "x.zarr", check=False)
     assert bad.returncode == 2 and "needs the market store" in " ".join(bad.stderr.split())
+
+
+def test_run_overrides_stores_dates_and_families_and_synth_refuses_other_settings(tmp_path):
+    """`gpu-risk run workflows/overnight.yaml` on another dataset, one day, one family, from
+    the command line alone; `synth` into a directory made with other settings is refused."""
+    made = json.loads(cli("synth", "--out", tmp_path / "big", "--days", 2, "--instruments", 2, "--accounts", 150,
+                          "--snapshots-per-day", 400, "--levels", 3, "--json").stdout)
+    day = made["days"][1]
+    out = tmp_path / "out.zarr"
+    from pathlib import Path
+
+    overnight = Path(__file__).resolve().parents[1] / "workflows" / "overnight.yaml"
+    done = cli("run", overnight, "--book", made["book"], "--positions", made["positions"],
+               "--market", made["market"], "--start", day, "--end", day, "--families", "liquidation,stress",
+               "--output", out, "--report", tmp_path / "r.html", "--scheduler", "sync", "--json", check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["computed"] == [day]
+    from gpu_risk import store
+
+    tree = store.open_results(out)
+    assert sorted(tree[day].children) == ["liquidation", "stress"]
+    assert tree[day]["liquidation"].sizes["account"] == 150
+    again = cli("synth", "--out", tmp_path / "big", "--days", 2, "--instruments", 2, "--accounts", 500,
+                "--snapshots-per-day", 400, "--levels", 3, check=False)
+    assert again.returncode == 2 and "accounts 150 (asked: 500)" in " ".join(again.stderr.split())
+    assert "Traceback" not in again.stderr
