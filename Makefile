@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # Demo size: small enough for a laptop in about a minute; scale up with e.g.
-#   make demo DEMO_ACCOUNTS=1000000 DEMO_SNAPSHOTS=500000
+#   make clean demo DEMO_ACCOUNTS=1000000 DEMO_SNAPSHOTS=500000
+# (synth refuses to mix other settings into an existing data/demo: clean it first)
 DEMO_DAYS ?= 3
 DEMO_INSTRUMENTS ?= 4
 DEMO_ACCOUNTS ?= 50000
