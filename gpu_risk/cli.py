@@ -523,6 +523,9 @@ def main() -> None:
     debug = "--debug" in sys.argv[1:] or os.environ.get("GPU_RISK_DEBUG") == "1"
     sys.argv = [a for a in sys.argv if a != "--debug"]
     _DEBUG["on"] = debug
+    from .cluster import EXIT_WHEN_STUCK
+
+    EXIT_WHEN_STUCK["on"] = True
     try:
         app()
     except KeyboardInterrupt:

@@ -101,6 +101,12 @@ class _Watch:
     reason: str | None = None
 
 
+# Set by the command line (never by the library): a run that is still waiting 15 s after
+# the watchdog closed its client exits with the reason rather than hang (its writes are
+# atomic and its lock is released with the process, as when it is killed).
+EXIT_WHEN_STUCK = {"on": False}
+
+
 @contextlib.contextmanager
 def _workers_watched(client, spec: str) -> Iterator[_Watch]:
     """Fail instead of waiting forever: when the scheduler has had no worker for
@@ -126,7 +132,14 @@ def _workers_watched(client, spec: str) -> Iterator[_Watch]:
             if time.monotonic() - since >= limit:
                 watch.reason = (f"the Dask scheduler at {spec} has had no worker for {limit:.0f} s "
                                 "(none started, or every one gone); start workers and run again")
-                client.close()
+                closer = threading.Thread(target=client.close, daemon=True)
+                closer.start()
+                if EXIT_WHEN_STUCK["on"] and not stop.wait(15.0):
+                    import sys  # noqa: PLC0415
+
+                    sys.stderr.write(f"error: {watch.reason}\n")
+                    sys.stderr.flush()
+                    os._exit(2)
                 return
 
     thread = threading.Thread(target=run, name="gpu-risk-worker-watch", daemon=True)

@@ -194,8 +194,8 @@ def test_importing_a_file_10x_the_samples_keeps_memory_bounded(tmp_path):
 
     # a first run compiles (and caches) every numba specialization the import meets: LLVM's
     # memory then counts in that process's peak, once, whatever the file's size
-    peak(400_000)
-    rss_10x, size_10x = peak(200_000)
-    rss_20x, size_20x = peak(400_000)
+    peak(300_000)
+    rss_10x, size_10x = peak(150_000)
+    rss_20x, size_20x = peak(300_000)
     assert size_10x > 10 * 3_756_788  # 10x the largest shared LOBSTER file
     assert rss_20x - rss_10x < 0.5 * (size_20x - size_10x), (rss_10x, rss_20x, size_10x, size_20x)
