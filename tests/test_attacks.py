@@ -258,3 +258,44 @@ def test_a_huge_bad_field_is_not_echoed_whole():
 
     err = InputError("malformed field " + "x" * 2_000_000, store="s.csv", index=4, label="y" * 2_000_000)
     assert len(str(err)) < 2_000 and "2,000,016 characters" in str(err) and "first bad index 4" in str(err)
+
+
+def test_structural_damage_and_odd_names_are_one_line(small, tmp_path):
+    """An array without dimension_names, an instrument named like Zarr's metadata file, a
+    Binance line that is a JSON array, a depth diff without its update ids."""
+    import gzip
+    import shutil
+    from pathlib import Path
+
+    from conftest import make_book
+
+    from gpu_risk import store
+    from gpu_risk.errors import InputError
+    from gpu_risk.importers.binance import import_binance
+
+    book = tmp_path / "book.zarr"
+    shutil.copytree(small["book"], book)
+    meta = book / "BTCUSDT" / small["days"][0] / "bid_price" / "zarr.json"
+    spec = json.loads(meta.read_text())
+    spec.pop("dimension_names")
+    meta.write_text(json.dumps(spec))
+    one_line_error(cli("validate", "--book", book), "dimension_names", f"BTCUSDT/{small['days'][0]}")
+
+    with pytest.raises(ValueError, match="zarr.json"):
+        store.write_book(make_book(10), tmp_path / "b.zarr", "zarr.json")
+
+    feed = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "binance_hftbacktest_feed"
+    src = feed / "usdm" / "btcusdt_20240808.gz"
+    if not src.exists():
+        pytest.skip("shared Binance captures not present")
+    lines = gzip.open(src, "rt").read().splitlines(keepends=True)
+    depth = next(i for i, line in enumerate(lines) if "depthUpdate" in line and i > 60)
+    ts, payload = lines[depth].split(" ", 1)
+    for name, bad in (("array.gz", f"{ts} [1, 2, 3]\n"),
+                      ("no_u.gz", f"{ts} " + payload.replace('"U":', '"X":', 1))):
+        path = tmp_path / name
+        with gzip.open(path, "wt") as f:
+            f.writelines(lines[:depth] + [bad] + lines[depth + 1:])
+        with pytest.raises(InputError) as info:
+            import_binance([path], 5, tmp_path / f"{name}.zarr")
+        assert name in str(info.value) and f"line {depth + 1}" in str(info.value)

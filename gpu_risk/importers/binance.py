@@ -88,10 +88,15 @@ def read_lines(files) -> Iterator[tuple[str, int, int, dict]]:
                         continue
                     ts, sep, payload = line.partition(" ")
                     try:
-                        yield str(path), lineno, int(ts), json.loads(payload)
+                        msg = json.loads(payload)
+                        stamp = int(ts)
                     except (ValueError, json.JSONDecodeError) as exc:
                         raise InputError(f"malformed line: {exc}", store=str(path), index=lineno,
                                          label=f"line {lineno}") from exc
+                    if not isinstance(msg, dict):
+                        raise InputError(f"malformed line: a JSON {type(msg).__name__}, not an object",
+                                         store=str(path), index=lineno, label=f"line {lineno}")
+                    yield str(path), lineno, stamp, msg
         except (EOFError, OSError, zlib.error) as exc:
             raise InputError(f"cannot read past line {lineno} ({type(exc).__name__}: {exc}); "
                              "truncated or corrupt file?", store=str(path), index=lineno + 1,
@@ -180,6 +185,10 @@ def import_binance(files, levels: int, out, instrument: str | None = None,
         tickers[:] = keep
 
     def apply(where, line, d, futures):
+        missing = [k for k in ("U", "u", "E", "b", "a") + (("pu",) if futures else ()) if k not in d]
+        if missing:
+            raise InputError(f"depthUpdate without {', '.join(missing)}", store=where, index=line,
+                             label=f"line {line}")
         U, u = d["U"], d["u"]
         if not state["ready"]:
             return

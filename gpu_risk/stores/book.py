@@ -60,8 +60,12 @@ from .days import (
 
 
 def _check_instrument_name(name: str) -> None:
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"instrument name {name!r} must be non-empty, without '/' or leading '.'")
+    """An instrument names a group of the store: not empty, no path separator or leading
+    '.', not Zarr's own metadata file name, no control characters."""
+    if (not name or "/" in name or "\\" in name or name.startswith(".") or name == "zarr.json"
+            or any(ord(c) < 32 for c in name)):
+        raise ValueError(f"instrument name {name!r} must be non-empty, without '/', '\\', a leading '.' "
+                         "or control characters, and not 'zarr.json'")
 
 
 def write_book(ds: xr.Dataset, path: PathLike, instrument: str,

@@ -449,6 +449,12 @@ def naming_metadata(path: PathLike, group: str):
     except UNREADABLE_METADATA as exc:
         raise SchemaError(f"unreadable Zarr metadata under {group!r} ({type(exc).__name__}: {exc})",
                           store=str(path)) from exc
+    except KeyError as exc:  # xarray's way of saying an array has no dimension names
+        if "dimension_names" not in str(exc):
+            raise
+        raise SchemaError(f"an array under {group!r} has no dimension_names in its Zarr metadata (written "
+                          "by a tool that does not record them); xarray cannot tell its dimensions",
+                          store=str(path)) from exc
 
 
 def open_day_dataset(path: PathLike, group: str, chunks: Any = None) -> xr.Dataset:
