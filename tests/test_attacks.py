@@ -299,3 +299,33 @@ def test_structural_damage_and_odd_names_are_one_line(small, tmp_path):
         with pytest.raises(InputError) as info:
             import_binance([path], 5, tmp_path / f"{name}.zarr")
         assert name in str(info.value) and f"line {depth + 1}" in str(info.value)
+
+
+def test_a_full_disk_mid_run_is_one_line_and_loses_nothing(small, tmp_path):
+    """The disk fills while the second day's results are written (ENOSPC raised by the
+    writer): one line naming the error, the first day complete, the second invisible; the
+    next run finishes it."""
+    cfg = {"name": "t", "stores": {"positions": small["positions"], "market": small["market"]},
+           "families": ["liquidation"], "output": str(tmp_path / "out.zarr"), "scheduler": "sync", "backend": "cpu"}
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(yaml.safe_dump(cfg))
+    script = ("import errno, os, sys\n"
+              "import gpu_risk.stores.results as results\n"
+              "original, calls = results.write_day_dataset, []\n"
+              "def full(*a, **k):\n"
+              "    calls.append(1)\n"
+              "    if len(calls) == 2:\n"
+              "        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), a[1])\n"
+              "    return original(*a, **k)\n"
+              "results.write_day_dataset = full\n"
+              "from gpu_risk.cli import main\n"
+              "sys.argv = ['gpu-risk', 'run', sys.argv[1]]\n"
+              "main()\n")
+    done = subprocess.run([sys.executable, "-c", script, str(wf)], capture_output=True, text=True)
+    one_line_error(done, "No space left on device", "out.zarr")
+    from gpu_risk import store
+
+    assert store.results_days(tmp_path / "out.zarr") == small["days"][:1]
+    again = cli("run", wf, "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["computed"] == small["days"][1:]
+    assert cli("verify", tmp_path / "out.zarr").returncode == 0
