@@ -79,7 +79,7 @@ def day_imbalance_grid(ctx: DayContext) -> xr.Dataset:
     nodes = {}
     for inst in ctx.inputs["instruments"]:
         ds = without_flagged_rows(book[inst].to_dataset())
-        days = book_days[inst] if book_days is not None else store.complete_days(book_store, inst)
+        days = book_days[inst] if book_days is not None else store.instrument_days(book_store, inst)
         earlier = [d for d in days if d < date]
         prev = store.last_valid_snapshot(book_store, inst, earlier[-1]) if earlier else None
         if prev is not None:

@@ -113,22 +113,13 @@ def _instrument_grid(ds: xr.Dataset, origin_ns: int, bucket_ns: int, n_buckets: 
     """(n_buckets, n_columns) packed grid of one instrument: lazily (Dask) where the book
     is lazy, else computed at once (into ``dest`` when given: no copies of the result)."""
     n_cols = n_columns(levels, bands.size)
-    ds = without_flagged_rows(ds)
-    t = _time_ns(ds)
+    ds, t, lead_in = _grid_rows(ds, origin_ns)
     arrays = [ds[name].isel(level=slice(0, levels)).data for name in BOOK_ARRAYS]
     like = arrays[0]
     lazy = isinstance(like, da.Array)
     meta = like._meta if lazy else like[:0]  # never the data itself: Dask would hash it
     if t.size == 0:
         return _fill(dest, _empty_buckets(n_buckets, levels, n_cols, meta, lazy))
-    lead_in = bool(t[0] < origin_ns)
-    if lead_in:
-        # snapshots before `start`: keep the last one, in the first bucket, as the OFI
-        # predecessor and the state carried into the first buckets; it is not counted
-        keep = int(np.searchsorted(t, origin_ns, side="left")) - 1
-        ds = ds.isel(time=slice(keep, None))
-        t = t[keep:]
-        arrays = [ds[name].isel(level=slice(0, levels)).data for name in BOOK_ARRAYS]
     bucket_index = bucket_of_cpu(t, origin_ns, bucket_ns, np.empty(t.size, dtype=np.int64))
     if lazy:
         time_chunks = arrays[0].chunks[0]
@@ -219,12 +210,18 @@ def _instrument_grid(ds: xr.Dataset, origin_ns: int, bucket_ns: int, n_buckets: 
     return done[0] if len(done) == 1 else xp.concatenate(done, axis=0)
 
 
-def _grid_times(ds: xr.Dataset, origin_ns: int) -> np.ndarray:
-    """The snapshot times an instrument's grid uses: flagged rows left out, and of the rows
-    before the origin only the last (the carried lead-in), as ``_instrument_grid`` does."""
-    t = _time_ns(without_flagged_rows(ds))
-    keep = max(int(np.searchsorted(t, origin_ns, side="left")) - 1, 0)
-    return t[keep:]
+def _grid_rows(ds: xr.Dataset, origin_ns: int) -> tuple[xr.Dataset, np.ndarray, bool]:
+    """The rows an instrument's grid uses, their times in ns, and whether the first is a
+    lead-in: flagged rows are left out, and of the snapshots before the origin (``start``)
+    only the last is kept, in the first bucket, as the OFI predecessor and the state
+    carried into the first buckets; it is not counted."""
+    ds = without_flagged_rows(ds)
+    t = _time_ns(ds)
+    lead_in = bool(t.size and t[0] < origin_ns)
+    if lead_in:
+        keep = int(np.searchsorted(t, origin_ns, side="left")) - 1
+        ds, t = ds.isel(time=slice(keep, None)), t[keep:]
+    return ds, t, lead_in
 
 
 def _fill(dest, values):
@@ -397,8 +394,8 @@ def imbalance_grid(book: xr.DataTree | xr.Dataset, bucket="1s", levels: int | No
             _instrument_grid(ds, origin_ns, bucket_ns, n_buckets, bands, levels, dest=packed[i])
     stale = None
     if max_carry_ns is not None:
-        stale = np.stack([_stale_buckets(_grid_times(ds, origin_ns), origin_ns, bucket_ns, n_buckets, max_carry_ns)
-                          for ds in datasets.values()])
+        stale = np.stack([_stale_buckets(_grid_rows(ds, origin_ns)[1], origin_ns, bucket_ns, n_buckets,
+                                         max_carry_ns) for ds in datasets.values()])
         stale = stale if stale.any() else None
     labels = (origin_ns + (np.arange(n_buckets, dtype=np.int64) + 1) * bucket_ns).astype("datetime64[ns]")
     coords = {"instrument": np.array(names, dtype=str), "time": labels,

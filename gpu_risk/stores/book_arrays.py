@@ -23,7 +23,6 @@ error naming it rather than rounded.
 
 from __future__ import annotations
 
-import copy
 import shutil
 import uuid
 from collections.abc import Iterable
@@ -63,7 +62,9 @@ from .days import (
     check_within_day,
     chunk_manifest,
     day_key,
+    is_sealed,
     naming_metadata,
+    seal_holds,
 )
 
 LAYOUT_ATTR = "gpu_risk_layout"
@@ -178,37 +179,15 @@ class DayAppender:
                  optional_vars: tuple[str, ...] = (), ticks: dict | None = None):
         self.path, self.instrument, self.day = str(path), instrument, day_key(date)
         self.extra_attrs = dict(extra_attrs or {})
-        if not is_instrument_arrays(path, instrument):
-            _create_instrument(path, instrument, levels, dict(ticks or {}), chunk_rows, optional_vars)
-        self.group = zarr.open_group(self.path, path=instrument, mode="r+", zarr_format=3)
-        arrays = _arrays(self.group)
-        if arrays["level"].shape[0] != levels:
-            raise InputError(f"{levels} levels, but the instrument's arrays hold {arrays['level'].shape[0]}",
-                             store=self.path, instrument=instrument, variable="level")
-        for name in optional_vars:
-            if name not in arrays:
-                _create_optional(self.group, name, arrays["time"].chunks[0])
+        self.group = _open_for_append(path, instrument, levels, chunk_rows, optional_vars,
+                                      lambda: dict(ticks or {}))
         self.arrays = _arrays(self.group)
         # rows past the committed end belong to no day (a killed writer's): overwritten
-        self._reserve(int(_meta(self.group).get(ROWS_ATTR, 0)), time)
-
-    def _reserve(self, start: int, time: np.ndarray) -> None:
-        """Rows [start, start + len(time)) for the day, its times written."""
-        self.start, self.stop = start, start + len(time)
-        for array in self.arrays.values():
-            if array.basename != "level":
-                array.resize((self.stop, *array.shape[1:]))
+        self.start = int(_meta(self.group).get(ROWS_ATTR, 0))
         raw = np.asarray(time, dtype="datetime64[ns]").view(np.int64)
-        self.arrays["time"][self.start:self.stop] = raw
+        self.stop = _extend(self.arrays, self.start, raw)
         self.first_ns = int(raw[0]) if raw.size else None
         self.last_ns = int(raw[-1]) if raw.size else None
-
-    def following(self, date: Any, time: np.ndarray) -> DayAppender:
-        """The appender of another day after this one's rows, in one batch committed together."""
-        nxt = copy.copy(self)
-        nxt.day, nxt.extra_attrs = day_key(date), {}
-        nxt._reserve(self.stop, time)
-        return nxt
 
     def write(self, start: int, slab: xr.Dataset) -> None:
         rows = slice(self.start + start, self.start + start + slab.sizes["time"])
@@ -234,15 +213,39 @@ def _commit(path: PathLike, instrument: str, entries: dict[str, dict], rows: int
                         MANIFEST: chunk_manifest(path, instrument)})
 
 
+def _open_for_append(path: PathLike, instrument: str, levels: int, chunk_rows: int,
+                     optional_vars: Iterable[str], specs) -> zarr.Group:
+    """The instrument's group, ready for rows of ``levels`` levels and ``optional_vars``:
+    created (with the encodings ``specs()`` chooses) when absent."""
+    if not is_instrument_arrays(path, instrument):
+        _create_instrument(path, instrument, levels, specs(), chunk_rows, optional_vars)
+    group = zarr.open_group(str(path), path=instrument, mode="r+", zarr_format=3)
+    arrays = _arrays(group)
+    if arrays["level"].shape[0] != levels:
+        raise InputError(f"{levels} levels, but the instrument's arrays hold {arrays['level'].shape[0]}",
+                         store=str(path), instrument=instrument, variable="level")
+    for name in optional_vars:
+        if name not in arrays:
+            _create_optional(group, name, arrays["time"].chunks[0])
+    return group
+
+
+def _extend(arrays: dict[str, zarr.Array], start: int, time_ns: np.ndarray) -> int:
+    """Rows [start, start + n) for ``n`` snapshot times: every array along time resized to
+    end there, the times written; returns the end row."""
+    stop = start + time_ns.size
+    for array in arrays.values():
+        if array.basename != "level":
+            array.resize((stop, *array.shape[1:]))
+    arrays["time"][start:stop] = time_ns
+    return stop
+
+
 def _append_block(group: zarr.Group, start: int, ds: xr.Dataset, *, where: str) -> int:
     """Write the in-memory snapshots ``ds`` at rows [start, start + n) (resizing the arrays
     to end there), in one write per array; returns the end row."""
     arrays = _arrays(group)
-    stop = start + ds.sizes["time"]
-    for array in arrays.values():
-        if array.basename != "level":
-            array.resize((stop, *array.shape[1:]))
-    arrays["time"][start:stop] = ds["time"].values.astype("datetime64[ns]").view(np.int64)
+    stop = _extend(arrays, start, ds["time"].values.astype("datetime64[ns]").view(np.int64))
     for name, var in ds.data_vars.items():
         if name in arrays:
             arrays[name][start:stop] = _encoded(arrays[name], np.asarray(var.values), where=f"{where} {name}")
@@ -280,23 +283,16 @@ def append_days(ds: xr.Dataset, path: PathLike, instrument: str, chunk_rows: int
     """Append a validated, time-sorted, in-memory book of one or more UTC days to an
     instrument (created with encodings that fit it when absent); the days become visible
     at once, in one commit."""
-    levels = ds.sizes["level"]
-    optional = tuple(n for n in BOOK_OPTIONAL_VARS if n in ds)
-    if not is_instrument_arrays(path, instrument):
+    def fitting_encodings() -> dict:
         specs = {}
         for name in BOOK_VARS:
             chooser = TickChooser()
             chooser.feed(np.asarray(ds[name].values))
             specs[name] = chooser.spec
-        _create_instrument(path, instrument, levels, specs, chunk_rows, optional)
-    group = zarr.open_group(str(path), path=instrument, mode="r+", zarr_format=3)
-    arrays = _arrays(group)
-    if arrays["level"].shape[0] != levels:
-        raise InputError(f"{levels} levels, but the instrument's arrays hold {arrays['level'].shape[0]}",
-                         store=str(path), instrument=instrument, variable="level")
-    for name in optional:
-        if name not in arrays:
-            _create_optional(group, name, arrays["time"].chunks[0])
+        return specs
+
+    group = _open_for_append(path, instrument, ds.sizes["level"], chunk_rows,
+                             tuple(n for n in BOOK_OPTIONAL_VARS if n in ds), fitting_encodings)
     if not ds.sizes["time"]:
         return []
     start = int(_meta(group).get(ROWS_ATTR, 0))  # rows past it belong to no day: overwritten
@@ -372,8 +368,8 @@ def open_instrument(path: PathLike, instrument: str, start: Any = None, end: Any
     days = _select_days(sorted(index), start, end)
     if not days:
         raise InputError(f"no complete day in [{start}, {end}]", store=str(path), instrument=instrument)
-    latest = _latest_change_ns(path, instrument)
-    sealed = isinstance(attrs.get(SEAL), int) and (latest or 0) <= attrs[SEAL]
+    latest = _latest_change_ns(path, instrument)  # names the Dask arrays too
+    sealed = seal_holds(attrs, latest)
     if not sealed:  # changed since the last commit: a chunk missing or truncated is named
         check_manifest(path, instrument, attrs, extra_ok=True)
     ds = _dataset(path, instrument, group, _runs(index, days), chunks, latest)
@@ -402,7 +398,7 @@ def last_valid_snapshot(path: PathLike, instrument: str, day: str) -> xr.Dataset
     entry = (attrs.get(DAY_INDEX) or {})[day]
     a, b = int(entry["start"]), int(entry["stop"])
     summary = entry.get("qc")
-    sealed = isinstance(attrs.get(SEAL), int) and (_latest_change_ns(path, instrument) or 0) <= attrs[SEAL]
+    sealed = is_sealed(path, instrument, attrs)
     if not sealed:
         check_manifest(path, instrument, attrs, extra_ok=True)
     if not (sealed and is_current_summary(summary, b - a)):

@@ -140,8 +140,12 @@ def is_sealed(path: PathLike, group: str, attrs: dict) -> bool:
     """Whether nothing under ``group`` (a chunk written, truncated or deleted, an array's
     metadata) changed since it was completed: what its recorded validation may be trusted
     on. ``attrs``: the group's attributes, or an opened day's ``encoding``, holding the seal."""
+    return seal_holds(attrs, _latest_change_ns(path, group))
+
+
+def seal_holds(attrs: dict, latest: int | None) -> bool:
+    """:func:`is_sealed` for a group whose latest change (``_latest_change_ns``) is known."""
     sealed = attrs.get(SEAL)
-    latest = _latest_change_ns(path, group)
     return isinstance(sealed, int) and latest is not None and latest <= sealed
 
 
@@ -197,9 +201,12 @@ def _read_chunk(path: PathLike, group: str, key: str) -> None:
     """Read the chunk file ``key`` (``array/c/i/j``, relative to ``group``) through zarr."""
     name, _, index = key.partition("/c")
     array = zarr.open_array(str(path), path=f"{group}/{name}", mode="r", zarr_format=3)
-    idx = [int(i) for i in index.strip("/").split("/") if i]
-    region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, array.chunks, array.shape))
-    array[region]
+    array[chunk_region(array, [int(i) for i in index.strip("/").split("/") if i])]
+
+
+def chunk_region(array: zarr.Array, index) -> tuple[slice, ...]:
+    """The selection of the chunk at grid position ``index`` of ``array``."""
+    return tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, array.chunks, array.shape))
 
 
 def check_manifest(path: PathLike, group: str, attrs: dict, *, extra_ok: bool = False) -> None:

@@ -15,7 +15,15 @@ import zarr
 
 from .book import book_instruments
 from .book_arrays import is_instrument_arrays
-from .days import MANIFEST, STORE_KIND, UNREADABLE_METADATA, PathLike, complete_days, manifest_problems
+from .days import (
+    MANIFEST,
+    STORE_KIND,
+    UNREADABLE_METADATA,
+    PathLike,
+    chunk_region,
+    complete_days,
+    manifest_problems,
+)
 
 
 def _groups(path: PathLike, kind: str) -> list[tuple[str, bool]]:
@@ -43,10 +51,9 @@ def _read_every_chunk(where: str, array: zarr.Array) -> tuple[int, list[str]]:
     grid = [range(-(-s // c)) if s else range(0) for s, c in zip(array.shape, array.chunks)]
     problems, n = [], 0
     for index in itertools.product(*grid):
-        region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, array.chunks, array.shape))
         n += 1
         try:
-            array[region]
+            array[chunk_region(array, index)]
         except Exception as exc:  # a damaged chunk fails in the codec that meets it
             key = "/".join(map(str, index)) or "0"
             problems.append(f"{where}: chunk {key} cannot be read ({type(exc).__name__}: "
