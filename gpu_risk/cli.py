@@ -352,6 +352,8 @@ def import_lobster_cmd(
         _fail(exc)
     if as_json:
         print(json.dumps(summary))
+    elif summary["skipped"]:
+        console.print(f"{escape(str(orderbook_csv))} and its message file are already in {escape(str(out))}: skipped")
     else:
         console.print(f"imported {summary['snapshots']:,} snapshots x {summary['levels']} levels "
                       f"of {instrument} on {date} into {out}")
@@ -378,6 +380,9 @@ def import_binance_cmd(
     if as_json:
         print(json.dumps(summary))
     else:
+        for path in summary["skipped_files"]:
+            console.print(f"{escape(path)} is already in {escape(str(out))}: skipped")
+    if not as_json and len(summary["skipped_files"]) < len(files):
         console.print(f"{summary['instrument']} ({summary['market']}): {summary['snapshots']:,} snapshots "
                       f"over {', '.join(summary['days'])}; {summary['stale_diffs']} stale diffs; "
                       f"bookTicker agreement {summary['bookticker_agree']}/{summary['bookticker_compared']}")
@@ -406,6 +411,8 @@ def import_databento_cmd(
         print(json.dumps(summary))
     else:
         bad = summary.pop("bad_fields", [])
+        for path in summary.pop("skipped_files", []):
+            console.print(f"{escape(path)} is already in {escape(str(out))}: skipped")
         for symbol, info in summary.items():
             console.print(f"{symbol}: {info['snapshots']:,} snapshots over {', '.join(info['days'])}")
         if bad:

@@ -19,7 +19,7 @@ import xarray as xr
 
 from .backend import is_cupy, on_host
 from .errors import InputError, SchemaError
-from .kernels.qc import BOOK_RULE_BITS, book_rules_cpu
+from .kernels.qc import BOOK_RULE_BITS, MAX_BOOK_PRICE, MAX_BOOK_SIZE, book_rules_cpu
 from .schema import (
     BOOK_COORDS,
     BOOK_VARS,
@@ -37,22 +37,27 @@ from .schema import (
 
 OnBadRows = Literal["raise", "flag"]
 
+# Bounds beyond which float64 sums and products of margin arithmetic overflow: a market
+# price above MAX_PRICE, an amount (balance, position, margin) beyond MAX_AMOUNT
+MAX_PRICE = MAX_BOOK_PRICE
+MAX_AMOUNT = 1e30
+
 # Bump when a rule changes: stamps (in memory and in stores) of another version are not
 # trusted, so data validated under older rules is validated again.
-QC_RULES_VERSION = 2
+QC_RULES_VERSION = 3
 VALIDATED_ATTR = "gpu_risk_validated"
 BOOK_ARRAYS = ("bid_price", "ask_price", "bid_size", "ask_size")
 
 QC_DESCRIPTIONS = {
-    "qc_bad_size": "a size is NaN, infinite or negative, or positive at an empty level",
-    "qc_bad_price": "a price is zero, negative or infinite",
+    "qc_bad_size": "a size is NaN, infinite, negative or above 1e18, or positive at an empty level",
+    "qc_bad_price": "a price is zero, negative, infinite or above 1e15",
     "qc_ladder": "price ladder not strictly monotone, or a filled level below an empty one",
     "qc_crossed": "crossed book: best bid >= best ask",
     "qc_time_order": "time is NaT or earlier than a previous snapshot",
     "qc_unknown_instrument": "holds a position in an instrument absent from the market",
     "qc_unknown_asset": "holds a balance in an asset absent from the market",
-    "qc_nan_value": "NaN or infinite balance, position or isolated margin",
-    "qc_bad_entry_price": "open position with NaN, infinite or non-positive entry price",
+    "qc_nan_value": "NaN, infinite or beyond +-1e30 balance, position or isolated margin",
+    "qc_bad_entry_price": "open position with NaN, infinite, non-positive or above 1e15 entry price",
     "qc_bad_margin_mode": "margin_mode is neither 'cross' nor 'isolated'",
     "qc_isolated_margin_on_cross": "isolated margin on a cross-margined account",
     "qc_bad_isolated_margin": "negative isolated margin",
@@ -199,9 +204,9 @@ def book_row_flags(ds: xr.Dataset) -> dict[tuple[str, str], xr.DataArray]:
     for side in ("bid", "ask"):
         price, size = ds[f"{side}_price"], ds[f"{side}_size"]
         flags[("qc_bad_size", f"{side}_size")] = (
-            size.isnull() | (size < 0) | np.isinf(size) | ((size > 0) & price.isnull())
+            size.isnull() | (size < 0) | (size > MAX_BOOK_SIZE) | ((size > 0) & price.isnull())
         ).any("level")
-        flags[("qc_bad_price", f"{side}_price")] = ((price <= 0) | np.isinf(price)).any("level")
+        flags[("qc_bad_price", f"{side}_price")] = ((price <= 0) | (price > MAX_BOOK_PRICE) | np.isinf(price)).any("level")
         upper, lower = price.isel(level=slice(None, -1)), price.isel(level=slice(1, None))
         upper = upper.drop_vars("level", errors="ignore")
         lower = lower.drop_vars("level", errors="ignore")
@@ -332,7 +337,7 @@ def validate_market(ds: xr.Dataset, *, store: str | None = None) -> xr.Dataset:
                          index=int(index), label=labels[int(index)], count=count)
 
     for name, test, problem in (
-        ("price", lambda v: ~np.isfinite(v) | (v <= 0), "asset price is NaN, infinite or <= 0"),
+        ("price", lambda v: ~(v > 0) | (v > MAX_PRICE), "asset price is NaN, infinite, <= 0 or above 1e15"),
         ("haircut", lambda v: ~np.isfinite(v) | (v < 0) | (v > 1), "haircut outside [0, 1]"),
         ("beta", lambda v: ~np.isfinite(v), "beta is NaN or infinite"),
     ):
@@ -351,10 +356,10 @@ def validate_market(ds: xr.Dataset, *, store: str | None = None) -> xr.Dataset:
             bad(f"underlying asset {u!r} is not in the market's assets", "underlying", i,
                 instruments, instrument=instruments[i])
     mark = ds["mark_price"].values.astype(float)
-    wrong = ~np.isfinite(mark) | (mark <= 0)
+    wrong = ~(mark > 0) | (mark > MAX_PRICE)
     if wrong.any():
         i = int(np.argmax(wrong))
-        bad("mark price is NaN, infinite or <= 0", "mark_price", i, instruments,
+        bad("mark price is NaN, infinite, <= 0 or above 1e15", "mark_price", i, instruments,
             instrument=instruments[i], count=int(wrong.sum()))
 
     options = kind == "option"
@@ -461,14 +466,14 @@ def validate_positions(
                                  count=len(unknown))
             flags[(rule, variable)] = (ds[variable].isel({dim: unknown}) != 0).any(dim)
     # SPEC: NaN or infinite values are bad (an infinite position gave SPAN 0 and a ratio of
-    # inf; an infinite balance made every shortfall infinite)
-    flags[("qc_nan_value", "balance")] = (balance.isnull() | np.isinf(balance)).any("asset")
-    flags[("qc_nan_value", "position")] = (position.isnull() | np.isinf(position)).any("instrument")
-    flags[("qc_nan_value", "isolated_margin")] = (
-        isolated_margin.isnull() | np.isinf(isolated_margin)).any("instrument")
+    # inf; an infinite balance made every shortfall infinite); so are amounts whose notional
+    # would overflow float64 (|x| above MAX_AMOUNT, times a price up to MAX_PRICE, squared)
+    flags[("qc_nan_value", "balance")] = (~(abs(balance) <= MAX_AMOUNT)).any("asset")
+    flags[("qc_nan_value", "position")] = (~(abs(position) <= MAX_AMOUNT)).any("instrument")
+    flags[("qc_nan_value", "isolated_margin")] = (~(abs(isolated_margin) <= MAX_AMOUNT)).any("instrument")
     entry = ds["entry_price"]
     flags[("qc_bad_entry_price", "entry_price")] = (
-        (position != 0) & (entry.isnull() | (entry <= 0) | np.isinf(entry))).any("instrument")
+        (position != 0) & ~((entry > 0) & (entry <= MAX_PRICE))).any("instrument")
     mode = ds["margin_mode"]
     is_cross, is_isolated = mode == MARGIN_MODES[0], mode == MARGIN_MODES[1]
     flags[("qc_bad_margin_mode", "margin_mode")] = ~(is_cross | is_isolated)

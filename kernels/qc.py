@@ -3,8 +3,9 @@
 Inputs: ``bid_price``, ``ask_price``, ``bid_size``, ``ask_size`` (n, L) float64, C order.
 Output: ``out`` (n,) uint8, one bit per rule (``BOOK_RULE_BITS``); 0 is a valid snapshot.
 
-    bad size     a size is NaN, infinite or negative, or positive at an empty (NaN) level
-    bad price    a price is zero, negative or infinite
+    bad size     a size is NaN, infinite, negative or above MAX_BOOK_SIZE, or positive at an
+                 empty (NaN) level
+    bad price    a price is zero, negative, infinite or above MAX_BOOK_PRICE
     ladder       bids not strictly falling / asks not strictly rising with the level, or a
                  filled level below an empty one
     crossed      best bid >= best ask (false where either is empty)
@@ -19,6 +20,12 @@ from __future__ import annotations
 import numpy as np
 
 from ._compile import cpu_kernel
+
+# Plausibility bounds: no venue quotes a level of 1e18 units or a price of 1e15. Beyond
+# them float64 sums over levels and snapshots overflow or lose every digit of ordinary
+# levels (sizes of 1e308 gave NaN microprices and OFI of -1e308), so such rows are bad.
+MAX_BOOK_SIZE = 1e18
+MAX_BOOK_PRICE = 1e15
 
 BOOK_RULE_BITS = {
     ("qc_bad_size", "bid_size"): 1,
@@ -47,9 +54,9 @@ def book_rules_cpu(bid_price, ask_price, bid_size, ask_size, out):
                 p = price[i, k]
                 q = size[i, k]
                 # NaN fails every comparison: each test is written so that NaN lands right
-                if not (q >= 0.0) or q == np.inf or (q > 0.0 and p != p):
+                if not (q >= 0.0) or q > MAX_BOOK_SIZE or (q > 0.0 and p != p):
                     bad_size = True
-                if p <= 0.0 or p == np.inf or p == -np.inf:
+                if p <= 0.0 or p > MAX_BOOK_PRICE or p == -np.inf:
                     bad_price = True
                 if k > 0:
                     upper = price[i, k - 1]

@@ -91,5 +91,31 @@ def test_appending_a_later_file(tmp_path, sample):
     a = store.open_book(tmp_path / "w.zarr")["AAPL"].to_dataset().load()
     b = store.open_book(tmp_path / "p.zarr")["AAPL"].to_dataset().load()
     xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
+    # a file already imported is recognised by its bytes and skipped, the store unchanged
+    assert import_databento(second, tmp_path / "p.zarr") == {"skipped_files": [str(second)]}
+    xr.testing.assert_identical(store.open_book(tmp_path / "p.zarr")["AAPL"].to_dataset().load().drop_attrs(),
+                                b.drop_attrs())
+    # the same rows in other bytes are not the same file: refused, never applied twice
+    (tmp_path / "again.csv").write_text(second.read_text() + "\n")
     with pytest.raises(InputError, match="overlapping or repeated input"):
-        import_databento(second, tmp_path / "p.zarr")
+        import_databento(tmp_path / "again.csv", tmp_path / "p.zarr")
+    xr.testing.assert_identical(store.open_book(tmp_path / "p.zarr")["AAPL"].to_dataset().load().drop_attrs(),
+                                b.drop_attrs())
+
+
+@pytest.mark.parametrize("value", ["1e999", "1e300"])
+def test_an_infinite_or_absurd_size_is_caught_on_open(tmp_path, sample, value):
+    """A size field of 1e999 (read as inf) or 1e300 (finite, but its sums overflow): opening
+    the store names the variable and the snapshot; in flag mode only that row is left out."""
+    lines = [line.replace("2 33.53", "233.53") for line in sample.read_text().splitlines(keepends=True)]
+    header = lines[0].strip().split(",")
+    row = lines[21].strip().split(",")
+    row[header.index("ask_sz_03")] = value
+    bad = tmp_path / "huge.csv"
+    bad.write_text("".join(lines[:21]) + ",".join(row) + "\n" + "".join(lines[22:60]))
+    import_databento(bad, tmp_path / "b.zarr")
+    with pytest.raises(InputError, match="a size is NaN, infinite, negative or above 1e18") as info:
+        store.open_book(tmp_path / "b.zarr")
+    assert (info.value.variable, info.value.index, info.value.instrument) == ("ask_size", 20, "AAPL")
+    flagged = store.open_book(tmp_path / "b.zarr", on_bad_rows="flag")["AAPL"].to_dataset()
+    assert np.flatnonzero(flagged.qc_row_excluded.values).tolist() == [20]

@@ -54,6 +54,15 @@ def infinite_price(ds, r):
     _set(ds, "ask_price", r, -1, np.inf)
 
 
+def huge_size(ds, r):  # finite, but its sums overflow: NaN microprices, OFI of -1e308
+    ds["bid_size"].values[r, :] = 1e308
+    ds["ask_size"].values[r, :] = 1e308
+
+
+def huge_price(ds, r):
+    _set(ds, "ask_price", r, -1, 1e16)
+
+
 BOOK_CASES = [
     (crossed, "qc_crossed", "bid_price/ask_price"),
     (nan_size, "qc_bad_size", "bid_size"),
@@ -64,6 +73,8 @@ BOOK_CASES = [
     (ladder_gap, "qc_ladder", "bid_price"),
     (zero_price, "qc_bad_price", "bid_price"),
     (infinite_price, "qc_bad_price", "ask_price"),
+    (huge_size, "qc_bad_size", "bid_size"),
+    (huge_price, "qc_bad_price", "ask_price"),
 ]
 
 
@@ -207,13 +218,15 @@ POSITION_CASES = [
     (_values("position", lambda v, a, ds: v.__setitem__((a, 0), np.nan)), "qc_nan_value", "position"),
     (_values("balance", lambda v, a, ds: v.__setitem__((a, 1), -np.inf)), "qc_nan_value", "balance"),
     (_values("position", lambda v, a, ds: v.__setitem__((a, 0), np.inf)), "qc_nan_value", "position"),
+    (_values("position", lambda v, a, ds: v.__setitem__((a, 0), 1e300)), "qc_nan_value", "position"),
+    (_values("balance", lambda v, a, ds: v.__setitem__((a, 1), -2e30)), "qc_nan_value", "balance"),
     (_values("entry_price", _nan_entry), "qc_bad_entry_price", "entry_price"),
     (_values("margin_mode", _bad_mode), "qc_bad_margin_mode", "margin_mode"),
     (_values("isolated_margin", _iso_on_cross), "qc_isolated_margin_on_cross", "isolated_margin"),
     (_values("isolated_margin", _negative_iso), "qc_bad_isolated_margin", "isolated_margin"),
 ]
 POSITION_IDS = ["unknown_instrument", "unknown_asset", "nan_balance", "nan_position", "inf_balance",
-                "inf_position", "nan_entry",
+                "inf_position", "huge_position", "huge_balance", "nan_entry",
                 "bad_mode", "iso_on_cross", "negative_iso"]
 
 
@@ -258,6 +271,8 @@ MARKET_CASES = [
     (lambda m: m.price.values.__setitem__(1, np.nan), "price", "BTC", "asset price is NaN"),
     (lambda m: m.haircut.values.__setitem__(2, -0.1), "haircut", "ETH", r"haircut outside \[0, 1\]"),
     (lambda m: m.mark_price.values.__setitem__(0, np.nan), "mark_price", "BTCUSDT", "mark price is NaN"),
+    (lambda m: m.mark_price.values.__setitem__(0, 1e300), "mark_price", "BTCUSDT", "above 1e15"),
+    (lambda m: m.price.values.__setitem__(1, np.inf), "price", "BTC", "asset price is NaN, infinite"),
     (lambda m: m.notional_floor.values.__setitem__((0, 2), 10_000), "notional_floor", "BTCUSDT",
      "bracket floors not increasing"),
     (lambda m: m.notional_floor.values.__setitem__((0, 0), 5.0), "notional_floor", "BTCUSDT",
@@ -268,7 +283,7 @@ MARKET_CASES = [
 ]
 
 
-@pytest.mark.parametrize("fn,variable,label,match", MARKET_CASES, ids=[c[1] + "_" + c[2] for c in MARKET_CASES])
+@pytest.mark.parametrize("fn,variable,label,match", MARKET_CASES, ids=[f"{c[1]}_{c[2]}_{i}" for i, c in enumerate(MARKET_CASES)])
 def test_market_errors(fn, variable, label, match, market):
     bad = _market_case(fn)(market)
     with pytest.raises(InputError, match=match) as info:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from gpu_risk import validate as validate_module
 from gpu_risk.validate import book_row_flags, book_rule_mask, is_validated, validate_book_dataset
 
-CORRUPTIONS = [np.nan, np.inf, -np.inf, 0.0, -1.0]
+CORRUPTIONS = [np.nan, np.inf, -np.inf, 0.0, -1.0, 1e308, 2e15, 1e18, 1.5e18]
 
 
 @given(seed=st.integers(0, 10_000), n_bad=st.integers(0, 30), chunk=st.integers(1, 60))

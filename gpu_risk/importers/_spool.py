@@ -14,12 +14,14 @@ killed import loses nothing.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
+import zarr
 
 from .. import store
 from ..coding import TickChooser
@@ -27,6 +29,33 @@ from ..errors import InputError
 
 ORDER = ("bid_price", "bid_size", "ask_price", "ask_size")
 DAY_NS = 86_400 * 10**9
+
+
+# Re-imports: the files a store was built from are recorded by content digest on its root,
+# so importing the same bytes again is recognised and skipped (replaying them would be
+# refused as overlapping, or, for diffs, lose the book's state)
+IMPORTED_ATTR = "gpu_risk_imported_files"  # on the store's root: content digest -> what it was
+
+
+def file_digest(path) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def imported_files(out) -> dict:
+    if not Path(str(out)).exists():
+        return {}
+    found = dict(zarr.open_group(str(out), mode="r", zarr_format=3).attrs).get(IMPORTED_ATTR)
+    return dict(found) if isinstance(found, dict) else {}
+
+
+def record_imported(out, files: dict) -> None:
+    root = zarr.open_group(str(out), mode="r+", zarr_format=3)
+    root.attrs[IMPORTED_ATTR] = {**imported_files(out), **files}
 
 
 class DaySpool:

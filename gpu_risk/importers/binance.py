@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import bisect
 import gzip
-import hashlib
 import json
 import zlib
 from collections import deque
@@ -45,7 +44,7 @@ import zarr
 
 from .. import store
 from ..errors import InputError
-from ._spool import DaySpool
+from ._spool import DaySpool, file_digest, imported_files, record_imported
 
 CONTRACT_USD = {"BTCUSD_PERP": 100.0}
 MAX_PENDING_DIFFS = 100_000  # diffs kept while waiting for the first REST snapshot (bounded memory)
@@ -289,30 +288,6 @@ def import_binance(files, levels: int, out, instrument: str | None = None,
     record_imported(out, {digests[str(f)]: {"file": Path(str(f)).name, "instrument": report.instrument}
                           for f in files})
     return report.as_dict()
-
-
-IMPORTED_ATTR = "gpu_risk_imported_files"  # on the store's root: content digest -> what it was
-
-
-def file_digest(path) -> str:
-    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def imported_files(out) -> dict:
-    if not Path(str(out)).exists():
-        return {}
-    found = dict(zarr.open_group(str(out), mode="r", zarr_format=3).attrs).get(IMPORTED_ATTR)
-    return dict(found) if isinstance(found, dict) else {}
-
-
-def record_imported(out, files: dict) -> None:
-    root = zarr.open_group(str(out), mode="r+", zarr_format=3)
-    root.attrs[IMPORTED_ATTR] = {**imported_files(out), **files}
 
 
 STATE_ATTR = "binance_book_state"

@@ -19,7 +19,7 @@ import pandas as pd
 
 from .. import store
 from ..errors import InputError
-from ._spool import DaySpool
+from ._spool import DaySpool, file_digest, imported_files, record_imported
 
 LEVELS = 10
 UNDEF_PRICE = 9_223_372_036.0  # INT64_MAX x 1e-9, printed as a decimal price
@@ -63,8 +63,12 @@ def import_databento(csv_path, out, chunk_rows: int = store.BOOK_CHUNK_ROWS,
                      on_bad_rows: str = "raise") -> dict:
     """Import an MBP-10 CSV; returns {instrument: {snapshots, days}} and, under
     ``on_bad_rows="flag"``, ``"bad_fields"``: (line, column, value) of every field that was
-    not a number (stored as NaN, so that opening the store flags those rows)."""
+    not a number (stored as NaN, so that opening the store flags those rows). A file whose
+    bytes the store was already built from is skipped: ``{"skipped_files": [path]}``."""
     csv_path = Path(csv_path)
+    digest = file_digest(csv_path)
+    if digest in imported_files(out):
+        return {"skipped_files": [str(csv_path)]}
     try:
         header = pd.read_csv(csv_path, nrows=0).columns
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -117,6 +121,8 @@ def import_databento(csv_path, out, chunk_rows: int = store.BOOK_CHUNK_ROWS,
     for symbol, spool in spools.items():
         snapshots, days = spool.close()
         result[symbol] = {"snapshots": snapshots, "days": days}
+    if spools:
+        record_imported(out, {digest: {"file": csv_path.name, "instrument": sorted(spools)}})
     if on_bad_rows == "flag":
         result["bad_fields"] = [list(b) for b in bad]
     return result

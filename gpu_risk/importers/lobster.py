@@ -22,7 +22,7 @@ import xarray as xr
 
 from .. import store
 from ..errors import InputError
-from ._spool import ORDER, DaySpool
+from ._spool import ORDER, DaySpool, file_digest, imported_files, record_imported
 
 DUMMY_ASK = 9_999_999_999
 DUMMY_BID = -9_999_999_999
@@ -84,8 +84,13 @@ def import_lobster(orderbook_csv, message_csv, date: str, instrument: str, out,
                    chunk_rows: int = store.BOOK_CHUNK_ROWS) -> dict:
     """Import one LOBSTER file pair; returns a summary. The day becomes visible in the store
     only when complete, and opening it validates every snapshot. A later file of the same
-    instrument (e.g. the afternoon of the same day) continues the stored book."""
+    instrument (e.g. the afternoon of the same day) continues the stored book. A pair the
+    store was already built from (the same bytes) is skipped: ``"skipped": True``."""
     orderbook_csv, message_csv = Path(orderbook_csv), Path(message_csv)
+    digest = f"{file_digest(orderbook_csv)}+{file_digest(message_csv)}"
+    if digest in imported_files(out):
+        return {"instrument": instrument, "date": date, "snapshots": 0, "levels": None, "skipped": True,
+                "out": str(out)}
     # both files are read in blocks of chunk_rows rows, side by side: memory stays bounded
     # whatever their size (the row counts are compared first, by a streaming line count)
     n_book, n_msg = _count_rows(orderbook_csv), _count_rows(message_csv)
@@ -120,5 +125,7 @@ def import_lobster(orderbook_csv, message_csv, date: str, instrument: str, out,
         spool.discard()
         raise
     spool.close()
-    return {"instrument": instrument, "date": date, "snapshots": start, "levels": levels,
+    if Path(str(out)).exists():
+        record_imported(out, {digest: {"file": orderbook_csv.name, "instrument": instrument}})
+    return {"instrument": instrument, "date": date, "snapshots": start, "levels": levels, "skipped": False,
             "first_time": str(first_time), "last_time": str(time[-1]) if time.size else "None", "out": str(out)}
