@@ -206,7 +206,8 @@ def book_row_flags(ds: xr.Dataset) -> dict[tuple[str, str], xr.DataArray]:
         flags[("qc_bad_size", f"{side}_size")] = (
             size.isnull() | (size < 0) | (size > MAX_BOOK_SIZE) | ((size > 0) & price.isnull())
         ).any("level")
-        flags[("qc_bad_price", f"{side}_price")] = ((price <= 0) | (price > MAX_BOOK_PRICE) | np.isinf(price)).any("level")
+        flags[("qc_bad_price", f"{side}_price")] = (
+            (price <= 0) | (price > MAX_BOOK_PRICE) | np.isinf(price)).any("level")
         upper, lower = price.isel(level=slice(None, -1)), price.isel(level=slice(1, None))
         upper = upper.drop_vars("level", errors="ignore")
         lower = lower.drop_vars("level", errors="ignore")

@@ -283,7 +283,8 @@ MARKET_CASES = [
 ]
 
 
-@pytest.mark.parametrize("fn,variable,label,match", MARKET_CASES, ids=[f"{c[1]}_{c[2]}_{i}" for i, c in enumerate(MARKET_CASES)])
+@pytest.mark.parametrize("fn,variable,label,match", MARKET_CASES,
+                         ids=[f"{c[1]}_{c[2]}_{i}" for i, c in enumerate(MARKET_CASES)])
 def test_market_errors(fn, variable, label, match, market):
     bad = _market_case(fn)(market)
     with pytest.raises(InputError, match=match) as info:
