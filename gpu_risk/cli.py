@@ -411,8 +411,11 @@ def import_databento_cmd(
         print(json.dumps(summary))
     else:
         bad = summary.pop("bad_fields", [])
-        for path in summary.pop("skipped_files", []):
+        skipped = summary.pop("skipped_files", [])
+        for path in skipped:
             console.print(f"{escape(path)} is already in {escape(str(out))}: skipped")
+        if not summary and not skipped:
+            console.print(f"{escape(str(mbp10_csv))} holds no row: nothing imported")
         for symbol, info in summary.items():
             console.print(f"{symbol}: {info['snapshots']:,} snapshots over {', '.join(info['days'])}")
         if bad:

@@ -74,10 +74,11 @@ def dask_scheduler(spec: str = "auto", *, backend: str = "cpu", memory_limit: st
         finally:
             cluster.close()
         return
+    limit = connect_timeout_s()
     try:
-        client = Client(spec, timeout=f"{CONNECT_TIMEOUT_S}s")
+        client = Client(spec, timeout=f"{limit}s")
     except (OSError, TimeoutError) as exc:
-        raise RuntimeError(f"no Dask scheduler answered at {spec} within {CONNECT_TIMEOUT_S} s ({exc})") from None
+        raise RuntimeError(f"no Dask scheduler answered at {spec} within {limit:g} s ({exc})") from None
     with client, _workers_watched(client, spec) as watch:
         n = len(client.scheduler_info().get("workers", {}))
         try:
@@ -88,7 +89,10 @@ def dask_scheduler(spec: str = "auto", *, backend: str = "cpu", memory_limit: st
             raise
 
 
-CONNECT_TIMEOUT_S = 30
+def connect_timeout_s() -> float:
+    """How long a run tries to reach a scheduler given by address (seconds;
+    GPU_RISK_CONNECT_TIMEOUT, default 30)."""
+    return float(os.environ.get("GPU_RISK_CONNECT_TIMEOUT", "30"))
 
 
 def no_worker_timeout_s() -> float:

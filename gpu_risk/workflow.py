@@ -25,6 +25,7 @@ from . import store
 from .backend import choose_backend, to_backend
 from .builtin_families import CascadeConfig, ImbalanceConfig, StressConfig  # noqa: F401  (re-exported)
 from .cluster import dask_scheduler, resolve_scheduler, scheduler_threads
+from .errors import InputError
 from .families import _RESERVED, DayContext, compute_order, families, get_family, load_plugins
 from .timing import Stages
 from .validate import QC_RULES_VERSION
@@ -206,7 +207,10 @@ def as_of_dates(cfg: WorkflowConfig) -> list[str]:
     if cfg.dates is not None:
         return sorted(store.day_key(d) for d in cfg.dates)
     if cfg.stores.book is not None:
-        days = sorted(set().union(*store.book_days(cfg.stores.book).values()))
+        book = cfg.store_path("book")
+        days = sorted(set().union(*store.book_days(book).values()))
+        # a day whose every group is unfinished is a day too: its run names the damage
+        days = sorted(set(days).union(*(store.unfinished_days(book, inst) for inst in store.book_instruments(book))))
     else:
         days = store.positions_dates(cfg.store_path("positions"))
     return [d for d in days if (cfg.start is None or d >= store.day_key(cfg.start))
@@ -228,6 +232,13 @@ def open_day(cfg: WorkflowConfig, date: str, backend: str,
     if "book" in needs:
         book_days = store.book_days(cfg.store_path("book")) if book_days is None else book_days
         instruments = [i for i, days in book_days.items() if date in days]
+        for inst in sorted(set(book_days) - set(instruments)):
+            if store.unfinished_days(cfg.store_path("book"), inst, date, date):
+                # never a result silently without an instrument whose day is damaged
+                raise InputError(f"book day {date} is present but not complete (a write that did not "
+                                 "finish or is under way, or its zarr.json is lost): re-import it, or "
+                                 "remove the group to leave the instrument out", store=str(cfg.stores.book),
+                                 instrument=inst, label=f"{inst}/{date}")
         book = store.open_book(cfg.store_path("book"), instruments, start=date, end=date,
                                on_bad_rows=cfg.on_bad_rows)
         inputs.update(instruments=instruments, book_days=book_days,

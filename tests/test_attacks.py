@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -115,9 +116,11 @@ def test_the_readme_example_runs_and_refuses_positions_from_the_future(tmp_path)
 
 def test_a_scheduler_without_workers_fails_in_one_line_instead_of_waiting(small, tmp_path):
     """`gpu-risk run --scheduler ADDRESS` on a scheduler with no worker (none started, or all
-    gone) fails after GPU_RISK_NO_WORKER_TIMEOUT seconds with one line; never hangs."""
+    gone) fails after GPU_RISK_NO_WORKER_TIMEOUT seconds with one line; never hangs; the
+    days finished before stay, the day in progress is not shown."""
     import time
-    from pathlib import Path
+
+    from gpu_risk import store
 
     bindir = Path(sys.executable).parent
     dask_cli = [str(bindir / "dask")] if (bindir / "dask").exists() else [sys.executable, "-m", "dask"]
@@ -141,9 +144,57 @@ def test_a_scheduler_without_workers_fails_in_one_line_instead_of_waiting(small,
                               env={**os.environ, "GPU_RISK_NO_WORKER_TIMEOUT": "3"})
         assert time.monotonic() - t0 < 90
         one_line_error(done, "no worker", address)
+        assert not (tmp_path / "out.zarr").exists() or store.results_days(tmp_path / "out.zarr") == []
+
+        # a worker that dies while the second day is computed (killed -9 by the run itself,
+        # between the days, so that the moment is the same every time)
+        worker = subprocess.Popen([*dask_cli, "worker", address, "--no-nanny", "--nthreads", "1",
+                                   "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        kill_then_run = ("import os, signal, sys\n"
+                         "import gpu_risk.workflow as wf\n"
+                         "original, calls = wf.compute_day, []\n"
+                         "def compute_day(*a, **k):\n"
+                         "    calls.append(1)\n"
+                         "    if len(calls) == 2:\n"
+                         "        os.kill(int(os.environ['WORKER_PID']), signal.SIGKILL)\n"
+                         "    return original(*a, **k)\n"
+                         "wf.compute_day = compute_day\n"
+                         "from gpu_risk.cli import main\n"
+                         "sys.argv = ['gpu-risk', *sys.argv[1:]]\n"
+                         "main()\n")
+        t0 = time.monotonic()
+        done = subprocess.run([sys.executable, "-c", kill_then_run, "run", str(wf), "--scheduler", address],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "GPU_RISK_NO_WORKER_TIMEOUT": "3", "WORKER_PID": str(worker.pid)})
+        assert time.monotonic() - t0 < 90
+        assert worker.wait(timeout=30) != 0
+        one_line_error(done, "no worker", address)
+        assert store.results_days(tmp_path / "out.zarr") == small["days"][:1]
+        assert cli("verify", tmp_path / "out.zarr").returncode == 0
     finally:
         scheduler.kill()
         scheduler.wait()
+        if "worker" in locals():
+            worker.kill()
+
+
+def test_an_unreachable_scheduler_is_one_line_after_the_connect_timeout(small, tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cfg = {"name": "t", "stores": {"positions": small["positions"], "market": small["market"]},
+           "families": ["liquidation"], "output": str(tmp_path / "out.zarr"), "backend": "cpu"}
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(yaml.safe_dump(cfg))
+    t0 = time.monotonic()
+    done = cli("run", wf, "--scheduler", f"tcp://127.0.0.1:{port}", env={"GPU_RISK_CONNECT_TIMEOUT": "2"})
+    assert time.monotonic() - t0 < 60
+    one_line_error(done, "no Dask scheduler answered", f"127.0.0.1:{port}", "within 2 s")
+    assert not (tmp_path / "out.zarr").exists() or cli("verify", tmp_path / "out.zarr").returncode == 0
 
 
 def test_verify_names_missing_truncated_and_flipped_chunks_and_runs_recompute_damaged_results(small, tmp_path):
@@ -329,3 +380,172 @@ def test_a_full_disk_mid_run_is_one_line_and_loses_nothing(small, tmp_path):
     again = cli("run", wf, "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["computed"] == small["days"][1:]
     assert cli("verify", tmp_path / "out.zarr").returncode == 0
+
+
+def test_a_deleted_time_or_account_chunk_is_named_not_read_as_zeros(small, tmp_path):
+    """A deleted `time` chunk read as 1970-01-01 (the cascade axis then ran from 1970), a
+    deleted `account` chunk made every account id 0: both now name the missing chunk."""
+    import shutil
+
+    day = small["days"][1]
+    book, positions = tmp_path / "book.zarr", tmp_path / "positions.zarr"
+    shutil.copytree(small["book"], book)
+    shutil.copytree(small["positions"], positions)
+    (book / "BTCUSDT" / day / "time" / "c" / "0").unlink()
+    (positions / day / "account" / "c" / "0").unlink()
+    one_line_error(cli("validate", "--book", book), "damaged store", f"BTCUSDT/{day}", "time/c/0 is missing")
+    one_line_error(cli("validate", "--positions", positions, "--market", small["market"]),
+                   "damaged store", day, "account/c/0 is missing")
+    done = cli("cascade", "--book", book, "--positions", positions, "--market", small["market"],
+               "--out", tmp_path / "c.zarr", "--scheduler", "sync", "--every", "1h", "--initial-shocks=-0.05")
+    one_line_error(done, "damaged store", "is missing")
+
+
+@pytest.mark.parametrize("damage", ["not complete", "metadata lost"])
+def test_an_unfinished_book_day_is_named_not_dropped(small, tmp_path, damage):
+    """A book day marked incomplete, or without its zarr.json, used to drop that instrument
+    from the day's results (exit 0); a day all of whose groups are unfinished, to drop the
+    day. Both are now one line naming the instrument and day; the other days are written."""
+    import shutil
+
+    from gpu_risk import store
+
+    first, second = small["days"][:2]
+    book = tmp_path / "book.zarr"
+    shutil.copytree(small["book"], book)
+    for inst, day in (("ETHUSDT", first), ("BTCUSDT", second), ("ETHUSDT", second)):
+        meta = book / inst / day / "zarr.json"
+        if damage == "metadata lost":
+            meta.unlink()
+        else:
+            spec = json.loads(meta.read_text())
+            spec["attributes"]["gpu_risk_complete"] = False
+            meta.write_text(json.dumps(spec))
+    done = cli("imbalance", "--book", book, "--out", tmp_path / "i.zarr", "--scheduler", "sync", "--bucket", "10s")
+    one_line_error(done, f"book day {first} is present but not complete", "ETHUSDT")
+    shutil.rmtree(book / "ETHUSDT" / first)  # the operator leaves ETHUSDT out of that day
+    done = cli("imbalance", "--book", book, "--out", tmp_path / "i.zarr", "--scheduler", "sync", "--bucket", "10s")
+    one_line_error(done, f"book day {second} is present but not complete")
+    assert store.results_days(tmp_path / "i.zarr") == [first]
+    grid = store.open_results(tmp_path / "i.zarr")[first]["imbalance"].to_dataset()
+    assert list(grid.instrument.values) == ["BTCUSDT"]
+
+
+READ_ONLY = """
+import builtins, errno, io, os, sys
+target = os.path.abspath(sys.argv[1])
+def refused(path):
+    return os.path.abspath(os.fsdecode(path)).startswith(target)
+def deny(path):
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+real_open, real_os_open, real_mkdir = io.open, os.open, os.mkdir
+def ro_open(file, mode="r", *a, **k):
+    if isinstance(file, (str, bytes, os.PathLike)) and refused(file) and set(mode) & set("wax+"):
+        deny(file)
+    return real_open(file, mode, *a, **k)
+def ro_os_open(path, flags, *a, **k):
+    if refused(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+        deny(path)
+    return real_os_open(path, flags, *a, **k)
+def ro_mkdir(path, *a, **k):
+    if refused(path):
+        deny(path)
+    return real_mkdir(path, *a, **k)
+io.open = builtins.open = ro_open
+os.open, os.mkdir = ro_os_open, ro_mkdir
+from gpu_risk.cli import main
+sys.argv = ["gpu-risk", *sys.argv[2:]]
+main()
+"""
+
+
+def test_a_read_only_output_is_one_line_and_changes_nothing(small, tmp_path):
+    """Every write under the output refused with EROFS (a read-only mount, simulated: tests
+    run as root, which ignores permissions): a run into a new output and into an existing
+    one, and an import into an existing book, end in one line naming the error; what the
+    stores held is unchanged and still verifies."""
+    import shutil
+
+    from gpu_risk import store
+
+    cfg = {"name": "t", "stores": {"positions": small["positions"], "market": small["market"]},
+           "families": ["liquidation"], "output": str(tmp_path / "out.zarr"), "scheduler": "sync", "backend": "cpu"}
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(yaml.safe_dump(cfg))
+
+    def read_only(target, *args):
+        return subprocess.run([sys.executable, "-c", READ_ONLY, str(target), *map(str, args)],
+                              capture_output=True, text=True)
+
+    one_line_error(read_only(tmp_path / "out.zarr", "run", wf), "Read-only file system")
+    assert not (tmp_path / "out.zarr").exists()
+    assert cli("run", wf, "--end", small["days"][0]).returncode == 0
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "out.zarr").rglob("*"))
+    one_line_error(read_only(tmp_path / "out.zarr", "run", wf), "Read-only file system", "out.zarr")
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "out.zarr").rglob("*")) == before
+    assert store.results_days(tmp_path / "out.zarr") == small["days"][:1]
+    assert cli("verify", tmp_path / "out.zarr").returncode == 0
+
+    book = tmp_path / "book.zarr"
+    shutil.copytree(small["book"], book)
+    sample = (Path(__file__).resolve().parents[2] / "shared/data/real/databento_aapl_mbp10_2024-10-21"
+              / "first_25000_rows.csv")
+    if sample.exists():
+        csv = tmp_path / "db.csv"
+        csv.write_text("".join(sample.read_text().splitlines(keepends=True)[:50]).replace("2 33.53", "233.53"))
+        one_line_error(read_only(book, "import", "databento", csv, "--out", book), "Read-only file system")
+        assert cli("verify", book).returncode == 0
+        assert sorted(store.book_instruments(book)) == ["BTCUSDT", "ETHUSDT"]
+
+
+def test_empty_import_files_say_so_in_one_line(tmp_path):
+    """Empty or header-only files: LOBSTER and Binance name the file; Databento's header
+    alone imports nothing and says so; no store is created by any of them."""
+    import gzip
+
+    (tmp_path / "ob.csv").write_text("")
+    (tmp_path / "msg.csv").write_text("")
+    one_line_error(cli("import", "lobster", tmp_path / "ob.csv", tmp_path / "msg.csv", "--date", "2012-06-21",
+                       "--instrument", "X", "--out", tmp_path / "l.zarr"), "orderbook file is empty", "ob.csv")
+    with gzip.open(tmp_path / "empty.gz", "wt"):
+        pass
+    one_line_error(cli("import", "binance", tmp_path / "empty.gz", "--levels", 5, "--out", tmp_path / "b.zarr"),
+                   "hold no line", "empty.gz")
+    with gzip.open(tmp_path / "snap.gz", "wt") as f:
+        f.write('1723161255319702566 {"lastUpdateId": 5, "E": 1, "T": 1, "bids": [["1.0", "1"]], "asks": []}\n')
+    one_line_error(cli("import", "binance", tmp_path / "snap.gz", "--levels", 5, "--out", tmp_path / "b.zarr"),
+                   "no depthUpdate diff", "snap.gz")
+    header = ",".join(["ts_recv", "ts_event", "symbol"] + [f"{s}_{w}_{i:02d}" for i in range(10)
+                                                           for s in ("bid", "ask") for w in ("px", "sz")])
+    (tmp_path / "head.csv").write_text(header + "\n")
+    done = cli("import", "databento", tmp_path / "head.csv", "--out", tmp_path / "d.zarr")
+    assert done.returncode == 0 and "holds no row: nothing imported" in " ".join(done.stderr.split()), done
+    for name in ("l.zarr", "b.zarr", "d.zarr"):
+        assert not (tmp_path / name).exists()
+
+
+def test_a_damaged_results_day_fails_the_report_and_is_recomputed(small, tmp_path):
+    """A results chunk deleted, or a whole family group removed: `report` used to exit 0 on
+    them (the chunk reading as its fill value, the family missing). Now it names the damage
+    in one line; the next run recomputes exactly those days, and the report then renders."""
+    import shutil
+
+    cfg = {"name": "t", "stores": {"book": small["book"], "positions": small["positions"],
+                                   "market": small["market"]},
+           "families": ["liquidation", "imbalance"], "output": str(tmp_path / "out.zarr"), "scheduler": "sync",
+           "backend": "cpu", "imbalance": {"bucket": "10s"}}
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(yaml.safe_dump(cfg))
+    assert cli("run", wf).returncode == 0
+    first, second = small["days"][:2]
+    out = tmp_path / "out.zarr"
+    chunk = next(p for p in sorted((out / second / "liquidation").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    chunk.unlink()
+    one_line_error(cli("report", out, "--out", tmp_path / "r.html"), "damaged store", second, "is missing",
+                   "recomputes")
+    shutil.rmtree(out / first / "imbalance")
+    one_line_error(cli("report", out, "--out", tmp_path / "r.html"), "damaged store", first, "imbalance/")
+    again = cli("run", wf, "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["computed"] == [first, second], again.stderr
+    assert cli("report", out, "--out", tmp_path / "r.html").returncode == 0
+    assert cli("verify", out).returncode == 0

@@ -227,3 +227,59 @@ def test_diffs_waiting_for_a_snapshot_are_bounded(tmp_path, monkeypatch):
     report = import_binance([late], 5, tmp_path / "b.zarr")
     assert report["diffs_dropped_before_snapshot"] > 0
     assert report["gaps"] >= 1 and report["first_gap"]  # the diffs that covered the snapshot were dropped
+
+
+def _synthetic_feed(path, diffs, per_side=40, seed=0):
+    """A USD-M depth stream: one REST snapshot of 1,000 levels a side on a fixed grid, then
+    ``diffs`` depthUpdates, 10 ms apart, each setting ``per_side`` levels a side (sizes
+    never 0, bids below asks: the book stays valid)."""
+    rng = np.random.default_rng(seed)
+    t0_ms = 1723161256000
+    bids = [f"{100.0 - i * 0.1:.1f}" for i in range(1000)]
+    asks = [f"{100.1 + i * 0.1:.1f}" for i in range(1000)]
+    with gzip.open(path, "wt", compresslevel=1) as f:
+        snap = {"lastUpdateId": 1000, "E": t0_ms, "T": t0_ms,
+                "bids": [[p, "1.000"] for p in bids], "asks": [[p, "1.000"] for p in asks]}
+        f.write(f"{t0_ms * 10**6} {json.dumps(snap)}\n")
+        prev_u = 990
+        for k in range(diffs):
+            first = 995 if k == 0 else prev_u + 1
+            e = t0_ms + 10 * (k + 1)
+            sizes = rng.integers(1, 5000, (2, per_side)) / 1000
+            level = rng.integers(0, 1000, (2, per_side))
+            data = {"e": "depthUpdate", "E": e, "T": e, "s": "BTCUSDT", "U": first, "u": first + 10, "pu": prev_u,
+                    "b": [[bids[j], f"{q:.3f}"] for j, q in zip(level[0], sizes[0])],
+                    "a": [[asks[j], f"{q:.3f}"] for j, q in zip(level[1], sizes[1])]}
+            f.write(f"{e * 10**6 + 5} " + json.dumps({"stream": "btcusdt@depth@0ms", "data": data}) + "\n")
+            prev_u = first + 10
+
+
+def test_importing_a_file_10x_the_largest_capture_keeps_memory_bounded(tmp_path):
+    """A generated stream 10x the bytes of the largest shared capture (gzip), against one of
+    a thirtieth of that: the peak RSS of the import grows by far less than a quarter of the
+    added (uncompressed) input, because diffs are applied as read and snapshots spooled to
+    disk a chunk at a time."""
+    import subprocess
+    import sys
+
+    largest = max(f.stat().st_size for f in FEED.rglob("*.gz")) if FEED.exists() else 3_637_062
+    script = ("import resource, sys\n"
+              "from gpu_risk.importers.binance import import_binance\n"
+              "import_binance([sys.argv[1]], 10, sys.argv[2], chunk_rows=4096)\n"
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n")
+
+    def peak(diffs):
+        src = tmp_path / f"{diffs}.gz"
+        _synthetic_feed(src, diffs)
+        done = subprocess.run([sys.executable, "-c", script, str(src), str(tmp_path / f"{diffs}.zarr")],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        with gzip.open(src, "rb") as f:
+            raw = sum(len(block) for block in iter(lambda: f.read(1 << 20), b""))
+        return int(done.stdout.split()[-1]), src.stat().st_size, raw
+
+    rss_small, _, raw_small = peak(2_200)
+    rss_big, size_big, raw_big = peak(67_000)
+    assert size_big > 10 * largest
+    assert store.open_book(tmp_path / "67000.zarr", validate=False)["BTCUSDT"].sizes["time"] == 67_000
+    assert rss_big - rss_small < 0.25 * (raw_big - raw_small), (rss_small, rss_big, raw_small, raw_big)

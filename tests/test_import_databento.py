@@ -119,3 +119,44 @@ def test_an_infinite_or_absurd_size_is_caught_on_open(tmp_path, sample, value):
     assert (info.value.variable, info.value.index, info.value.instrument) == ("ask_size", 20, "AAPL")
     flagged = store.open_book(tmp_path / "b.zarr", on_bad_rows="flag")["AAPL"].to_dataset()
     assert np.flatnonzero(flagged.qc_row_excluded.values).tolist() == [20]
+
+
+def _repeated(sample, out, times):
+    """The sample's rows ``times`` over, each repetition shifted past the previous one."""
+    rows = pd.read_csv(sample, dtype=str).replace("2 33.53", "233.53")
+    stamps = {col: pd.to_datetime(rows[col].str.removesuffix("Z")) for col in ("ts_event", "ts_recv")}
+    span = stamps["ts_event"].iloc[-1] - stamps["ts_event"].iloc[0] + pd.Timedelta("1ms")
+    with open(out, "w") as f:
+        for k in range(times):
+            part = rows.copy()
+            for col, t in stamps.items():
+                part[col] = (t + k * span).dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            part.to_csv(f, header=k == 0, index=False)
+
+
+def test_importing_a_file_20x_the_sample_keeps_memory_bounded(tmp_path, sample):
+    """Files of 20x and 40x the sample's bytes: the second import's peak RSS exceeds the
+    first's by far less than a quarter of the added input (the CSV is read in blocks and
+    the snapshots spooled to disk a chunk at a time)."""
+    import subprocess
+    import sys
+
+    script = ("import resource, sys\n"
+              "from gpu_risk.importers.databento import import_databento\n"
+              "import_databento(sys.argv[1], sys.argv[2], chunk_rows=4096)\n"
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n")
+
+    def peak(times):
+        src = tmp_path / f"{times}.csv"
+        _repeated(sample, src, times)
+        done = subprocess.run([sys.executable, "-c", script, str(src), str(tmp_path / f"{times}.zarr")],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout.split()[-1]), src.stat().st_size
+
+    rss_20x, size_20x = peak(20)
+    rss_40x, size_40x = peak(40)
+    assert size_20x > 10 * sample.stat().st_size
+    days = store.open_book(tmp_path / "40.zarr", validate=False)["AAPL"]
+    assert days.sizes["time"] == 40 * (len(sample.read_text().splitlines()) - 1)
+    assert rss_40x - rss_20x < 0.25 * (size_40x - size_20x), (rss_20x, rss_40x, size_20x, size_40x)

@@ -272,7 +272,10 @@ def import_binance(files, levels: int, out, instrument: str | None = None,
             elif "bookTicker" in stream or data.get("e") == "bookTicker":
                 tickers.append((where, line, data))
         compare_tickers(None)
-        if state["snapshot_id"] is None or spool is None:
+        if spool is None:
+            raise InputError("no depthUpdate diff in the files: nothing to import" if report.lines else
+                             "the files hold no line: nothing to import", store=str(files[0]))
+        if state["snapshot_id"] is None:
             raise InputError("no REST depth snapshot (lastUpdateId) in the files", store=str(files[0]))
     except BaseException:
         if spool is not None:

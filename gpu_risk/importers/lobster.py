@@ -94,6 +94,8 @@ def import_lobster(orderbook_csv, message_csv, date: str, instrument: str, out,
     # both files are read in blocks of chunk_rows rows, side by side: memory stays bounded
     # whatever their size (the row counts are compared first, by a streaming line count)
     n_book, n_msg = _count_rows(orderbook_csv), _count_rows(message_csv)
+    if n_book == 0:
+        raise InputError("the orderbook file is empty: no snapshot to import", store=str(orderbook_csv))
     if n_book != n_msg:
         raise InputError(f"orderbook has {n_book} rows but the message file {n_msg}",
                          store=str(orderbook_csv))

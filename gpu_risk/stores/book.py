@@ -184,14 +184,14 @@ def open_book_instrument(path: PathLike, instrument: str, start: Any = None, end
     if not days:
         raise InputError(f"no complete day in [{start}, {end}]", store=str(path), instrument=instrument)
     parts = [open_day_dataset(path, f"{instrument}/{d}", chunks) for d in days]
-    offset = 0
-    for d, p in zip(days, parts):
-        check_within_day(p["time"].values, d, store=str(path), instrument=instrument, offset=offset)
-        offset += p.sizes["time"]
     sealed = [is_sealed(path, f"{instrument}/{d}", p.encoding) for d, p in zip(days, parts)]
     for d, p, ok in zip(days, parts, sealed):
         if not ok:  # changed since written: a chunk missing or truncated is named, not read
             check_manifest(path, f"{instrument}/{d}", p.encoding)
+    offset = 0
+    for d, p in zip(days, parts):
+        check_within_day(p["time"].values, d, store=str(path), instrument=instrument, offset=offset)
+        offset += p.sizes["time"]
     # days validated when written (their recorded summary says clean) are not read again:
     # only the order of time across their boundaries is checked here
     clean = trust_recorded and all(sealed) and all(

@@ -140,7 +140,14 @@ def is_sealed(path: PathLike, group: str, attrs: dict) -> bool:
     """Whether nothing under ``group`` (a chunk written, truncated or deleted, an array's
     metadata) changed since it was completed: what its recorded validation may be trusted
     on. ``attrs``: the group's attributes, or an opened day's ``encoding``, holding the seal."""
-    return seal_holds(attrs, _latest_change_ns(path, group))
+    if not seal_holds(attrs, _latest_change_ns(path, group)):
+        return False
+    # a whole subgroup or array removed changes only the group's own directory, which the
+    # seal cannot watch (completing the group changes it): its recorded chunks say it existed
+    recorded = attrs.get(MANIFEST)
+    root = Path(str(path)) / group
+    return not isinstance(recorded, dict) or all((root / top).is_dir()
+                                                 for top in {key.split("/", 1)[0] for key in recorded})
 
 
 def seal_holds(attrs: dict, latest: int | None) -> bool:
@@ -287,6 +294,14 @@ def complete_days(path: PathLike, group: str = "", start: Any = None, end: Any =
     and is not listed); only days in the range are opened to check that they are complete."""
     days = _select_days(_day_names(path, group), start, end)
     return [d for d in days if is_complete(path, f"{group}/{d}".strip("/"))]
+
+
+def unfinished_days(path: PathLike, group: str = "", start: Any = None, end: Any = None) -> list[str]:
+    """Day groups under ``group`` in [start, end] that exist but are not complete: a write
+    that did not finish (or is under way), or a group whose metadata was lost. Readers do
+    not see them; a batch that would silently leave them out asks for them by name."""
+    days = _select_days(_day_names(path, group), start, end)
+    return [d for d in days if not is_complete(path, f"{group}/{d}".strip("/"))]
 
 
 def replace_day(path: PathLike, group: str, new_group: str) -> None:

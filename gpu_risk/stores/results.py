@@ -10,11 +10,13 @@ from typing import Any
 import xarray as xr
 import zarr
 
+from ..errors import InputError
 from .days import (
     COMPLETE,
     MANIFEST,
     PathLike,
     _open_root,
+    check_manifest,
     child_groups,
     complete_days,
     day_key,
@@ -94,10 +96,26 @@ def run_stages(path: PathLike) -> dict[str, dict]:
     return out
 
 
+def check_results_day(path: PathLike, key: str) -> None:
+    """Raise an :class:`InputError` naming the first chunk missing or unreadable in a results
+    day changed since it was written (a deleted family group counts: its chunks are gone)."""
+    attrs = dict(zarr.open_group(str(path), path=key, mode="r", zarr_format=3).attrs)
+    if is_sealed(path, key, attrs):
+        return
+    try:
+        check_manifest(path, key, attrs)
+    except InputError as exc:
+        raise InputError(f"{exc.problem}; `gpu-risk run` recomputes a damaged results day",
+                         store=str(path)) from None
+
+
 def open_results(path: PathLike, families: Iterable[str] | None = None) -> xr.DataTree:
-    """The complete days of a results store as a DataTree ``/<date>/<family>``."""
+    """The complete days of a results store as a DataTree ``/<date>/<family>``. A day
+    changed since it was written is checked first: a missing or damaged chunk is an error
+    naming it (it would read as the fill value)."""
     nodes: dict[str, xr.Dataset] = {}
     for key in results_days(path):
+        check_results_day(path, key)
         for family in child_groups(path, key):
             if families is None or family in families:
                 nodes[f"/{key}/{family}"] = open_day_dataset(path, f"{key}/{family}")
