@@ -1,7 +1,11 @@
 # Two commands on a fresh machine with Python 3.11+:  make demo   and   make test
-PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+# The first Python 3.11+ on PATH, found once (":=") and silently (a pyenv shim without that
+# version prints to stderr); PYTHON=... on the command line chooses another
+ifeq ($(origin PYTHON), undefined)
+PYTHON := $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-	&& { echo $$p; break; }; done)
+	>/dev/null 2>&1 && { echo $$p; break; }; done)
+endif
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

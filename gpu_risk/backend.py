@@ -25,7 +25,11 @@ def gpu_available() -> tuple[bool, str]:
     """(available, reason): whether CuPy imports and sees at least one CUDA device."""
     try:
         import cupy  # noqa: PLC0415
-    except Exception as exc:  # ImportError, or a CUDA library failing to load
+    except ModuleNotFoundError as exc:
+        if exc.name == "cupy":  # the usual case on a CPU machine: no noise about it
+            return False, "CuPy is not installed"
+        return False, f"CuPy not importable ({type(exc).__name__}: {exc})"
+    except Exception as exc:  # a CUDA library failing to load
         return False, f"CuPy not importable ({type(exc).__name__}: {exc})"
     try:
         n = cupy.cuda.runtime.getDeviceCount()

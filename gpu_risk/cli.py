@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from enum import Enum, StrEnum
 from pathlib import Path
 
 import typer
@@ -13,14 +14,72 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .builtin_families import CascadeConfig, ImbalanceConfig, StressConfig
 from .errors import InputError, SchemaError
 
+# plain help (not rich's boxes): readable at 80 columns, option names never cut
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="gpu_risk: batch risk over order books and positions stored in Zarr.")
+                  rich_markup_mode=None, context_settings=CONTEXT)
 console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"gpu-risk {version('gpu_risk')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """gpu_risk: batch risk over order books and positions stored in Zarr.
+
+    Every command: -h for its options; --json for a summary on stdout; --debug (anywhere) for
+    tracebacks. Exit status: 0 done, 2 an error (one line on stderr), 3 a limit of the
+    workflow breached (the run itself completed)."""
+
+
+def _say(message: str) -> None:
+    """A log line on stderr with the time of day."""
+    import time
+
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}", soft_wrap=True)
 REDO = typer.Option(None, "--redo", help="recompute these days even where current: DATE[,DATE...] or all")
 PERF = typer.Option(None, "--performance-report",
                     help="also write Dask's HTML performance report here (scheduler local or ADDRESS)")
+
+# options shared by the family commands
+BOOK = typer.Option(None, help="book store")
+POSITIONS = typer.Option(None, help="positions store")
+MARKET = typer.Option(None, help="market store")
+OUT = typer.Option(..., "--out", help="results store (days already complete are skipped)")
+START = typer.Option(None, metavar="YYYY-MM-DD", help="first as-of date (default: the first day)")
+END = typer.Option(None, metavar="YYYY-MM-DD", help="last as-of date (default: the last day)")
+REPORT = typer.Option(None, help="also write the HTML report here")
+
+
+class BackendChoice(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class BadRows(StrEnum):
+    raise_ = "raise"
+    flag = "flag"
+
+
+BACKEND = typer.Option(BackendChoice.auto, help="auto: CUDA kernels when a GPU is visible, numba otherwise")
+SCHEDULER = typer.Option("auto", metavar="auto|sync|threads|local|ADDRESS",
+                         help="where Dask runs (auto: threads; local under --memory-limit or --dashboard)")
+MEMORY = typer.Option(None, help="per-worker memory limit, e.g. 4GB (starts a local cluster)")
+BAD_ROWS = typer.Option(BadRows.raise_, help="raise: stop at the first bad row; flag: leave bad rows out, "
+                        "flagged qc_*")
+DASHBOARD = typer.Option(False, "--dashboard", help="serve Dask's dashboard on 127.0.0.1 (a local cluster)")
+JSON = typer.Option(False, "--json", help="print a JSON summary on stdout")
 
 
 def _limit_malloc_arenas(arenas: int = 2) -> None:
@@ -37,8 +96,9 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 def _progress() -> Progress:
+    # transient: the bars go when the work ends, so that the log lines stay in order
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=False)
+                    TimeElapsedColumn(), console=console, transient=True)
 
 
 _DEBUG = {"on": False}  # set by main(): --debug shows tracebacks
@@ -62,6 +122,8 @@ def synth(
     snapshots_per_day: int = typer.Option(100_000, help="book snapshots per instrument and day"),
     start: str = typer.Option("2026-01-05", help="first day (YYYY-MM-DD)"),
     seed: int = typer.Option(42, help="random seed: same seed, same data"),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="replace a dataset in --out made with other settings (else refused)"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
 ):
     """Write a seeded, realistic multi-day synthetic dataset of any size, in bounded memory."""
@@ -69,7 +131,8 @@ def synth(
     from .synth import synth as run_synth
 
     cfg = SynthConfig(out=str(out), days=days, instruments=instruments, accounts=accounts,
-                      levels=levels, snapshots_per_day=snapshots_per_day, start=start, seed=seed)
+                      levels=levels, snapshots_per_day=snapshots_per_day, start=start, seed=seed,
+                      overwrite=overwrite)
     try:
         with _progress() as bar:
             tasks = {"book": bar.add_task("book days", total=days * instruments),
@@ -86,12 +149,13 @@ def synth(
 @app.command()
 def run(
     workflow: Path = typer.Argument(..., exists=True, dir_okay=False, help="workflow YAML"),
-    backend: str | None = typer.Option(None, help="auto|cpu|gpu (overrides the workflow)"),
-    scheduler: str | None = typer.Option(None, help="auto|sync|threads|local|ADDRESS (overrides)"),
+    backend: BackendChoice | None = typer.Option(None, help="overrides the workflow's"),
+    scheduler: str | None = typer.Option(None, metavar="auto|sync|threads|local|ADDRESS",
+                                         help="where Dask runs (overrides)"),
     memory_limit: str | None = typer.Option(None, help="per-worker memory limit, e.g. 4GB"),
     output: Path | None = typer.Option(None, help="results store (overrides)"),
     report: Path | None = typer.Option(None, help="HTML report path (overrides)"),
-    on_bad_rows: str | None = typer.Option(None, help="raise|flag (overrides)"),
+    on_bad_rows: BadRows | None = typer.Option(None, help="overrides the workflow's"),
     book: Path | None = typer.Option(None, help="book store (overrides the workflow's)"),
     positions: Path | None = typer.Option(None, help="positions store (overrides)"),
     market: Path | None = typer.Option(None, help="market store or YAML/TOML file (overrides)"),
@@ -99,6 +163,7 @@ def run(
     end: str | None = typer.Option(None, help="last as-of date (overrides)"),
     families: str | None = typer.Option(None, help="comma-separated families to run (overrides)"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
+    dashboard: bool = DASHBOARD,
     performance_report: Path | None = PERF,
     redo: str | None = REDO,
 ):
@@ -109,16 +174,30 @@ def run(
     from .workflow import load_config
 
     stores = {"book": book, "positions": positions, "market": market}
-    overrides = {"backend": backend, "scheduler": scheduler, "memory_limit": memory_limit,
-                 "output": output, "report": report, "on_bad_rows": on_bad_rows, "redo": _redo(redo),
+    overrides = {"backend": backend.value if backend else None, "scheduler": scheduler,
+                 "memory_limit": memory_limit, "dashboard": dashboard or None, "output": output, "report": report,
+                 "on_bad_rows": on_bad_rows.value if on_bad_rows else None, "redo": _redo(redo),
                  "start": start, "end": end,
                  "families": [f.strip() for f in families.split(",") if f.strip()] if families else None,
                  "stores": stores if any(v is not None for v in stores.values()) else None}
     try:
         cfg = load_config(workflow, overrides)
     except ValidationError as exc:
-        _fail(ValueError(f"invalid workflow {workflow}:\n{exc}"))
+        _fail(ValueError(_invalid(exc, f"invalid workflow {workflow}")))
     _run_config(cfg, as_json, performance_report)
+
+
+def _invalid(exc, what: str) -> str:
+    """A pydantic ValidationError in the user's terms: each setting, its value and what is
+    wrong with it, on one line (no pydantic type names or links)."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(x) for x in err.get("loc", ()) if not str(x).startswith("function-"))
+        message = str(err.get("msg", "")).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        value = err.get("input")
+        shown = f" (got {value!r})" if where and isinstance(value, (str, int, float, bool)) else ""
+        parts.append(f"{where}: {message}{shown}" if where else message)
+    return f"{what}: " + "; ".join(parts)
 
 
 def _run_config(cfg, as_json: bool, performance_report: Path | None = None) -> None:
@@ -126,29 +205,40 @@ def _run_config(cfg, as_json: bool, performance_report: Path | None = None) -> N
     from .workflow import run_workflow
 
     with _progress() as bar:
-        task = None
+        task = tasks = None
 
         def on_event(event: str, info: dict) -> None:
-            nonlocal task
+            nonlocal task, tasks
             if event == "backend":
-                console.print(f"backend: [bold]{info['backend']}[/bold] ({info['why']})")
+                _say(f"backend: [bold]{info['backend']}[/bold] ({info['why']})")
             elif event == "scheduler":
-                console.print(f"scheduler: {info['scheduler']}")
+                _say(f"scheduler: {escape(info['scheduler'])}")
+            elif event == "compiling":
+                _say("compiling the kernels (first run on this machine; cached afterwards)")
             elif event == "plan":
                 if info["skipped"]:
-                    console.print(f"skipping {len(info['skipped'])} day(s) whose results are current: "
-                                  f"{', '.join(info['skipped'])}")
+                    _say(f"skipping {len(info['skipped'])} day(s) whose results are current: "
+                         f"{', '.join(info['skipped'])}")
                 for day, families in info.get("recompute", {}).items():
-                    console.print(f"  {day}: computing {', '.join(families)}")
+                    _say(f"{day}: computing {', '.join(families)}")
                 task = bar.add_task("days", total=len(info["todo"]))
+            elif event == "tasks":
+                description = f"tasks of {info['date']}"
+                if tasks is None:
+                    tasks = bar.add_task(description, total=info["total"])
+                bar.update(tasks, description=description, completed=info["done"], total=info["total"])
             elif event == "day":
                 if task is not None:
                     bar.advance(task)
+                if tasks is not None:
+                    bar.remove_task(tasks)
+                    tasks = None
                 parts = info["stages"]["breakdown"]
                 top = ", ".join(f"{k} {v:.2f} s" for k, v in sorted(parts.items(), key=lambda kv: -kv[1])[:3])
-                console.print(f"  {info['date']} done in {info['seconds']:.1f} s ({top})")
+                _say(f"{info['date']} done in {info['seconds']:.1f} s ({top})")
             elif event == "report":
-                console.print(f"report: [bold]{info['path']}[/bold]")
+                bar.stop()  # the report line comes last, after the bars
+                _say(f"report: [bold]{escape(info['path'])}[/bold]")
 
         try:
             summary = run_workflow(cfg, on_event=on_event, performance_report=performance_report)
@@ -156,6 +246,28 @@ def _run_config(cfg, as_json: bool, performance_report: Path | None = None) -> N
             _fail(exc)
     if as_json:
         print(json.dumps(summary))
+    _operator_lines(summary["summary"])
+
+
+def _figure(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def _operator_lines(operator: dict) -> None:
+    """The last day's headline and every limit breached, on stderr; exit 3 on a breach."""
+    from .limits import EXIT_BREACH
+
+    if operator.get("accounts_below_1") is not None:
+        _say(f"{operator['date']}: {operator['accounts_below_1']:,} account(s) below collateral ratio 1, "
+             f"{operator['accounts_below_watch']:,} below {operator['watch_ratio']:g}")
+    for check in operator.get("limits", []):
+        if check["status"] in ("red", "amber"):
+            colour = "red" if check["status"] == "red" else "yellow"
+            what = "limit breached" if check["status"] == "red" else "near its limit"
+            _say(f"[{colour}]{what}[/{colour}]: {escape(check['limit'])} = {_figure(check['value'])} "
+                 f"(max {_figure(check['max'])}, warn from {_figure(check['warn'])})")
+    if operator.get("breached"):
+        raise typer.Exit(EXIT_BREACH)
 
 
 def _redo(text: str | None):
@@ -165,21 +277,78 @@ def _redo(text: str | None):
     return "all" if text.strip() == "all" else [d.strip() for d in text.split(",") if d.strip()]
 
 
-def _floats(text: str | None) -> list[float] | None:
-    """"-0.1,-0.05,0.05" or "start:stop:count" (inclusive, evenly spaced)."""
+SHOCK_SYNTAX = ("comma-separated numbers or percentages (-0.2,0,0.2 or -20%,0,20%), or "
+                "START:STOP:STEP (-0.5:0.5:0.05 or -50%:50%:5%), or START:STOP:COUNT with a "
+                "whole COUNT (-0.5:0.5:21); ends included")
+
+
+def _parsed(parse, text, option: str):
+    """A command-line value parsed, or one line naming the option."""
+    try:
+        return parse(text, option)
+    except ValueError as exc:
+        _fail(exc)
+
+
+def _number(text: str, option: str) -> float:
+    text = text.strip()
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise ValueError(f"{option} {text!r} is not a number or percentage") from None
+
+
+def _floats(text: str | None, option: str = "the grid") -> list[float] | None:
+    """A grid of moves (fractions): see SHOCK_SYNTAX."""
+    import numpy as np
+
     if text is None:
         return None
-    if ":" in text:
-        a, b, n = text.split(":")
-        import numpy as np
+    values: list[float] = []
+    for item in (part for part in text.split(",") if part.strip()):
+        if ":" not in item:
+            values.append(_number(item, option))
+            continue
+        fields = item.split(":")
+        if len(fields) != 3:
+            raise ValueError(f"{option} {item!r}: a range is START:STOP:STEP or START:STOP:COUNT")
+        start, stop = _number(fields[0], option), _number(fields[1], option)
+        last = fields[2].strip()
+        if last.isdigit():  # a whole number: how many values
+            count = int(last)
+            if count < 2:
+                raise ValueError(f"{option} {item!r}: a COUNT must be at least 2")
+            values += [round(float(x), 10) for x in np.linspace(start, stop, count)]
+            continue
+        step = _number(last, option)
+        if step <= 0 or not np.isfinite(step):
+            raise ValueError(f"{option} {item!r}: the STEP must be positive")
+        count = round((stop - start) / step) + 1
+        if count < 1 or abs(start + (count - 1) * step - stop) > 1e-9 * max(1.0, abs(stop)) or count > 100_000:
+            raise ValueError(f"{option} {item!r}: STOP is not START plus a whole number of STEPs")
+        values += [round(start + i * step, 10) for i in range(count)]
+    if not values:
+        raise ValueError(f"{option} {text!r}: no value")
+    return values
 
-        return [round(float(x), 10) for x in np.linspace(float(a), float(b), int(n))]
-    return [float(x) for x in text.split(",") if x.strip()]
+
+def _shown(model, field: str) -> str:
+    """A family setting's default as the command line writes it (ranges as START:STOP:STEP)."""
+    import numpy as np
+
+    value = model.model_fields[field].default
+    if isinstance(value, list) and len(value) > 2:
+        steps = np.diff(value)
+        if np.allclose(steps, steps[0]):
+            return f"{value[0]:g}:{value[-1]:g}:{steps[0]:.4g}"
+    if isinstance(value, list):
+        return ",".join(f"{v:g}" for v in value)
+    return "none" if value is None else str(value)
 
 
 def _family(family: str, settings: dict, *, book, positions, market, out, start, end, report, backend,
             scheduler, memory_limit, on_bad_rows, as_json, keep_none=(), performance_report=None,
-            redo=None, plugins=None) -> None:
+            redo=None, plugins=None, dashboard=False) -> None:
     """One family as a one-family workflow: same stores, atomic day writes, resumable.
     Settings that are None are left at their defaults, except those in ``keep_none``."""
     from pydantic import ValidationError
@@ -190,114 +359,118 @@ def _family(family: str, settings: dict, *, book, positions, market, out, start,
            "stores": {"book": book, "positions": positions, "market": market},
            "start": start, "end": end, "backend": backend, "scheduler": scheduler,
            "memory_limit": memory_limit, "on_bad_rows": on_bad_rows, "redo": _redo(redo),
-           "plugins": plugins or None}
-    raw = {k: v for k, v in raw.items() if v is not None}
+           "plugins": plugins or None, "dashboard": dashboard or None}
+    raw = {k: (v.value if isinstance(v, Enum) else v) for k, v in raw.items() if v is not None}
     settings = {k: v for k, v in settings.items() if v is not None or k in keep_none}
     if settings:
         raw[family] = settings
     try:
         cfg = WorkflowConfig.model_validate(raw)
     except ValidationError as exc:
-        _fail(ValueError(f"invalid options:\n{exc}"))
+        _fail(ValueError(_invalid(exc, "invalid options")))
     _run_config(cfg, as_json, performance_report)
 
 
-# options shared by the family commands
-BOOK = typer.Option(None, help="book store")
-POSITIONS = typer.Option(None, help="positions store")
-MARKET = typer.Option(None, help="market store")
-OUT = typer.Option(..., "--out", help="results store (days already complete are skipped)")
-START = typer.Option(None, help="first as-of date (default: the first day)")
-END = typer.Option(None, help="last as-of date (default: the last day)")
-REPORT = typer.Option(None, help="also write the HTML report here")
-BACKEND = typer.Option("auto", help="auto|cpu|gpu")
-SCHEDULER = typer.Option("auto", help="auto|sync|threads|local|ADDRESS (auto: threads; local under --memory-limit)")
-MEMORY = typer.Option(None, help="per-worker memory limit, e.g. 4GB")
-BAD_ROWS = typer.Option("raise", help="raise|flag")
-JSON = typer.Option(False, "--json", help="print a JSON summary on stdout")
 
 
 @app.command()
 def imbalance(
     book: Path = BOOK, out: Path = OUT, start: str | None = START, end: str | None = END,
-    bucket: str | None = typer.Option(None, help="bucket length, e.g. 1s, 10s, 1min (default 1s)"),
-    levels: int | None = typer.Option(None, help="book levels used (default: all)"),
-    bands_bps: str | None = typer.Option(None, help="band half-widths in bps, e.g. 5,10,25"),
+    bucket: str | None = typer.Option(None, help="bucket length, e.g. 1s, 10s, 1min",
+                                      show_default=_shown(ImbalanceConfig, "bucket")),
+    levels: int | None = typer.Option(None, min=1, help="book levels used", show_default="all"),
+    bands_bps: str | None = typer.Option(None, help="band half-widths in basis points, e.g. 5,10,25",
+                                         show_default=_shown(ImbalanceConfig, "bands_bps")),
     max_carry: str | None = typer.Option(
-        None, help="how long an empty bucket carries the book, e.g. 5min (the default), or none"),
-    report: Path | None = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
-    memory_limit: str | None = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
+        None, help="how long an empty bucket carries the book, e.g. 5min, or none (no limit)",
+        show_default=_shown(ImbalanceConfig, "max_carry")),
+    report: Path | None = REPORT, backend: BackendChoice = BACKEND, scheduler: str = SCHEDULER,
+    memory_limit: str | None = MEMORY, on_bad_rows: BadRows = BAD_ROWS, as_json: bool = JSON,
+    dashboard: bool = DASHBOARD,
     performance_report: Path | None = PERF,
     redo: str | None = REDO,
 ):
     """Imbalance grids (OFI, depth, band imbalance, microprice) per day into a results store."""
-    settings = {"bucket": bucket, "levels": levels, "bands_bps": _floats(bands_bps)}
+    settings = {"bucket": bucket, "levels": levels, "bands_bps": _parsed(_floats, bands_bps, "--bands-bps")}
     if max_carry is not None:
         settings["max_carry"] = None if max_carry.lower() == "none" else max_carry
     _family("imbalance", settings, keep_none=("max_carry",),
             book=book, positions=None, market=None, out=out, start=start, end=end, report=report,
             backend=backend, scheduler=scheduler, memory_limit=memory_limit, on_bad_rows=on_bad_rows,
-            as_json=as_json, performance_report=performance_report, redo=redo)
+            as_json=as_json, performance_report=performance_report, redo=redo, dashboard=dashboard)
 
 
 @app.command()
 def liquidation(
     positions: Path = POSITIONS, market: Path = MARKET, out: Path = OUT,
     start: str | None = START, end: str | None = END,
-    report: Path | None = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
-    memory_limit: str | None = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
+    report: Path | None = REPORT, backend: BackendChoice = BACKEND, scheduler: str = SCHEDULER,
+    memory_limit: str | None = MEMORY, on_bad_rows: BadRows = BAD_ROWS, as_json: bool = JSON,
+    dashboard: bool = DASHBOARD,
     performance_report: Path | None = PERF,
     redo: str | None = REDO,
 ):
     """Liquidation thresholds, map and open interest per as-of date into a results store."""
     _family("liquidation", {}, book=None, positions=positions, market=market, out=out, start=start,
             end=end, report=report, backend=backend, scheduler=scheduler, memory_limit=memory_limit,
-            on_bad_rows=on_bad_rows, as_json=as_json, performance_report=performance_report, redo=redo)
+            on_bad_rows=on_bad_rows, as_json=as_json, performance_report=performance_report, redo=redo,
+            dashboard=dashboard)
 
 
 @app.command()
 def stress(
     positions: Path = POSITIONS, market: Path = MARKET, out: Path = OUT,
     start: str | None = START, end: str | None = END,
-    price_shocks: str | None = typer.Option(None, help="e.g. -0.5:0.5:21 or -0.2,0,0.2"),
-    vol_shocks: str | None = typer.Option(None, help="absolute implied-vol changes, e.g. -0.2:0.3:11"),
-    haircut_shocks: str | None = typer.Option(None, help="added haircuts (instead of vol shocks)"),
-    keep_account_surfaces: bool = typer.Option(False, help="store every account's surface (large)"),
-    report: Path | None = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
-    memory_limit: str | None = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
+    price_shocks: str | None = typer.Option(None, help="relative price moves: " + SHOCK_SYNTAX,
+                                            show_default=_shown(StressConfig, "price_shocks")),
+    vol_shocks: str | None = typer.Option(None, help="absolute implied-vol changes (same syntax)",
+                                          show_default=_shown(StressConfig, "vol_shocks")),
+    haircut_shocks: str | None = typer.Option(None, help="haircuts added, instead of vol shocks (same syntax)"),
+    keep_account_surfaces: bool = typer.Option(False, "--keep-account-surfaces",
+                                               help="store every account's surface (large)"),
+    report: Path | None = REPORT, backend: BackendChoice = BACKEND, scheduler: str = SCHEDULER,
+    memory_limit: str | None = MEMORY, on_bad_rows: BadRows = BAD_ROWS, as_json: bool = JSON,
+    dashboard: bool = DASHBOARD,
     performance_report: Path | None = PERF,
     redo: str | None = REDO,
 ):
     """Collateral-ratio stress surfaces, shortfall and SPAN per as-of date into a results store."""
-    settings = {"price_shocks": _floats(price_shocks), "vol_shocks": _floats(vol_shocks),
-                "haircut_shocks": _floats(haircut_shocks),
+    settings = {"price_shocks": _parsed(_floats, price_shocks, "--price-shocks"),
+                "vol_shocks": _parsed(_floats, vol_shocks, "--vol-shocks"),
+                "haircut_shocks": _parsed(_floats, haircut_shocks, "--haircut-shocks"),
                 "keep_account_surfaces": keep_account_surfaces or None}
     _family("stress", settings, book=None, positions=positions, market=market, out=out, start=start,
             end=end, report=report, backend=backend, scheduler=scheduler, memory_limit=memory_limit,
-            on_bad_rows=on_bad_rows, as_json=as_json, performance_report=performance_report, redo=redo)
+            on_bad_rows=on_bad_rows, as_json=as_json, performance_report=performance_report, redo=redo,
+            dashboard=dashboard)
 
 
 @app.command()
 def cascade(
     book: Path = BOOK, positions: Path = POSITIONS, market: Path = MARKET, out: Path = OUT,
     start: str | None = START, end: str | None = END,
-    every: str | None = typer.Option(None, help="a cascade at every multiple of this, e.g. 1min"),
-    initial_shocks: str | None = typer.Option(None, help="e.g. -0.2,-0.1,-0.05,0.05,0.1,0.2"),
+    every: str | None = typer.Option(None, help="a cascade at every multiple of this, e.g. 1min",
+                                     show_default=_shown(CascadeConfig, "every")),
+    initial_shocks: str | None = typer.Option(None, help="initial price moves: " + SHOCK_SYNTAX,
+                                              show_default=_shown(CascadeConfig, "initial_shocks")),
     depth_extrapolation: str | None = typer.Option(
-        None, help="relative price distance per visible depth beyond the book, or 'none' to stop there"),
-    report: Path | None = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
-    memory_limit: str | None = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
+        None, help="relative price distance per visible depth beyond the book, or none to stop there",
+        show_default=_shown(CascadeConfig, "depth_extrapolation")),
+    report: Path | None = REPORT, backend: BackendChoice = BACKEND, scheduler: str = SCHEDULER,
+    memory_limit: str | None = MEMORY, on_bad_rows: BadRows = BAD_ROWS, as_json: bool = JSON,
+    dashboard: bool = DASHBOARD,
     performance_report: Path | None = PERF,
     redo: str | None = REDO,
 ):
     """Liquidation cascades through the book per instrument x time x initial shock."""
-    settings = {"every": every, "initial_shocks": _floats(initial_shocks)}
+    settings = {"every": every, "initial_shocks": _parsed(_floats, initial_shocks, "--initial-shocks")}
     if depth_extrapolation is not None:
         settings["depth_extrapolation"] = None if depth_extrapolation.lower() == "none" else depth_extrapolation
     _family("cascade", settings, keep_none=("depth_extrapolation",), book=book, positions=positions, market=market,
             out=out, start=start,
             end=end, report=report, backend=backend, scheduler=scheduler, memory_limit=memory_limit,
-            on_bad_rows=on_bad_rows, as_json=as_json, performance_report=performance_report, redo=redo)
+            on_bad_rows=on_bad_rows, as_json=as_json, performance_report=performance_report, redo=redo,
+            dashboard=dashboard)
 
 
 @app.command()
@@ -308,8 +481,9 @@ def compute(
     set_: list[str] | None = typer.Option(
         None, "--set", help="a setting of the family, KEY=VALUE (VALUE read as YAML: 0.5, [1, 2], none)"),
     plugin: list[str] | None = typer.Option(None, help="a module to import first (registers families)"),
-    report: Path | None = REPORT, backend: str = BACKEND, scheduler: str = SCHEDULER,
-    memory_limit: str | None = MEMORY, on_bad_rows: str = BAD_ROWS, as_json: bool = JSON,
+    report: Path | None = REPORT, backend: BackendChoice = BACKEND, scheduler: str = SCHEDULER,
+    memory_limit: str | None = MEMORY, on_bad_rows: BadRows = BAD_ROWS, as_json: bool = JSON,
+    dashboard: bool = DASHBOARD,
     performance_report: Path | None = PERF,
     redo: str | None = REDO,
 ):
@@ -325,10 +499,11 @@ def compute(
     _family(family, settings, keep_none=tuple(settings), book=book, positions=positions, market=market,
             out=out, start=start, end=end, report=report, backend=backend, scheduler=scheduler,
             memory_limit=memory_limit, on_bad_rows=on_bad_rows, as_json=as_json,
-            performance_report=performance_report, redo=redo, plugins=plugin)
+            performance_report=performance_report, redo=redo, plugins=plugin, dashboard=dashboard)
 
 
-import_app = typer.Typer(no_args_is_help=True, help="Import real order-book data into a book store.")
+import_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=CONTEXT,
+                         help="Import real order-book data into a book store.")
 app.add_typer(import_app, name="import")
 
 
@@ -395,8 +570,8 @@ def import_binance_cmd(
 def import_databento_cmd(
     mbp10_csv: Path = typer.Argument(..., exists=True, dir_okay=False, help="Databento MBP-10 CSV"),
     out: Path = typer.Option(..., help="book store to write or extend"),
-    on_bad_rows: str = typer.Option("raise", help="raise | flag (store unparseable fields as NaN: "
-                                    "opening the store flags those rows)"),
+    on_bad_rows: BadRows = typer.Option(BadRows.raise_, help="flag: store fields that are not numbers as "
+                                        "NaN (opening the store then flags those rows)"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
 ):
     """Databento MBP-10 CSV (ts_event as time, 10 levels; one instrument per symbol)."""
@@ -404,7 +579,7 @@ def import_databento_cmd(
     from .importers.databento import import_databento
 
     try:
-        summary = import_databento(mbp10_csv, out, on_bad_rows=on_bad_rows)
+        summary = import_databento(mbp10_csv, out, on_bad_rows=on_bad_rows.value)
     except (InputError, ValueError) as exc:
         _fail(exc)
     if as_json:
@@ -427,12 +602,24 @@ def import_databento_cmd(
 def report(
     results: Path = typer.Argument(..., help="results store written by `gpu-risk run`"),
     out: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write"),
+    as_json: bool = typer.Option(False, "--json", help="print the operator summary (and limits) as JSON"),
 ):
-    """Write the HTML report of a results store."""
+    """Write the HTML report of a results store; the limits of the run that wrote it apply
+    (exit status 3 when the last day breaches one)."""
+    from .limits import operator_summary
     from .report import write_report
 
-    path = write_report(results, out)
-    console.print(f"report: {path}")
+    if not results.is_dir():
+        _fail(InputError("no results store here (run `gpu-risk run` first)", store=str(results)))
+    try:
+        path = write_report(results, out)
+        operator = operator_summary(results)
+    except (InputError, SchemaError, ValueError) as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps({"report": str(path), "summary": operator}))
+    _say(f"report: {escape(str(path))}")
+    _operator_lines(operator)
 
 
 @app.command()
@@ -446,7 +633,9 @@ def validate(
     """Check stores against the SPEC's schema and bad-input rules; exit 2 on the first problem."""
     from . import store
 
-    checked = {}
+    if book is None and positions is None and market is None:
+        _fail(ValueError("nothing to validate: name a store with --book, --positions or --market"))
+    checked: dict = {}
     try:
         mkt = None
         if market is not None:
@@ -462,8 +651,16 @@ def validate(
         _fail(exc)
     if as_json:
         print(json.dumps(checked))
-    else:
-        console.print(f"[green]valid[/green]: {escape(str(checked))}")
+        return
+    if "market" in checked:
+        _say(f"[green]valid[/green] market {escape(str(market))}: {checked['market']['assets']} assets, "
+             f"{checked['market']['instruments']} instruments")
+    if "positions" in checked:
+        _say(f"[green]valid[/green] positions {escape(str(positions))}: {checked['positions']['accounts']:,} "
+             f"accounts on {checked['positions']['date']}")
+    if "book" in checked:
+        rows = ", ".join(f"{name} {n:,}" for name, n in checked["book"].items())
+        _say(f"[green]valid[/green] book {escape(str(book))}: snapshots {rows}")
 
 
 @app.command()

@@ -21,27 +21,33 @@ def _local_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def resolve_scheduler(spec: str, memory_limit: str | None = None) -> str:
+def resolve_scheduler(spec: str, memory_limit: str | None = None, dashboard: bool = False) -> str:
     """``auto``: the threaded scheduler on this machine, or a LocalCluster when a per-worker
-    memory limit is asked for (only worker processes enforce one). On one machine threads
-    ran the imbalance batch 2.5x and the overnight workflow 2x as fast as a LocalCluster,
-    which moves every task's result between processes (docs/performance.md)."""
+    memory limit or the dashboard is asked for (only worker processes enforce a limit; only
+    a distributed scheduler has a dashboard). On one machine threads ran the imbalance batch
+    2.5x and the overnight workflow 2x as fast as a LocalCluster, which moves every task's
+    result between processes (docs/performance.md)."""
     if spec == "auto":
-        return "local" if memory_limit else "threads"
+        return "local" if memory_limit or dashboard else "threads"
+    if dashboard and spec in ("sync", "threads"):
+        raise ValueError(f"--dashboard needs a distributed scheduler (local or an ADDRESS), not {spec!r}")
     return spec
 
 
 @contextlib.contextmanager
 def dask_scheduler(spec: str = "auto", *, backend: str = "cpu", memory_limit: str | None = None,
-                   n_workers: int | None = None) -> Iterator[str]:
+                   n_workers: int | None = None, dashboard: bool = False) -> Iterator[str]:
     """Run the enclosed Dask computations on ``spec``; yields a one-line description.
 
     ``local`` starts one single-threaded worker process per core (kernels are single-
     threaded numba loops, so processes avoid the GIL and nested thread pools), each with
     ``memory_limit`` (Dask spills to disk above it); with ``backend="gpu"`` and dask-cuda
-    installed it starts one worker per GPU instead.
+    installed it starts one worker per GPU instead. ``dashboard``: a local cluster serves
+    Dask's dashboard on 127.0.0.1 (a free port; the description gives its address).
     """
-    spec = resolve_scheduler(spec, memory_limit)
+    spec = resolve_scheduler(spec, memory_limit, dashboard)
+    # the dashboard listens on loopback only, and only when asked for
+    board = "127.0.0.1:0" if dashboard else None
     if spec == "sync":
         with dask.config.set(scheduler="synchronous"):
             yield "Dask synchronous scheduler (one thread)"
@@ -59,18 +65,19 @@ def dask_scheduler(spec: str = "auto", *, backend: str = "cpu", memory_limit: st
                 from dask_cuda import LocalCUDACluster  # noqa: PLC0415
 
                 cluster = LocalCUDACluster(memory_limit=memory_limit or "auto",
-                                           dashboard_address=None)
+                                           dashboard_address=board)
                 what = "LocalCUDACluster"
             except ImportError:
                 log.warning("dask-cuda not installed: using a CPU LocalCluster with GPU kernels")
         if cluster is None:
             workers = n_workers or _local_workers()
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   memory_limit=memory_limit or "auto", dashboard_address=None)
+                                   memory_limit=memory_limit or "auto", dashboard_address=board)
             what = f"LocalCluster ({workers} worker processes x 1 thread)"
         try:
             with Client(cluster) as client:
-                yield f"{what} at {client.scheduler.address}"
+                link = f"; dashboard {client.dashboard_link}" if dashboard else ""
+                yield f"{what} at {client.scheduler.address}{link}"
         finally:
             cluster.close()
         return
@@ -81,8 +88,9 @@ def dask_scheduler(spec: str = "auto", *, backend: str = "cpu", memory_limit: st
         raise RuntimeError(f"no Dask scheduler answered at {spec} within {limit:g} s ({exc})") from None
     with client, _workers_watched(client, spec) as watch:
         n = len(client.scheduler_info().get("workers", {}))
+        link = f"; dashboard {client.dashboard_link}" if dashboard else ""
         try:
-            yield f"Dask scheduler at {spec} ({n} workers)"
+            yield f"Dask scheduler at {spec} ({n} workers){link}"
         except BaseException as exc:  # asyncio's CancelledError is not an Exception
             if watch.reason:  # the watchdog closed the client: say why, not how it broke
                 raise RuntimeError(watch.reason) from exc
@@ -154,9 +162,9 @@ def _workers_watched(client, spec: str) -> Iterator[_Watch]:
         stop.set()
 
 
-def scheduler_threads(spec: str, memory_limit: str | None = None) -> int:
+def scheduler_threads(spec: str, memory_limit: str | None = None, dashboard: bool = False) -> int:
     """Threads that run tasks under the active scheduler ``spec`` (for the time breakdown)."""
-    spec = resolve_scheduler(spec, memory_limit)
+    spec = resolve_scheduler(spec, memory_limit, dashboard)
     if spec == "sync":
         return 1
     if spec == "threads":

@@ -398,8 +398,12 @@ def imbalance_grid(book: xr.DataTree | xr.Dataset, bucket="1s", levels: int | No
                                          max_carry_ns) for ds in datasets.values()])
         stale = stale if stale.any() else None
     labels = (origin_ns + (np.arange(n_buckets, dtype=np.int64) + 1) * bucket_ns).astype("datetime64[ns]")
+    # sizes are in each instrument's own units (base units; USD contracts for inverse
+    # perpetuals; shares): OFI has them, named per instrument
+    size_units = np.array([str(datasets[n].attrs.get("size_units", "base units")) for n in names], dtype=str)
     coords = {"instrument": np.array(names, dtype=str), "time": labels,
-              "level": np.arange(1, levels + 1), "band": bands}
+              "level": np.arange(1, levels + 1), "band": bands,
+              "size_units": ("instrument", size_units, {"long_name": "unit of the book sizes (and of ofi)"})}
     L, B = levels, bands.size
 
     def var(columns, dims, units, long_name, state=True):
@@ -411,7 +415,8 @@ def imbalance_grid(book: xr.DataTree | xr.Dataset, bucket="1s", levels: int | No
     it, itl, itb = ("instrument", "time"), ("instrument", "time", "level"), ("instrument", "time", "band")
     out = xr.Dataset(
         {
-            "ofi": var(slice(0, L), itl, "base units", "order-flow imbalance summed over the bucket", state=False),
+            "ofi": var(slice(0, L), itl, "see size_units", "order-flow imbalance summed over the bucket (in the "
+                       "instrument's size units, coordinate size_units)", state=False),
             "depth_imbalance": var(slice(L, 2 * L), itl, "1",
                                    "(bid - ask)/(bid + ask) depth over levels 1..k at the bucket's last snapshot"),
             "mid_price": var(2 * L, it, "quote currency", "mid price at the bucket's last snapshot"),
@@ -428,8 +433,9 @@ def imbalance_grid(book: xr.DataTree | xr.Dataset, bucket="1s", levels: int | No
     out["time"].attrs["long_name"] = "end of the time bucket (UTC)"
     out["band"].attrs.update(units="bps", long_name="half-width of the band around the mid")
     out["level"].attrs.update(long_name="book level (1 = best); depth_imbalance sums levels 1..k")
-    out.attrs.update(bucket=str(pd.Timedelta(bucket_ns)), bucket_alignment="midnight UTC",
-                     max_carry=str(pd.Timedelta(max_carry_ns)) if max_carry_ns is not None else "none")
+    # durations as ISO 8601 (PT10S), which pandas, xarray and most tools read back
+    out.attrs.update(bucket=pd.Timedelta(bucket_ns).isoformat(), bucket_alignment="midnight UTC",
+                     max_carry=pd.Timedelta(max_carry_ns).isoformat() if max_carry_ns is not None else "none")
     if start is not None:
         out = out.sel(time=slice(np.datetime64(start_ns + 1, "ns"), None))
     return out if lazy else out.compute()

@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .backend import asarray_like, dispatch, empty_like_backend, is_cupy, to_host
+from .backend import asarray_like, dispatch, empty_like_backend, is_cupy, on_host, to_host
 from .errors import InputError
 from .kernels.liquidation import (
+    FIXED_COLUMNS,
     GPU_MAX_ASSETS,
     GPU_MAX_INSTRUMENTS,
     INVERSE,
@@ -26,7 +27,7 @@ from .kernels.liquidation import (
     liquidation_cpu,
     liquidation_gpu,
 )
-from .model import in_market_order, notional_at_price
+from .model import gross_exposure, in_market_order, notional_at_price
 from .schema import as_str
 from .summary import open_interest
 from .validate import ensure_market, ensure_positions
@@ -103,7 +104,7 @@ def _block(balance, position, entry, iso_margin, isolated, exclude, m):
         balance, position, entry, iso_margin = (np.ascontiguousarray(x, np.float64)
                                                 for x in (balance, position, entry, iso_margin))
         isolated = np.ascontiguousarray(np.asarray(isolated).ravel(), np.bool_)
-    out = empty_like_backend(balance, (position.shape[0], position.shape[1] + 3))
+    out = empty_like_backend(balance, (position.shape[0], position.shape[1] + FIXED_COLUMNS))
     liquidation_kernel(balance, position, entry, iso_margin, isolated.ravel(), m, *FACTOR_RANGE, *SHOCK_RANGE, out)
     out[asarray_like(out, exclude, bool).ravel()] = np.nan  # qc-flagged accounts are left out
     return out
@@ -155,12 +156,12 @@ def liquidation(positions: xr.Dataset, market: xr.Dataset, *, map_bins: Sequence
     exclude = exclude.rechunk((account_chunks,))
     n_inst = len(instruments)
     packed = da.map_blocks(_block, balance, position, entry, iso, isolated[:, None], exclude[:, None], m=m,
-                           dtype=np.float64, chunks=(account_chunks, (n_inst + 3,)), meta=balance._meta)
+                           dtype=np.float64, chunks=(account_chunks, (n_inst + FIXED_COLUMNS,)), meta=balance._meta)
     if is_cupy(packed):  # results come back to the host: they are small next to the inputs
         packed = packed.map_blocks(to_host, dtype=np.float64, meta=np.empty((0, 0)))
     acc = {"account": pos["account"].values}
     inst = {"instrument": instruments}
-    lp = xr.DataArray(packed[:, 3:], dims=("account", "instrument"), coords=acc | inst,
+    lp = xr.DataArray(packed[:, FIXED_COLUMNS:], dims=("account", "instrument"), coords=acc | inst,
                       attrs={"units": "quote currency", "long_name": "mark at which C = R (NaN if none)"})
     mark = xr.DataArray(m.mark, dims="instrument", coords=inst)
     out = xr.Dataset({
@@ -172,6 +173,13 @@ def liquidation(positions: xr.Dataset, market: xr.Dataset, *, map_bins: Sequence
             "units": "1", "long_name": "nearest common move s <= 0 (beta-scaled) at which C = R"}),
         "liquidation_shock_up": xr.DataArray(packed[:, 2], dims="account", coords=acc, attrs={
             "units": "1", "long_name": "nearest common move s >= 0 (beta-scaled) at which C = R"}),
+        "collateral_value": xr.DataArray(packed[:, 3], dims="account", coords=acc, attrs={
+            "units": "USD", "long_name": "collateral value C at current prices (all parts of the account)"}),
+        "requirement": xr.DataArray(packed[:, 4], dims="account", coords=acc, attrs={
+            "units": "USD", "long_name": "requirement R at current prices (all parts of the account)"}),
+        "gross_exposure": gross_exposure(on_host(pos["position"]), on_host(pos["balance"]), market).where(
+            ~xr.DataArray(exclude, dims="account", coords=acc)).assign_attrs(
+            units="USD", long_name="notional of the positions plus value of the borrowed assets"),
     })
     out["liquidation_map"] = liquidation_map(pos["position"], out["liquidation_price"], market, map_bins)
     positions_kept = pos.assign(qc_row_excluded=("account", exclude)) if "qc_row_excluded" in positions else pos

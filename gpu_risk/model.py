@@ -26,6 +26,16 @@ def unit_notional(market: xr.Dataset) -> xr.DataArray:
                         attrs={"units": "USD", "long_name": "notional of one unit of position"})
 
 
+def gross_exposure(position: xr.DataArray, balance: xr.DataArray, market: xr.Dataset) -> xr.DataArray:
+    """Each account's gross exposure (USD): the notional of its positions (the sum over
+    instruments of |position| x the notional of one unit, :func:`unit_notional`) plus the
+    value of what it borrowed (|negative balances| x price): what is at stake when it is
+    liquidated, for a trading and a lending account alike. Arrays on the host."""
+    unit = unit_notional(market).reindex(instrument=position["instrument"])
+    price = market["price"].reindex(asset=balance["asset"])
+    return (abs(position) * unit).sum("instrument") + (balance.clip(max=0) * -price).sum("asset")
+
+
 def notional_at_price(quantity, price, market: xr.Dataset):
     """USD notional of positions ``quantity`` (any shape, instrument last) at prices ``price``
     of their instruments (e.g. the liquidation price): |q| x price for linear perpetuals,

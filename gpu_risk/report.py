@@ -24,21 +24,29 @@ body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#22
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
-.meta{color:#555;font-size:.9em} img{max-width:100%}
+.meta{color:#555;font-size:.9em} img{max-width:100%} .headline{font-size:1.15em}
+nav{font-size:.9em} nav ol{columns:2}
 """
 
 
-def _png(fig) -> str:
+def _png(fig, alt: str | None = None) -> str:
+    """The figure as an embedded PNG; its alt text is ``alt`` or the axes' titles."""
+    if alt is None:
+        alt = "; ".join(ax.get_title() for ax in fig.axes if ax.get_title()) or "figure"
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
+    return (f'<img alt="{html.escape(alt)}" '
+            f'src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>')
 
 
 def _number(v: float) -> str:
-    """Readable at any magnitude: 60,123.40 / 3.0721 / 0.02705."""
+    """Readable at any magnitude, no more digits than matter: 1,031,837,583 / 612.35 /
+    3.0721 / 0.02705."""
     if np.isnan(v):
         return ""
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
     if abs(v) >= 100:
         return f"{v:,.2f}"
     if abs(v) >= 1:
@@ -101,9 +109,60 @@ def _fmt(value: float, kind: str) -> str:
     return f"{value:.2f}"
 
 
+STATUS_COLOURS = {"red": "#d73027", "amber": "#fdae61", "green": "#1a9850", "n/a": "#bbbbbb"}
+
+
+def operator_section(results: xr.DataTree, days: list[str], operator: dict) -> str:
+    """What to act on, before any figure: accounts below a collateral ratio of 1 and near
+    it, the accounts at risk by notional, the limits and their status, the last day's
+    figures and their change, and the caveats that apply to them."""
+    last = days[-1]
+    parts = [f"<h2>What to act on, {last}</h2>"]
+    below, near = operator.get("accounts_below_1"), operator.get("accounts_below_watch")
+    if below is not None:
+        parts.append(f"<p class='headline'><b>{below:,}</b> account(s) below collateral ratio 1 "
+                     f"(liquidatable now); <b>{near:,}</b> below {operator['watch_ratio']:g}.</p>")
+    checks = operator.get("limits", [])
+    if checks:
+        rows = "".join(
+            f"<tr><td>{html.escape(c['limit'])}</td><td>{'' if c['value'] is None else _number(float(c['value']))}"
+            f"</td><td>{_number(float(c['max']))}</td><td>{_number(float(c['warn']))}</td>"
+            f"<td style='background:{STATUS_COLOURS[c['status']]};color:#fff'><b>{c['status']}</b></td></tr>"
+            for c in checks)
+        parts.append("<h3>Limits</h3><table><tr><th>limit</th><th>value</th><th>max</th><th>warn from</th>"
+                     f"<th>status</th></tr>{rows}</table>")
+    else:
+        parts.append("<p class='meta'>No limits are set: a workflow's <code>limits:</code> section sets them "
+                     "(docs/operations.md), and a breach then makes the run exit with status 3.</p>")
+    top = operator.get("top_accounts") or []
+    if top:
+        df = pd.DataFrame([{
+            "account": r["account"], "collateral ratio": r["collateral_ratio"],
+            "move to liquidation (%)": ("now (below 1)" if r["move_to_liquidation_pct"] == 0
+                                        else "none in range" if r["move_to_liquidation_pct"] is None
+                                        else f"{r['move_to_liquidation_pct']:+.2f}"),
+            "collateral value (USD)": r["collateral_value"], "requirement (USD)": r["requirement"],
+            "gross exposure (USD)": r["gross_exposure"]} for r in top]).set_index("account")
+        parts.append(f"<h3>Accounts at risk: collateral ratio below {operator['watch_ratio']:g}, largest "
+                     "notional first</h3>" + _table(df.astype(object).where(df.notnull(), float("nan"))))
+    parts.append(glance_section(results, days))
+    caveats = []
+    scenario = operator.get("worst_scenario")
+    if scenario:
+        where = ", ".join(f"{k.replace('_', ' ')} {100 * v:+g} %" for k, v in scenario.items())
+        caveats.append(f"The worst stress scenario of the grid is {where}.")
+    exhausted = operator.get("cascades_exhausting_book")
+    if exhausted is not None and exhausted > 0:
+        caveats.append(f"{100 * exhausted:.0f} % of the last day's cascades ran past the visible book: "
+                       "their moves depend on the depth extrapolation (see each cascade table).")
+    if caveats:
+        parts.append("<p class='meta'>" + " ".join(html.escape(c) for c in caveats) + "</p>")
+    return "".join(parts)
+
+
 def glance_section(results: xr.DataTree, days: list[str]) -> str:
-    """What to act on, first: the last day's headline figures and their change since the
-    day before (every figure is computed from the results store, nothing else)."""
+    """The last day's headline figures of every family and their change since the day
+    before (every figure is computed from the results store, nothing else)."""
     last = days[-1]
     now = _glance_values(results, last)
     if not now:
@@ -119,7 +178,7 @@ def glance_section(results: xr.DataTree, days: list[str]) -> str:
     df = pd.DataFrame(rows).set_index("")
     if len(days) == 1:
         df = df.drop(columns=[""], errors="ignore")
-    return (f"<h2>At a glance, {last}</h2><p class='meta'>The last day's figures from every family in the "
+    return (f"<h3>At a glance, {last}</h3><p class='meta'>The last day's figures from every family in the "
             "results, with their change since the day before. Details follow.</p>" + _table(df))
 
 
@@ -463,8 +522,32 @@ def _timing_section(results_path) -> str:
             + _table(table) + "<h3>Kernel seconds</h3>" + _table(kernel_table))
 
 
-def write_report(results_path, out_path, *, title: str = "gpu_risk report", meta: dict | None = None) -> Path:
-    """Write the HTML report of every complete day in ``results_path``; returns its path."""
+def _contents(body: list[str]) -> list[str]:
+    """Give every section heading an anchor and put a table of contents after the
+    operator's section (the first)."""
+    import re  # noqa: PLC0415
+
+    entries: list[tuple[str, str]] = []
+    out: list[str] = []
+    for part in body:
+        def anchor(match):
+            n = len(entries)
+            entries.append((f"s{n}", re.sub(r"<[^>]+>", "", match.group(1))))
+            return f"<h2 id='s{n}'>{match.group(1)}</h2>"
+        out.append(re.sub(r"<h2>(.*?)</h2>", anchor, part))
+    if len(entries) < 2:
+        return out
+    toc = "<nav><b>Contents</b><ol>" + "".join(f"<li><a href='#{a}'>{t}</a></li>" for a, t in entries) + "</ol></nav>"
+    first = next(i for i, part in enumerate(out) if "<h2 id='s0'>" in part)
+    return out[:first] + [toc] + out[first:]
+
+
+def write_report(results_path, out_path, *, title: str = "gpu_risk report", meta: dict | None = None,
+                 limits=None) -> Path:
+    """Write the HTML report of every complete day in ``results_path``; returns its path.
+    ``limits`` (:class:`gpu_risk.limits.Limits`): default, those the last run recorded."""
+    from .limits import operator_summary  # noqa: PLC0415
+
     out_path = Path(out_path)
     days = store.results_days(results_path)
     results = store.open_results(results_path)
@@ -473,9 +556,11 @@ def write_report(results_path, out_path, *, title: str = "gpu_risk report", meta
             f"{html.escape(str(results_path))}; {len(days)} complete day(s): "
             f"{html.escape(', '.join(days))}.</p>"]
     for key, value in (meta or {}).items():
+        if isinstance(value, dict):
+            value = "; ".join(f"{k} {v}" for k, v in value.items() if v not in (None, "None"))
         body.append(f"<p class='meta'><b>{html.escape(key)}</b>: {html.escape(str(value))}</p>")
     if days:
-        body.append(glance_section(results, days))
+        body.append(operator_section(results, days, operator_summary(results_path, limits)))
         for family in families().values():
             # a family's section only where some day holds its results
             if family.report is not None and any(g in results[d].children for d in days for g in family.groups):
@@ -483,6 +568,7 @@ def write_report(results_path, out_path, *, title: str = "gpu_risk report", meta
         body.append(_timing_section(results_path))
     else:
         body.append("<p>No complete day in the results store yet.</p>")
+    body = _contents(body)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .backend import dispatch, is_cupy, to_host
+from .backend import dispatch, is_cupy, on_host, to_host
 from .kernels.positions import open_interest_cpu, open_interest_gpu
 from .model import unit_notional
 
@@ -126,9 +126,17 @@ def positions_summary(positions: xr.Dataset, market: xr.Dataset) -> xr.Dataset:
         "n_excluded": ((positions["qc_row_excluded"].sum().data if "qc_row_excluded" in positions
                         else 0), "accounts left out by the qc flags"),
     }
-    computed = dask.compute({k: v for k, (v, _) in counts.items()}, oi)
-    values, oi = computed
+    # concentration: the largest single account's notional in each instrument
+    position = on_host(positions["position"]).transpose("account", "instrument")
+    held = abs(position) * unit_notional(market).reindex(instrument=position["instrument"])
+    if "qc_row_excluded" in positions:
+        held = held.where(~on_host(positions["qc_row_excluded"]), 0.0)
+    largest = held.max("account") if positions.sizes["account"] else xr.zeros_like(held.sum("account"))
+    computed = dask.compute({k: v for k, (v, _) in counts.items()}, oi, largest)
+    values, oi, largest = computed
     out = oi.copy()
+    out["largest_account_notional"] = largest.assign_attrs(
+        units="USD", long_name="the largest single account's notional in the instrument")
     for key, (_, long_name) in counts.items():
         out[key] = xr.DataArray(int(to_host(values[key]).item()),
                                 attrs={"units": "1", "long_name": long_name})

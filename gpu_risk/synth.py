@@ -448,6 +448,7 @@ class SynthConfig:
     seed: int = 42
     book_chunk_rows: int = store.BOOK_CHUNK_ROWS
     account_chunk_rows: int = store.ACCOUNT_CHUNK_ROWS
+    overwrite: bool = False  # replace a dataset made with other settings
 
 
 SHAPING = ("days", "instruments", "accounts", "levels", "snapshots_per_day", "start", "seed")
@@ -466,8 +467,8 @@ def _same_settings_as_before(out: Path, cfg: SynthConfig) -> None:
         differ = {k: (before.get(k), v) for k, v in wanted.items() if before.get(k) != v}
         if differ:
             what = ", ".join(f"{k} {old} (asked: {new})" for k, (old, new) in differ.items())
-            raise ValueError(f"{out} holds synthetic data made with {what}; write to another --out or "
-                             "delete it first")
+            raise ValueError(f"{out} holds synthetic data made with {what}; write to another --out, or "
+                             "pass --overwrite to replace it")
     record.write_text(json.dumps(wanted))  # (a directory from before this record: taken as it is)
 
 
@@ -483,6 +484,12 @@ def synth(cfg: SynthConfig, progress: Callable[[str, int], None] | None = None) 
         raise ValueError("snapshots_per_day must be >= 2")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.overwrite:  # only what synth writes: other files in the directory stay
+        import shutil  # noqa: PLC0415
+
+        for name in ("book.zarr", "positions.zarr", "market.zarr"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        (out / "synth.json").unlink(missing_ok=True)
     _same_settings_as_before(out, cfg)
     book_path, pos_path, mkt_path = out / "book.zarr", out / "positions.zarr", out / "market.zarr"
     instruments = catalog(cfg.instruments)

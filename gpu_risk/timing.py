@@ -81,6 +81,32 @@ class _TaskClock(Callback):
             self.seconds[task_kind(key)] += time.perf_counter() - t0
 
 
+class TaskProgress(Callback):
+    """Calls ``report(done, total)`` as the tasks of computations on the synchronous and
+    threaded schedulers finish (at most every ``every`` seconds, and at the end of each):
+    progress within a day, where a day is one long computation."""
+
+    def __init__(self, report: Callable[[int, int], None], every: float = 0.25):
+        super().__init__()
+        self.report, self.every = report, every
+        self.done = self.total = 0
+        self._last = 0.0
+
+    def _start(self, dsk):
+        self.total += len(dsk)
+        self.report(self.done, self.total)
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        self.done += 1
+        now = time.perf_counter()
+        if now - self._last >= self.every:
+            self._last = now
+            self.report(self.done, self.total)
+
+    def _finish(self, dsk, state, errored):
+        self.report(self.done, self.total)
+
+
 def _client():
     try:
         from distributed import default_client  # noqa: PLC0415
@@ -108,6 +134,7 @@ class Stages:
         self.tasks: dict[tuple[str, str], float] = defaultdict(float)
         self.kernels: dict[str, float] = defaultdict(float)
         self._client = _client()
+        self.local = self._client is None  # tasks run in this process (sync or threads)
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:

@@ -27,7 +27,9 @@ from .builtin_families import CascadeConfig, ImbalanceConfig, StressConfig  # no
 from .cluster import dask_scheduler, resolve_scheduler, scheduler_threads
 from .errors import InputError
 from .families import _RESERVED, DayContext, compute_order, families, get_family, load_plugins
-from .timing import Stages
+from .kernels._compile import cpu_cache_warm
+from .limits import Limits, operator_summary, record_limits
+from .timing import Stages, TaskProgress
 from .validate import QC_RULES_VERSION
 
 
@@ -58,6 +60,8 @@ class WorkflowConfig(BaseModel):
     backend: Literal["auto", "cpu", "gpu"] = "auto"
     scheduler: str = "auto"
     memory_limit: str | None = None
+    dashboard: bool = Field(False, description="serve Dask's dashboard on 127.0.0.1 (a local cluster)")
+    limits: Limits | None = Field(None, description="limits on the last day's figures (gpu_risk.limits)")
     on_bad_rows: Literal["raise", "flag"] = "raise"
     redo: list[dt.date] | Literal["all"] | None = Field(
         None, description="days to recompute even where their results are current (or all)")
@@ -287,6 +291,7 @@ def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] |
     day ``stages``: where the time went, see :class:`gpu_risk.timing.Stages`).
     ``performance_report``: also write Dask's HTML performance report there (needs the
     ``local`` scheduler or a scheduler ADDRESS)."""
+    resolve_scheduler(cfg.scheduler, cfg.memory_limit, cfg.dashboard)  # an impossible choice fails first
     if performance_report is not None and resolve_scheduler(cfg.scheduler, cfg.memory_limit) in ("sync", "threads"):
         raise ValueError("--performance-report needs a distributed scheduler (local or an ADDRESS), "
                          f"not {cfg.scheduler!r}")
@@ -300,11 +305,20 @@ def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] |
     emit("backend", {"backend": backend, "why": why})
     dates = as_of_dates(cfg)
     if not dates:
-        raise ValueError(f"no as-of date to run in {cfg.stores.book or cfg.stores.positions}")
+        where = cfg.stores.book or cfg.stores.positions
+        held = as_of_dates(cfg.model_copy(update={"start": None, "end": None, "dates": None}))
+        what = f"it holds {held[0]} .. {held[-1]} ({len(held)} days)" if held else "it holds no complete day"
+        asked = (f"the dates {', '.join(str(d) for d in cfg.dates)}" if cfg.dates is not None
+                 else f"[{cfg.start or 'first'}, {cfg.end or 'last'}]")
+        raise ValueError(f"no as-of date to run in {where} within {asked}: {what}")
     book_days = store.book_days(cfg.stores.book) if cfg.stores.book is not None else None
     # one writer per results store: a second run on the same output is refused at once
     with store.exclusive_writer(cfg.output):
         return _run_locked(cfg, dates, book_days, backend, why, emit, performance_report)
+
+
+def _tasks_event(emit, date: str, done: int, total: int) -> None:
+    emit("tasks", {"date": date, "done": done, "total": total})
 
 
 def _run_locked(cfg: WorkflowConfig, dates, book_days, backend, why, emit, performance_report) -> dict:
@@ -318,9 +332,12 @@ def _run_locked(cfg: WorkflowConfig, dates, book_days, backend, why, emit, perfo
                   "recompute": {d: sorted(stale[d]) for d in todo}})
     timings, stages = {}, {}
     if todo:
-        with dask_scheduler(cfg.scheduler, backend=backend, memory_limit=cfg.memory_limit) as where:
+        with dask_scheduler(cfg.scheduler, backend=backend, memory_limit=cfg.memory_limit,
+                            dashboard=cfg.dashboard) as where:
             emit("scheduler", {"scheduler": where})
-            threads = scheduler_threads(cfg.scheduler, cfg.memory_limit)
+            threads = scheduler_threads(cfg.scheduler, cfg.memory_limit, cfg.dashboard)
+            if backend == "cpu" and not cpu_cache_warm():
+                emit("compiling", {})
             report_ctx: contextlib.AbstractContextManager = contextlib.nullcontext()
             if performance_report is not None:
                 from distributed import performance_report as dask_performance_report  # noqa: PLC0415
@@ -331,26 +348,37 @@ def _run_locked(cfg: WorkflowConfig, dates, book_days, backend, why, emit, perfo
                     t0 = time.perf_counter()
                     clock = Stages(threads)
                     day_cfg = cfg.model_copy(update={"families": [f for f in cfg.families if f in stale[date]]})
-                    with clock.stage("open_validate"):
-                        inputs = open_day(day_cfg, date, backend, book_days)
-                    with clock.stage("graph"):
-                        results = compute_day(day_cfg, date, backend, inputs)
-                    with clock.stage("compute_write"):
-                        store.write_results_day(cfg.output, date, results, result_chunks(day_cfg.families),
-                                                fingerprints=stale[date])
+                    # progress within the day (the local schedulers; a cluster has its dashboard)
+                    tasks: contextlib.AbstractContextManager = contextlib.nullcontext()
+                    if clock.local:
+                        tasks = TaskProgress(functools.partial(_tasks_event, emit, date))
+                    with tasks:
+                        with clock.stage("open_validate"):
+                            inputs = open_day(day_cfg, date, backend, book_days)
+                        with clock.stage("graph"):
+                            results = compute_day(day_cfg, date, backend, inputs)
+                        with clock.stage("compute_write"):
+                            store.write_results_day(cfg.output, date, results, result_chunks(day_cfg.families),
+                                                    fingerprints=stale[date])
                     timings[date] = time.perf_counter() - t0
                     stages[date] = clock.summary()
                     store.record_run_stages(cfg.output, date, stages[date])
                     emit("day", {"date": date, "seconds": timings[date], "stages": stages[date]})
+    # the limits go with the results (the report applies them), and are checked now
+    if Path(cfg.output).exists():
+        record_limits(cfg.output, cfg.limits)
+    operator = operator_summary(cfg.output, cfg.limits or Limits())
     report = None
     if cfg.report is not None:
         from .report import write_report  # noqa: PLC0415  (matplotlib only when reporting)
 
         report = write_report(cfg.output, cfg.report, title=f"gpu_risk — {cfg.name}",
                               meta={"backend": f"{backend}: {why}", "scheduler": cfg.scheduler,
-                                    "stores": {k: str(v) for k, v in cfg.stores.model_dump().items()}})
+                                    "stores": {k: str(v) for k, v in cfg.stores.model_dump().items()}},
+                              limits=cfg.limits)
         emit("report", {"path": str(report)})
     return {"workflow": cfg.name, "backend": backend, "dates": dates,
             "computed": list(timings), "skipped": [d for d in dates if d in done],
             "seconds": timings, "stages": stages, "output": str(cfg.output),
-            "report": str(report) if report else None}
+            "report": str(report) if report else None, "summary": operator,
+            "breached": operator["breached"]}

@@ -7,6 +7,9 @@ thread pool inside numba (which oversubscribes or crashes inside Dask workers).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numba
 
 cpu_kernel = numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
@@ -14,6 +17,16 @@ cpu_kernel = numba.njit(cache=True, nogil=True, fastmath=False, error_model="num
 # level (a numba-to-numba call passes every array as a struct of ~7 fields, which costs
 # more than the arithmetic of a position's terms)
 cpu_inline = numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy", inline="always")
+
+
+def cpu_cache_warm() -> bool:
+    """Whether numba's on-disk cache holds compiled kernels of this package (otherwise the
+    first call of each compiles it: tens of seconds in all, once per machine)."""
+    here = Path(__file__).resolve().parent
+    places = [here / "__pycache__"]
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        places.append(Path(os.environ["NUMBA_CACHE_DIR"]))
+    return any(next(place.rglob("*.nbi"), None) is not None for place in places if place.is_dir())
 
 
 def cupy_module():

@@ -55,6 +55,9 @@ amount (I, K) float64, NaN for unused brackets. Host (NumPy) or device (CuPy) ar
 # Capacities shared by the numba and CUDA twins: the CUDA source's #defines are generated
 # from these (CUDA_DEFINES), and gpu_risk checks them before any task runs.
 MAX_KINKS = 512  # bracket boundaries (plus 2) one account's root search can hold
+# the kernels' output columns before the liquidation prices: ratio, shock down, shock up,
+# collateral value, requirement
+FIXED_COLUMNS = 5
 OPTION_STEPS = 64  # sub-steps per piece where an option makes C - R curved
 GPU_MAX_ASSETS = 64  # per-thread tables of the CUDA kernels (the numba kernels have none)
 GPU_MAX_INSTRUMENTS = 64
@@ -227,10 +230,13 @@ def nearest_root(a, part, t0, lo, hi, asset_w, mark_w, balance, position, entry,
 @cpu_kernel
 def liquidation_cpu(balance, position, entry, iso_margin, isolated, m, f_lo, f_hi, s_lo, s_hi, out):
     """For each account a: out[a, 0] collateral ratio, out[a, 1] shock down, out[a, 2] shock
-    up, out[a, 3 + i] liquidation price of instrument i (mark currency). ``m``: the market
-    (:class:`Market`)."""
+    up, out[a, 3] collateral value C and out[a, 4] requirement R at the current prices (USD,
+    summed over an isolated account's parts), out[a, FIXED_COLUMNS + i] liquidation price of
+    instrument i (mark currency). ``m``: the market (:class:`Market`)."""
     beta, underlying, mark, kind = m.beta, m.underlying, m.mark, m.kind
     n_acc, n_inst = position.shape
+    if out.shape[0] != n_acc or out.shape[1] != n_inst + FIXED_COLUMNS:
+        raise ValueError("out must have FIXED_COLUMNS + one column per instrument, a row per account")
     n_assets = balance.shape[1]
     kinks = np.empty(MAX_KINKS)
     asset_w = np.zeros(n_assets)
@@ -258,14 +264,20 @@ def liquidation_cpu(balance, position, entry, iso_margin, isolated, m, f_lo, f_h
                     n_parts += 1
         # collateral ratio: the lowest of the account's parts
         ratio = np.inf
+        c_total = 0.0
+        r_total = 0.0
         for p_idx in range(n_parts):
             part = _part_index(a, p_idx, position, isolated)
             c, r = part_margin(a, part, 0.0, 0.0, asset_w, mark_w, balance, position, entry,
                                iso_margin, isolated, m)
+            c_total += c
+            r_total += r
             value = c / r if r > 0.0 else np.inf
             if value < ratio:
                 ratio = value
         out[a, 0] = ratio
+        out[a, 3] = c_total
+        out[a, 4] = r_total
         # common shocks: the nearest over the parts, on each side
         for col, side, lo, hi in ((1, -1, s_lo, 0.0), (2, 1, 0.0, s_hi)):
             best = np.nan
@@ -280,7 +292,7 @@ def liquidation_cpu(balance, position, entry, iso_margin, isolated, m, f_lo, f_h
         for i in range(n_inst):
             u = underlying[i]
             if not _exposed(a, i, balance, position, kind, underlying):
-                out[a, 3 + i] = np.nan
+                out[a, FIXED_COLUMNS + i] = np.nan
                 continue
             asset_w[u] = 1.0
             mark_w[i] = 1.0
@@ -295,7 +307,7 @@ def liquidation_cpu(balance, position, entry, iso_margin, isolated, m, f_lo, f_h
                                      isolated, m, kinks, side)
                     if f == f and f > 0.0 and not (best == best and abs(best - 1.0) <= abs(f - 1.0)):
                         best = f
-            out[a, 3 + i] = best * mark[i]
+            out[a, FIXED_COLUMNS + i] = best * mark[i]
             asset_w[u] = 0.0
             mark_w[i] = 0.0
     return out
@@ -338,7 +350,8 @@ def _part_index(a, p_idx, position, isolated):
 
 CUDA_DEFINES = (f"#define LINEAR {LINEAR}\n#define INVERSE {INVERSE}\n#define OPTION {OPTION}\n"
                 f"#define MAX_KINKS {MAX_KINKS}\n#define OPTION_STEPS {OPTION_STEPS}\n"
-                f"#define MAX_ASSETS {GPU_MAX_ASSETS}\n#define MAX_INST {GPU_MAX_INSTRUMENTS}\n")
+                f"#define MAX_ASSETS {GPU_MAX_ASSETS}\n#define MAX_INST {GPU_MAX_INSTRUMENTS}\n"
+                f"#define FIXED_COLUMNS {FIXED_COLUMNS}\n")
 CUDA_SOURCE = CUDA_DEFINES + r"""
 
 struct Model {
@@ -515,17 +528,20 @@ extern "C" __global__ void liquidation_gpu(
     for (int i = 0; i < n_inst; ++i) { zero_i[i] = 0.0; shock_i[i] = beta[underlying[i]]; }
     if (beta_max > 0.0) s_lo = fmax(s_lo, -(1.0 - 1e-9) / beta_max);
     if (beta_min < 0.0) s_hi = fmin(s_hi, (1.0 - 1e-9) / -beta_min);
-    double* row = out + a * (n_inst + 3);
+    double* row = out + a * (n_inst + FIXED_COLUMNS);
     int n_parts = 1;
     if (isolated[a]) for (int i = 0; i < n_inst; ++i) if (position[a * n_inst + i] != 0.0) ++n_parts;
-    double ratio = CUDART_INF;
+    double ratio = CUDART_INF, c_total = 0.0, r_total = 0.0;
     for (int p = 0; p < n_parts; ++p) {
         double c, r;
         part_margin(m, a, part_index(m, a, p), 0.0, 0.0, zero_a, zero_i, &c, &r);
+        c_total += c; r_total += r;
         double v = r > 0.0 ? c / r : CUDART_INF;
         if (v < ratio) ratio = v;
     }
     row[0] = ratio;
+    row[3] = c_total;
+    row[4] = r_total;
     for (int side = -1; side <= 1; side += 2) {
         double best = CUDART_NAN;
         for (int p = 0; p < n_parts; ++p) {
@@ -536,7 +552,7 @@ extern "C" __global__ void liquidation_gpu(
         row[side < 0 ? 1 : 2] = best;
     }
     for (int i = 0; i < n_inst; ++i) {
-        if (!exposed(m, a, i)) { row[3 + i] = CUDART_NAN; continue; }
+        if (!exposed(m, a, i)) { row[FIXED_COLUMNS + i] = CUDART_NAN; continue; }
         int u = (int)underlying[i];
         zero_a[u] = 1.0; zero_i[i] = 1.0;
         double best = CUDART_NAN;
@@ -549,7 +565,7 @@ extern "C" __global__ void liquidation_gpu(
                 if (f == f && f > 0.0 && !(best == best && fabs(best - 1.0) <= fabs(f - 1.0))) best = f;
             }
         }
-        row[3 + i] = best * mark[i];
+        row[FIXED_COLUMNS + i] = best * mark[i];
         zero_a[u] = 0.0; zero_i[i] = 0.0;
     }
 }
@@ -581,6 +597,8 @@ def liquidation_gpu(balance, position, entry, iso_margin, isolated, m, f_lo, f_h
     ``out`` on the device; ``m`` anywhere, copied over)."""
     cp = cupy_module()
     n_acc, n_inst = position.shape
+    if out.shape != (n_acc, n_inst + FIXED_COLUMNS):
+        raise ValueError("out must have FIXED_COLUMNS + one column per instrument, a row per account")
     check_gpu_capacity(balance.shape[1], n_inst)
     f64 = lambda x: cp.ascontiguousarray(cp.asarray(x, dtype=cp.float64))  # noqa: E731
     args = [f64(balance), f64(position), f64(entry), f64(iso_margin),

@@ -97,3 +97,96 @@ def test_run_overrides_stores_dates_and_families_and_synth_refuses_other_setting
                 "--snapshots-per-day", 400, "--levels", 3, check=False)
     assert again.returncode == 2 and "accounts 150 (asked: 500)" in " ".join(again.stderr.split())
     assert "Traceback" not in again.stderr
+
+
+def _one_line(done, *parts):
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr and "pydantic" not in done.stderr, done.stderr
+    assert "validation error for" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    text = " ".join(done.stderr.split())
+    for part in parts:
+        assert part in text, (part, text)
+
+
+def test_each_mistake_a_newcomer_made_is_one_line_or_works(tmp_path):
+    """The command line as a newcomer used it: every mistake ends in one line in the user's
+    terms (no traceback, no pydantic text); what they expected to work, works."""
+    import re
+
+    made = json.loads(cli("synth", "--out", tmp_path / "d", "--days", 2, "--instruments", 2, "--accounts", 120,
+                          "--snapshots-per-day", 300, "--levels", 3, "--json").stdout)
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(f"name: t\nstores: {{book: {made['book']}, positions: {made['positions']}, "
+                  f"market: {made['market']}}}\nfamilies: [liquidation]\noutput: {tmp_path / 'o.zarr'}\n"
+                  "scheduler: sync\n")
+    # --version, -h, choices, defaults, nothing cut at 80 columns, no <bool>
+    assert re.fullmatch(r"gpu-risk \d+\.\d+\.\d+\S*\n", cli("--version").stdout)
+    env80 = {**os.environ, "COLUMNS": "80"}
+    helps = {}
+    for command in ("stress", "cascade", "imbalance", "run", "liquidation"):
+        done = subprocess.run([sys.executable, "-m", "gpu_risk.cli", command, "-h"], capture_output=True,
+                              text=True, env=env80)
+        assert done.returncode == 0, done.stderr
+        helps[command] = done.stdout
+        assert "<bool>" not in done.stdout and "…" not in done.stdout
+        assert max(len(line) for line in done.stdout.splitlines()) <= 80
+    assert "--backend [auto|cpu|gpu]" in helps["stress"] or "<auto|cpu|gpu>" in helps["stress"]
+    assert "--keep-account-surfaces" in helps["stress"] and "START:STOP:STEP" in helps["stress"]
+    flat = " ".join(helps["cascade"].split())
+    for option, default in (("--every", "1min"), ("--depth-extrapolation", "0.002"), ("--initial-shocks", "-0.2")):
+        assert re.search(re.escape(option) + r".*?\[default: \(?" + re.escape(default), flat), option
+    # pydantic text never leaks: a bad date, a family without its store, a backend not offered
+    _one_line(cli("run", wf, "--start", "2026-13-01", check=False), "start", "2026-13-01", "month")
+    _one_line(cli("imbalance", "--out", tmp_path / "x.zarr", check=False), "needs the book store")
+    bad_backend = cli("liquidation", "--positions", made["positions"], "--market", made["market"],
+                      "--out", tmp_path / "x.zarr", "--backend", "cuda", check=False)
+    assert bad_backend.returncode == 2 and "Traceback" not in bad_backend.stderr
+    assert "'cuda' is not one of" in bad_backend.stderr and "auto" in bad_backend.stderr
+    # shock grids as a user writes them: steps and percentages
+    for grid, expected in (("-0.5:0.5:0.05", 21), ("-50%,0,50%", 3), ("-50%:50%:25%", 5), ("-0.2:0.2:5", 5)):
+        out = tmp_path / f"s{expected}-{grid.count('%')}.zarr"
+        done = cli("stress", "--positions", made["positions"], "--market", made["market"], "--out", out,
+                   f"--price-shocks={grid}", "--vol-shocks=0", "--scheduler", "sync", check=False)
+        assert done.returncode == 0, (grid, done.stderr)
+        from gpu_risk import store
+
+        shocks = store.open_results(out)[made["days"][-1]]["stress"].to_dataset().price_shock.values
+        assert len(shocks) == expected and shocks[0] < 0 < shocks[-1], (grid, shocks)
+    _one_line(cli("stress", "--positions", made["positions"], "--market", made["market"], "--out", tmp_path / "y",
+                  "--price-shocks=-0.5:0.5:0.3", check=False), "--price-shocks", "whole number of STEPs")
+    _one_line(cli("stress", "--positions", made["positions"], "--market", made["market"], "--out", tmp_path / "y",
+                  "--price-shocks=-5x", check=False), "--price-shocks", "'-5x' is not a number")
+    # report: on a book store, on nothing, --json
+    _one_line(cli("report", made["book"], check=False), "is a book store, not a results store")
+    _one_line(cli("report", tmp_path / "nope.zarr", check=False), "no results store here", "nope.zarr")
+    assert cli("run", wf).returncode == 0
+    shown = cli("report", tmp_path / "o.zarr", "--out", tmp_path / "r.html", "--json")
+    assert json.loads(shown.stdout)["summary"]["accounts_below_1"] is not None
+    # validate: nothing named; a readable answer otherwise
+    _one_line(cli("validate", check=False), "nothing to validate")
+    ok = cli("validate", "--market", made["market"])
+    assert "valid market" in ok.stderr and "{" not in ok.stderr
+    # dates outside the store say what the store holds
+    _one_line(cli("run", wf, "--start", "2027-01-01", check=False), "it holds", made["days"][0], made["days"][-1])
+    # no CuPy noise on a CPU machine; log lines carry the time; the dashboard needs a cluster
+    assert "ModuleNotFoundError" not in shown.stderr
+    again = cli("run", wf, "--redo", "all")
+    assert "ModuleNotFoundError" not in again.stderr and re.search(r"^\d\d:\d\d:\d\d ", again.stderr, re.M)
+    _one_line(cli("run", wf, "--dashboard", "--scheduler", "threads", check=False), "--dashboard needs")
+
+
+def test_the_makefile_finds_python_once_and_silently(tmp_path):
+    """A pyenv shim for a version that is not installed used to print 'command not found'
+    at every use of $(PYTHON); the probe now runs once, quietly."""
+    from pathlib import Path
+
+    shim = tmp_path / "python3.13"
+    shim.write_text("#!/bin/sh\necho 'pyenv: python3.13: command not found' >&2\nexit 127\n")
+    shim.chmod(0o755)
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["make", "-n", "-C", str(root), "demo"], capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr
+    assert "command not found" not in done.stderr and "pyenv" not in done.stdout

@@ -28,10 +28,10 @@ def day_inputs(tiny_dataset):
 
 
 def test_liquidation_kernel(tiny_dataset, monkeypatch):
-    from gpu_risk.kernels.liquidation import liquidation_cpu, liquidation_gpu
+    from gpu_risk.kernels.liquidation import FIXED_COLUMNS, liquidation_cpu, liquidation_gpu
 
     accounts, m = day_inputs(tiny_dataset)
-    cpu = np.empty((accounts[0].shape[0], accounts[1].shape[1] + 3))
+    cpu = np.empty((accounts[0].shape[0], accounts[1].shape[1] + FIXED_COLUMNS))
     liquidation_cpu(*accounts, m, *FACTOR_RANGE, *SHOCK_RANGE, cpu)
     with cuda_on_host(monkeypatch):
         gpu = np.empty_like(cpu)

@@ -191,6 +191,16 @@ def test_random_accounts_roots_are_exact_and_nearest(acc, backend):
     r = run_liquidation(p, mkt_ds, backend, validate=False)
     mkt, ref_acc = reference_inputs(mkt_ds, acc)
     np.testing.assert_allclose(r.collateral_ratio.values[0], collateral_ratio(ref_acc, mkt), rtol=1e-12)
+    parts_now = margin_parts(ref_acc, mkt, np.ones(len(mkt["price"])), np.ones(len(mkt["mark"])))
+    scale = gross(ref_acc, mkt, np.ones(len(mkt["price"])), np.ones(len(mkt["mark"]))) + 1.0
+    for name, k in (("collateral_value", 0), ("requirement", 1)):
+        np.testing.assert_allclose(r[name].values[0], sum(part[k] for part in parts_now), rtol=1e-12,
+                                   atol=1e-12 * scale, err_msg=name)
+    unit = [mkt["mark"][i] if mkt["kind"][i] == "linear" else 1.0 if mkt["kind"][i] == "inverse"
+            else mkt["price"][mkt["underlying"][i]] for i in range(len(INSTRUMENTS))]
+    borrowed = sum(-b * mkt["price"][s] for s, b in enumerate(ref_acc["balance"]) if b < 0)
+    np.testing.assert_allclose(r.gross_exposure.values[0],
+                               sum(abs(q) * u for q, u in zip(ref_acc["position"], unit)) + borrowed, rtol=1e-12)
     for i in range(len(INSTRUMENTS)):
         lp = r.liquidation_price.values[0, i]
         if np.isnan(lp):

@@ -53,13 +53,15 @@ def test_positions_summary_matches_loop(market):
     mark = dict(zip(market.instrument.values, market.mark_price.values))
     unit = {"BTCUSDT": mark["BTCUSDT"], "BTCUSD_PERP": 1.0, "BTC-C-55000": 50_000.0}
     for inst in pos.instrument.values:
-        long = short = 0.0
+        long = short = largest = 0.0
         for a in range(200):
             if a == 5:
                 continue
             q = pos.position.sel(instrument=inst).values[a]
             long += max(q, 0) * unit[inst]
             short += max(-q, 0) * unit[inst]
+            largest = max(largest, abs(q) * unit[inst])
+        np.testing.assert_allclose(got.largest_account_notional.sel(instrument=inst), largest, rtol=1e-12)
         np.testing.assert_allclose(got.long_open_interest.sel(instrument=inst), long, rtol=1e-12)
         np.testing.assert_allclose(got.short_open_interest.sel(instrument=inst), short, rtol=1e-12)
         np.testing.assert_allclose(got.oi_imbalance.sel(instrument=inst), (long - short) / (long + short))

@@ -105,7 +105,8 @@ def import_databento(csv_path, out, chunk_rows: int = store.BOOK_CHUNK_ROWS,
                 rows = np.flatnonzero(symbols == symbol)
                 if symbol not in spools:
                     spools[symbol] = DaySpool(out, symbol, LEVELS, chunk_rows,
-                                              {"source": f"Databento MBP-10 {csv_path.name}"})
+                                              {"source": f"Databento MBP-10 {csv_path.name}",
+                                               "size_units": "venue units (shares or contracts)"})
                 spools[symbol].add(t_ns[rows], block[:, rows])
             first_line += len(chunk)
     except InputError:

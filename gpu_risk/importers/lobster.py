@@ -104,7 +104,8 @@ def import_lobster(orderbook_csv, message_csv, date: str, instrument: str, out,
     if first.shape[1] % 4:
         raise InputError(f"{first.shape[1]} columns is not a multiple of 4", store=str(orderbook_csv))
     levels = first.shape[1] // 4
-    spool = DaySpool(out, instrument, levels, chunk_rows, {"source": f"LOBSTER {orderbook_csv.name}"},
+    spool = DaySpool(out, instrument, levels, chunk_rows,
+                     {"source": f"LOBSTER {orderbook_csv.name}", "size_units": "shares"},
                      optional_vars=("traded_volume",))
     start, first_time, time = 0, None, np.empty(0, dtype="datetime64[ns]")
     try:

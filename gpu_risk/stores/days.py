@@ -489,7 +489,7 @@ def open_day_dataset(path: PathLike, group: str, chunks: Any = None) -> xr.Datas
     # Variable-length strings come back as numpy StringDType; plain `str` labels index best.
     for name in list(ds.coords):
         if ds[name].dtype.kind in "TO":
-            ds = ds.assign_coords({name: as_str(ds[name].values)})
+            ds = ds.assign_coords({name: ds[name].copy(data=as_str(ds[name].values))})  # dims kept
     ds.attrs.pop(COMPLETE, None)
     ds.attrs.pop(WRITE_ID, None)
     # bookkeeping, not data: kept where is_sealed looks for it, out of the dataset's attributes
