@@ -160,6 +160,32 @@ def operator_section(results: xr.DataTree, days: list[str], operator: dict) -> s
     return "".join(parts)
 
 
+def trends_section(results: xr.DataTree, days: list[str]) -> str:
+    """Every day's headline figures, so that a drift over the history shows (the family
+    sections below show the last day in detail)."""
+    if len(days) < 2:
+        return ""
+    table = {day: _glance_values(results, day) for day in days}
+    names = list(dict.fromkeys(name for values in table.values() for name in values))
+    if not names:
+        return ""
+    df = pd.DataFrame({name: [table[d][name][0] if name in table[d] else np.nan for d in days] for name in names},
+                      index=pd.Index(days, name="date"))
+    # one column per figure is wide: days down, figures across, as the reader scans a day
+    parts = [f"<h2>Trends over {len(days)} days</h2>", _table(df)]
+    plotted = [n for n in names if df[n].notna().sum() > 1][:4]
+    if plotted:
+        fig, axes = plt.subplots(1, len(plotted), figsize=(2.9 * len(plotted), 2.6), squeeze=False)
+        for ax, name in zip(axes[0], plotted):
+            ax.plot(pd.to_datetime(df.index), df[name].values, marker="o", ms=3)
+            ax.set_title(name if len(name) < 40 else name[:38] + "...", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.tick_params(axis="x", rotation=30)
+        fig.tight_layout()
+        parts.append(_png(fig, alt="trends of " + ", ".join(plotted)))
+    return "".join(parts)
+
+
 def glance_section(results: xr.DataTree, days: list[str]) -> str:
     """The last day's headline figures of every family and their change since the day
     before (every figure is computed from the results store, nothing else)."""
@@ -224,17 +250,31 @@ def summary_section(results: xr.DataTree, days: list[str]) -> str:
                            "short OI (USD)": o.short_open_interest.values,
                            "imbalance (L-S)/(L+S)": o.oi_imbalance.values},
                           index=pd.Index([str(i) for i in o.instrument.values], name="instrument"))
-        parts.append(f"<h3>Open interest by instrument, {last}</h3>" + _table(df))
         fig, ax = plt.subplots(figsize=(9, 3.2))
         x = np.arange(len(df))
         ax.bar(x - 0.2, df["long OI (USD)"] / 1e6, 0.4, label="long")
         ax.bar(x + 0.2, df["short OI (USD)"] / 1e6, 0.4, label="short")
         ax.set_xticks(x, df.index, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("USD millions")
-        ax.set_title(f"Open interest by instrument, {last}")
+        ax.set_title(f"Open interest by instrument, {last} (the table: liquidation thresholds)")
         ax.legend()
         parts.append(_png(fig))
+    if not book_rows and not pos_rows:
+        return ""
     return "\n".join(parts)
+
+
+def _block_mean(values: np.ndarray, columns: int) -> tuple[np.ndarray, int]:
+    """``values`` (time, ...) averaged over consecutive blocks of time so that about
+    ``columns`` remain (NaN where a block has no value); returns (means, block length)."""
+    span = max(1, -(-values.shape[0] // columns))
+    n = -(-values.shape[0] // span) * span
+    padded = np.full((n, *values.shape[1:]), np.nan)
+    padded[:values.shape[0]] = values
+    blocks = padded.reshape(n // span, span, *values.shape[1:])
+    counts = np.isfinite(blocks).sum(axis=1)
+    sums = np.nansum(blocks, axis=1)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan), span
 
 
 def _duration(td: pd.Timedelta) -> str:
@@ -276,23 +316,27 @@ def imbalance_section(results: xr.DataTree, days: list[str]) -> str:
     rows = []
     for inst in grid.instrument.values:
         g = grid.sel(instrument=inst).load()
-        step = max(1, g.sizes["time"] // 720)
+        units = str(g["size_units"].values) if "size_units" in g.coords else "base units"
+        # about 600 columns for about 600 pixels: each the mean of its buckets (every
+        # bucket counts; taking every n-th one drew stripes)
+        depth, span = _block_mean(g.depth_imbalance.values, 600)
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [2, 1]})
-        im = ax1.imshow(g.depth_imbalance.values[::step].T, aspect="auto", cmap="RdBu", vmin=-1, vmax=1,
-                        origin="lower", extent=[0, 24 * g.sizes["time"] * bucket / pd.Timedelta("1D"),
-                                                0.5, g.sizes["level"] + 0.5])
-        ax1.set_xlabel("hour (UTC)")
+        hours = g.sizes["time"] * bucket / pd.Timedelta("1h")
+        im = ax1.imshow(depth.T, aspect="auto", cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest",
+                        origin="lower", extent=[0, hours, 0.5, g.sizes["level"] + 0.5])
+        ax1.set_xlabel("hours from the first bucket (UTC)")
         ax1.set_ylabel("levels 1..k")
-        ax1.set_title(f"{inst}: depth imbalance")
-        fig.colorbar(im, ax=ax1)
+        ax1.set_title(f"{inst}: depth imbalance (bid - ask)/(bid + ask), mean per {_duration(span * bucket)}",
+                      fontsize=9)
+        fig.colorbar(im, ax=ax1, label="imbalance (1)")
         reg = ofi_regression(grid, str(inst), every)
         ax2.scatter(reg["x"], reg["y"], s=3, alpha=0.4)
         if np.isfinite(reg["slope"]):
             xs = np.linspace(np.min(reg["x"]), np.max(reg["x"]), 10)
             ax2.plot(xs, reg["slope"] * xs + reg["intercept"], color="k")
-        ax2.set_xlabel(f"level-1 OFI per {_duration(every * bucket)}")
-        ax2.set_ylabel("mid change")
-        ax2.set_title(f"R^2 {reg['r2']:.2f}")
+        ax2.set_xlabel(f"level-1 OFI per {_duration(every * bucket)} ({units})", fontsize=8)
+        ax2.set_ylabel("mid change (quote currency)", fontsize=8)
+        ax2.set_title(f"{inst}: mid change on OFI, R\u00b2 {reg['r2']:.2f}", fontsize=9)
         parts.append(_png(fig))
         rows.append({"instrument": str(inst), "windows": reg["n"], "slope (price per unit OFI)": reg["slope"],
                      "R^2": reg["r2"], "mean |queue imbalance|": float(np.abs(g.depth_imbalance.isel(level=0)).mean()),
@@ -427,6 +471,15 @@ def cascade_section(results: xr.DataTree, days: list[str]) -> str:
              f"shock (1: nobody liquidated). Depth beyond the visible levels: {html.escape(str(extrapolation))} "
              "(see docs/methodology.md).</p>"]
     names = [str(i) for i in ca.instrument.values]
+    valid = ca.amplification.notnull()
+    exhausted_share = float(ca.book_exhausted.where(valid).mean()) if bool(valid.any()) else 0.0
+    depth_note = ("<p class='meta'><b>Depth assumption:</b> "
+                  + (f"beyond the visible levels each further {100 * float(extrapolation):g} % of price holds "
+                     "the visible side's size again (depth_extrapolation "
+                     f"{html.escape(str(extrapolation))})" if str(extrapolation) != "none"
+                     else "none: a cascade stops at the deepest visible level")
+                  + f"; {100 * exhausted_share:.0f} % of these cascades ran past the visible book, so "
+                  "their size depends on that assumption more than on the data.</p>")
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
     for inst in names:
         amp = ca.amplification.sel(instrument=inst)
@@ -443,7 +496,7 @@ def cascade_section(results: xr.DataTree, days: list[str]) -> str:
     axes[0].set_ylabel("amplification (median, 10-90 % band)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    parts.append("<h3>Amplification versus initial shock</h3>" + _png(fig))
+    parts.append("<h3>Amplification versus initial shock</h3>" + _png(fig) + depth_note)
     fig, axes = _panels(len(names), 3.0)
     move = (ca.final_price / ca.mid_price - 1) * 100
     lim = float(np.nanpercentile(np.abs(move.values), 99)) if np.isfinite(move.values).any() else 1.0
@@ -451,13 +504,18 @@ def cascade_section(results: xr.DataTree, days: list[str]) -> str:
         z = move.sel(instrument=inst).values.T
         mesh = ax.pcolormesh(ca.time.values, np.arange(shocks.size), z, shading="nearest", cmap="RdBu",
                              vmin=-lim, vmax=lim)
+        gone = ca.book_exhausted.sel(instrument=inst).values.T.astype(float)
+        if gone.any():  # hatched: the cascade ran past the visible book (extrapolated depth)
+            ax.contourf(ca.time.values, np.arange(shocks.size), gone, levels=[0.5, 1.5], colors="none",
+                        hatches=["////"])
         ax.set_yticks(np.arange(shocks.size)[::2], [f"{v:+.0%}" for v in shocks[::2]], fontsize=7)
         ax.set_title(inst, fontsize=9)
         ax.set_ylabel("initial shock", fontsize=8)
         ax.tick_params(axis="x", labelsize=7, rotation=30)
         fig.colorbar(mesh, ax=ax, label="final move (%)")
     fig.tight_layout()
-    parts.append("<h3>Final price move, time x initial shock</h3>" + _png(fig))
+    parts.append("<h3>Final price move, time x initial shock</h3>" + _png(fig)
+                 + "<p class='meta'>Hatched cells: the cascade ran past the visible book.</p>" + depth_note)
     down = shocks[shocks < 0]
     ref = float(down[np.argmin(np.abs(down + 0.05))]) if down.size else float(shocks[0])
     at = ca.sel(initial_shock=ref)
@@ -468,10 +526,10 @@ def cascade_section(results: xr.DataTree, days: list[str]) -> str:
         rows.append({"instrument": inst, "median amplification": float(np.nanmedian(amp)),
                      "max amplification": float(np.nanmax(amp)) if np.isfinite(amp).any() else np.nan,
                      "median liquidated (USD)": float(a.liquidated_notional.median()),
-                     "visible book exhausted (share)": float(a.book_exhausted.mean()),
+                     "visible book exhausted (%)": 100 * float(a.book_exhausted.mean()),
                      "median rounds": float(a.rounds.median())})
     parts.append(f"<h3>At an initial shock of {ref:+.0%}</h3>"
-                 + _table(pd.DataFrame(rows).set_index("instrument")))
+                 + _table(pd.DataFrame(rows).set_index("instrument")) + depth_note)
     # when in the day the books were most fragile: amplification at the reference shock by
     # UTC hour, over every day of the results
     by_hour = at.amplification.groupby(at.time.dt.hour).median()
@@ -484,14 +542,17 @@ def cascade_section(results: xr.DataTree, days: list[str]) -> str:
     ax.set_xticks(range(0, 24, 2))
     ax.legend(fontsize=8)
     fig.tight_layout()
-    parts.append("<h3>Fragility by time of day</h3>" + _png(fig))
+    parts.append("<h3>Fragility by time of day</h3>" + _png(fig) + depth_note)
     frag = at.amplification.to_dataframe().dropna(subset=["amplification"])
     frag = frag.sort_values("amplification", ascending=False).groupby(level="instrument", sort=False).head(3)
     frag = frag.assign(**{"final move (%)": (at.final_price / at.mid_price - 1).to_series().loc[frag.index] * 100,
                           "liquidated (USD)": at.liquidated_notional.to_series().loc[frag.index]})
+    frag = frag.assign(**{"past the visible book": at.book_exhausted.to_series().loc[frag.index].map(
+        {True: "yes", False: "no"})})
     frag.index = pd.Index([f"{i} {pd.Timestamp(t):%Y-%m-%d %H:%M}" for i, t in frag.index], name="instrument, time")
     parts.append(f"<h3>Most fragile times: the 3 largest amplifications at {ref:+.0%} per instrument</h3>"
-                 + _table(frag[["amplification", "final move (%)", "liquidated (USD)"]]))
+                 + _table(frag[["amplification", "final move (%)", "liquidated (USD)", "past the visible book"]])
+                 + depth_note)
     return "\n".join(parts)
 
 
@@ -561,6 +622,7 @@ def write_report(results_path, out_path, *, title: str = "gpu_risk report", meta
         body.append(f"<p class='meta'><b>{html.escape(key)}</b>: {html.escape(str(value))}</p>")
     if days:
         body.append(operator_section(results, days, operator_summary(results_path, limits)))
+        body.append(trends_section(results, days))
         for family in families().values():
             # a family's section only where some day holds its results
             if family.report is not None and any(g in results[d].children for d in days for g in family.groups):

@@ -54,7 +54,9 @@ def _env(copy: Path) -> dict:
     bindir = Path(sys.executable).parent
     return {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
             # the demo's size, small (the Makefile's variables; the commands stay as written)
-            "DEMO_DAYS": "2", "DEMO_INSTRUMENTS": "2", "DEMO_ACCOUNTS": "1500", "DEMO_SNAPSHOTS": "3000"}
+            "DEMO_DAYS": "2", "DEMO_INSTRUMENTS": "2", "DEMO_ACCOUNTS": "1500", "DEMO_SNAPSHOTS": "3000",
+            # the copy shares this environment: make must never reinstall it from the copy
+            "MAKEFLAGS": "-o .venv/.installed"}
 
 
 def test_every_readme_command_runs_as_written(clean_copy):

@@ -234,7 +234,7 @@ def test_a_gap_longer_than_max_carry_is_nan_not_a_stale_book(max_carry, chunks):
         assert int(masked.sum()) in (int((12 * 60 - limit) // 10), int((12 * 60 - limit) // 10) + 1)
         assert (a.n_updates.values[masked] == 0).all() and (a.ofi.values[masked] == 0).all()
         assert np.isnan(a.band_imbalance.values[masked]).all() and np.isnan(a.depth_imbalance.values[masked]).all()
-    assert grid.attrs["max_carry"] == ("none" if max_carry is None else str(pd.Timedelta(max_carry)))
+    assert grid.attrs["max_carry"] == ("none" if max_carry is None else pd.Timedelta(max_carry).isoformat())
 
 
 def test_gaps_across_midnight_tile_day_by_day(tmp_path):

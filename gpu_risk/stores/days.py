@@ -403,6 +403,10 @@ def write_day_dataset(
     if any(v.chunks is not None for v in ds.variables.values()):
         # one Dask chunk per Zarr chunk: no two tasks ever write the same Zarr chunk
         ds = ds.chunk({d: chunk_dims.get(d, -1) for d in ds.dims})
+        # small string labels (size_units, ...) stay in memory: a Dask array of strings
+        # would be loaded anyway to find its type
+        ds = ds.assign_coords({name: ds[name].compute() for name in ds.coords
+                               if ds[name].dtype.kind in "OUT" and ds[name].chunks is not None})
     ds.attrs[COMPLETE] = False
     ds.to_zarr(str(path), group=group, mode="w", encoding=enc, **_zarr_kwargs())
     if any(TICKS_ATTR in v.attrs for v in ds.data_vars.values()):
