@@ -144,7 +144,7 @@ def operator_section(results: xr.DataTree, days: list[str], operator: dict) -> s
             "collateral value (USD)": r["collateral_value"], "requirement (USD)": r["requirement"],
             "gross exposure (USD)": r["gross_exposure"]} for r in top]).set_index("account")
         parts.append(f"<h3>Accounts at risk: collateral ratio below {operator['watch_ratio']:g}, largest "
-                     "notional first</h3>" + _table(df.astype(object).where(df.notnull(), float("nan"))))
+                     "gross exposure first</h3>" + _table(df.astype(object).where(df.notnull(), float("nan"))))
     parts.append(glance_section(results, days))
     caveats = []
     scenario = operator.get("worst_scenario")
@@ -169,18 +169,24 @@ def trends_section(results: xr.DataTree, days: list[str]) -> str:
     names = list(dict.fromkeys(name for values in table.values() for name in values))
     if not names:
         return ""
+    kinds = {name: kind for values in table.values() for name, (_, kind) in values.items()}
     df = pd.DataFrame({name: [table[d][name][0] if name in table[d] else np.nan for d in days] for name in names},
                       index=pd.Index(days, name="date"))
-    # one column per figure is wide: days down, figures across, as the reader scans a day
-    parts = [f"<h2>Trends over {len(days)} days</h2>", _table(df)]
-    plotted = [n for n in names if df[n].notna().sum() > 1][:4]
+    shown = pd.DataFrame({name: [_fmt(v, kinds[name]) if np.isfinite(v) else "" for v in df[name]]
+                          for name in names}, index=df.index)
+    # days down, figures across, as the reader scans a day
+    parts = [f"<h2>Trends over {len(days)} days</h2>", _table(shown)]
+    plotted = [n for n in names if df[n].notna().sum() > 2][:4]  # a line needs three days to say much
     if plotted:
+        import matplotlib.dates as mdates  # noqa: PLC0415
+
         fig, axes = plt.subplots(1, len(plotted), figsize=(2.9 * len(plotted), 2.6), squeeze=False)
         for ax, name in zip(axes[0], plotted):
             ax.plot(pd.to_datetime(df.index), df[name].values, marker="o", ms=3)
             ax.set_title(name if len(name) < 40 else name[:38] + "...", fontsize=8)
+            ax.xaxis.set_major_locator(mdates.DayLocator(interval=max(1, len(days) // 6)))
+            ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))
             ax.tick_params(labelsize=7)
-            ax.tick_params(axis="x", rotation=30)
         fig.tight_layout()
         parts.append(_png(fig, alt="trends of " + ", ".join(plotted)))
     return "".join(parts)

@@ -19,3 +19,24 @@ def test_every_source_path_the_docs_name_exists():
     missing = [f"{doc.name}: {path}" for doc in DOCS for path in pattern.findall(doc.read_text())
                if not (REPO / path).exists()]
     assert not missing, "\n".join(missing)
+
+
+def test_the_yaml_examples_in_the_docs_are_valid():
+    """The market file layout, the limits section and the overnight workflow, as the docs
+    show them, are accepted by the code that reads them."""
+    import re
+
+    import yaml
+
+    from gpu_risk.limits import Limits
+    from gpu_risk.store import market_from_dict
+    from gpu_risk.workflow import load_config
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    market = re.search(r"## Market files.*?```yaml\n(.*?)```", (docs / "data.md").read_text(), re.S).group(1)
+    assert market_from_dict(yaml.safe_load(market)).sizes["instrument"] == 3
+    limits = re.search(r"```yaml\n(limits:.*?)```", (docs / "operations.md").read_text(), re.S).group(1)
+    parsed = Limits.model_validate(yaml.safe_load(limits)["limits"])
+    assert parsed.shortfall[0].shock == -0.2 and parsed.accounts_below_1.warn == 20
+    overnight = load_config(docs.parent / "workflows" / "overnight.yaml")
+    assert overnight.limits is not None and overnight.limits.cascade_amplification.max == 10
