@@ -85,7 +85,7 @@ def day_imbalance_grid(ctx: DayContext) -> xr.Dataset:
         if prev is not None:
             prev = to_backend(prev, ctx.backend)
             ds = xr.concat([prev, ds], "time", data_vars="minimal", coords="minimal",
-                           compat="override", join="override")
+                           compat="override", join="override").assign_attrs(ds.attrs)
         nodes[f"/{inst}"] = ds
     c = ctx.settings
     assert isinstance(c, ImbalanceConfig)

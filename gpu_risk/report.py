@@ -45,6 +45,8 @@ def _number(v: float) -> str:
     3.0721 / 0.02705."""
     if np.isnan(v):
         return ""
+    if v.is_integer() and abs(v) < 1e15:  # counts and round figures: no trailing zeros
+        return f"{v:,.0f}"
     if abs(v) >= 1000:
         return f"{v:,.0f}"
     if abs(v) >= 100:
@@ -124,9 +126,12 @@ def operator_section(results: xr.DataTree, days: list[str], operator: dict) -> s
                      f"(liquidatable now); <b>{near:,}</b> below {operator['watch_ratio']:g}.</p>")
     checks = operator.get("limits", [])
     if checks:
+        def shown(v):  # counts as counts; the rest with the digits that matter
+            return "" if v is None else f"{v:,.0f}" if float(v).is_integer() else _number(float(v))
+
         rows = "".join(
-            f"<tr><td>{html.escape(c['limit'])}</td><td>{'' if c['value'] is None else _number(float(c['value']))}"
-            f"</td><td>{_number(float(c['max']))}</td><td>{_number(float(c['warn']))}</td>"
+            f"<tr><td>{html.escape(c['limit'])}</td><td>{shown(c['value'])}"
+            f"</td><td>{shown(c['max'])}</td><td>{shown(c['warn'])}</td>"
             f"<td style='background:{STATUS_COLOURS[c['status']]};color:#fff'><b>{c['status']}</b></td></tr>"
             for c in checks)
         parts.append("<h3>Limits</h3><table><tr><th>limit</th><th>value</th><th>max</th><th>warn from</th>"
@@ -334,7 +339,7 @@ def imbalance_section(results: xr.DataTree, days: list[str]) -> str:
         ax1.set_ylabel("levels 1..k")
         ax1.set_title(f"{inst}: depth imbalance (bid - ask)/(bid + ask), mean per {_duration(span * bucket)}",
                       fontsize=9)
-        fig.colorbar(im, ax=ax1, label="imbalance (1)")
+        fig.colorbar(im, ax=ax1)
         reg = ofi_regression(grid, str(inst), every)
         ax2.scatter(reg["x"], reg["y"], s=3, alpha=0.4)
         if np.isfinite(reg["slope"]):
@@ -343,6 +348,9 @@ def imbalance_section(results: xr.DataTree, days: list[str]) -> str:
         ax2.set_xlabel(f"level-1 OFI per {_duration(every * bucket)} ({units})", fontsize=8)
         ax2.set_ylabel("mid change (quote currency)", fontsize=8)
         ax2.set_title(f"{inst}: mid change on OFI, R\u00b2 {reg['r2']:.2f}", fontsize=9)
+        ax2.xaxis.set_major_locator(plt.MaxNLocator(4))  # wide OFI values: labels never overlap
+        ax2.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+        fig.tight_layout()
         parts.append(_png(fig))
         rows.append({"instrument": str(inst), "windows": reg["n"], "slope (price per unit OFI)": reg["slope"],
                      "R^2": reg["r2"], "mean |queue imbalance|": float(np.abs(g.depth_imbalance.isel(level=0)).mean()),
@@ -393,19 +401,27 @@ def liquidation_section(results: xr.DataTree, days: list[str]) -> str:
     fig.tight_layout()
     parts.append(_png(fig))
     shock = liq.liquidation_shock_down.values
+    ratio = liq.collateral_ratio.values
     fig, ax = plt.subplots(figsize=(9, 3))
-    finite = shock[np.isfinite(shock)]
+    finite = shock[np.isfinite(shock) & (ratio >= 1)]
     ax.hist(finite * 100, bins=100, color="tab:blue")
     ax.set_xlabel("common market move at which the account is liquidated (%)")
     ax.set_ylabel("accounts")
-    ax.set_title(f"Distance to liquidation ({finite.size:,} of {shock.size:,} accounts have a threshold "
-                 f"down to -99 %)")
+    ax.set_title(f"Distance to liquidation ({finite.size:,} of {int((ratio >= 1).sum()):,} accounts above "
+                 "collateral ratio 1 have a threshold down to -99 %)", fontsize=10)
     parts.append(_png(fig))
-    order = np.argsort(np.where(np.isfinite(shock), -shock, np.inf))[:15]
-    top = pd.DataFrame({"collateral ratio": liq.collateral_ratio.values[order],
-                        "shock down": shock[order], "shock up": liq.liquidation_shock_up.values[order]},
+    # accounts not yet liquidatable (those below 1 lead the report), nearest down-move first;
+    # with their size, so that a small account does not read like a large one
+    candidates = np.where(np.isfinite(shock) & (ratio >= 1), -shock, np.inf)
+    order = np.argsort(candidates, kind="stable")[:15]
+    order = order[np.isfinite(candidates[order])]
+    top = pd.DataFrame({"collateral ratio": ratio[order], "move down to liquidation (%)": 100 * shock[order],
+                        "move up to liquidation (%)": 100 * liq.liquidation_shock_up.values[order]},
                        index=pd.Index(liq.account.values[order], name="account"))
-    parts.append("<h3>Accounts closest to liquidation (smallest down-move)</h3>" + _table(top))
+    if "gross_exposure" in liq:
+        top["gross exposure (USD)"] = liq.gross_exposure.values[order]
+    parts.append("<h3>Accounts above collateral ratio 1 closest to liquidation (smallest down-move)</h3>"
+                 + _table(top))
     oi = pd.DataFrame({"long OI (USD)": liq.long_open_interest.values,
                        "short OI (USD)": liq.short_open_interest.values,
                        "leverage imbalance (L-S)/(L+S)": liq.oi_imbalance.values,

@@ -241,7 +241,9 @@ def write_book_day(path, inst: Instrument, inst_index: int, day_index: int, day:
     lot = inst.depth / 1000.0  # as in _book_rows: prices are ticks x tick, sizes lots x lot
     writer = store.book_writer(path, inst.name, day, time, levels, chunk_rows,
                                extra_attrs={"source": f"gpu_risk synth seed={seed}",
-                                            "tick_size": inst.tick},
+                                            "tick_size": inst.tick,
+                                            "size_units": "USD contracts" if inst.kind == "inverse"
+                                            else "base units"},
                                ticks={"bid_price": (0.0, inst.tick), "ask_price": (0.0, inst.tick),
                                       "bid_size": (0.0, lot), "ask_size": (0.0, lot)})
     for start in range(0, snapshots, chunk_rows):

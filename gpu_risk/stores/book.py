@@ -55,6 +55,7 @@ from .days import (
     init_store,
     is_sealed,
     open_day_dataset,
+    shared_day_attrs,
     write_day_dataset,
 )
 
@@ -200,7 +201,8 @@ def open_book_instrument(path: PathLike, instrument: str, start: Any = None, end
         for a, b in zip(parts, parts[1:]) if a.sizes["time"] and b.sizes["time"])
     ds = parts[0] if len(parts) == 1 else xr.concat(
         parts, dim="time", data_vars="minimal", coords="minimal", compat="override", join="exact")
-    ds.attrs = {"instrument": instrument, "days": days, "store": str(path)}
+    ds.attrs = {"instrument": instrument, "days": days, "store": str(path),
+                **shared_day_attrs([dict(p.attrs) for p in parts])}
     if validate and clean:
         return stamp_validated(no_flags(ds) if on_bad_rows == "flag" else ds, "book")
     if validate:
@@ -252,6 +254,8 @@ def open_book(path: PathLike, instruments: Iterable[str] | None = None, start: A
     them: opening them again validates only what has no (current) record, unless
     ``trust_recorded=False``.
     """
+    if isinstance(instruments, str):  # one instrument, not its letters
+        instruments = [instruments]
     names = list(instruments) if instruments is not None else book_instruments(path)
     nodes = {}
     for inst in names:

@@ -65,6 +65,7 @@ from .days import (
     is_sealed,
     naming_metadata,
     seal_holds,
+    shared_day_attrs,
 )
 
 LAYOUT_ATTR = "gpu_risk_layout"
@@ -373,7 +374,8 @@ def open_instrument(path: PathLike, instrument: str, start: Any = None, end: Any
     if not sealed:  # changed since the last commit: a chunk missing or truncated is named
         check_manifest(path, instrument, attrs, extra_ok=True)
     ds = _dataset(path, instrument, group, _runs(index, days), chunks, latest)
-    ds.attrs = {"instrument": instrument, "days": days, "store": str(path)}
+    ds.attrs = {"instrument": instrument, "days": days, "store": str(path),
+                **shared_day_attrs([dict(index[d].get("attrs") or {}) for d in days])}
     times, offset = ds["time"].values, 0
     for d in days:
         n = int(index[d]["stop"]) - int(index[d]["start"])

@@ -269,6 +269,20 @@ def _day_names(path: PathLike, group: str) -> list[str]:
     return [d for d in child_groups(path, group) if DAY_NAME.match(d)]
 
 
+SHARED_DAY_ATTRS = ("size_units", "tick_size")  # what a book says of itself, kept when days agree
+
+
+def shared_day_attrs(per_day: list[dict]) -> dict:
+    """The descriptive attributes every day of an instrument has alike (its size units,
+    its tick), for the instrument's book over those days."""
+    out = {}
+    for key in SHARED_DAY_ATTRS:
+        values = [d.get(key) for d in per_day]
+        if values and values[0] is not None and all(v == values[0] for v in values):
+            out[key] = values[0]
+    return out
+
+
 def check_within_day(times: np.ndarray, day: str, *, store: str, instrument: str, offset: int = 0) -> None:
     """Every snapshot time of a stored day must fall on that UTC day (SPEC: snapshots
     outside their day are bad input); the error names the first one outside."""
