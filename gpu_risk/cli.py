@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -716,8 +717,8 @@ def migrate(
         console.print(f"migrated {book}: " + ", ".join(f"{k} {v} day(s)" for k, v in summary.items()))
 
 
-def _one_line(exc: BaseException, limit: int = 600) -> str:
-    """An exception as one line, long fields cut."""
+def _one_line(exc: BaseException | str, limit: int = 600) -> str:
+    """An exception (or a message) as one line, long fields cut."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 20] + f"... ({len(text):,} characters)"
 
@@ -734,7 +735,29 @@ def main() -> None:
 
     EXIT_WHEN_STUCK["on"] = True
     try:
-        app()
+        # not standalone: usage errors come here, to be said in one line like the others
+        code = app(standalone_mode=False, prog_name="gpu-risk")
+        sys.exit(code if isinstance(code, int) else 0)
+    except typer.Abort:
+        console.print("[red]interrupted[/red]")
+        sys.exit(130)
+    except typer.TyperException as exc:  # click's usage errors (typer's copy of click)
+        if debug:
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `gpu-risk` alone, `gpu-risk import`: the help
+            with contextlib.suppress(BrokenPipeError):
+                print(exc.format_message())
+            sys.exit(0)
+        names: list[str] = []
+        ctx = getattr(exc, "ctx", None)
+        while ctx is not None and ctx.parent is not None:  # the subcommands, not the program's name
+            names.insert(0, ctx.info_name)
+            ctx = ctx.parent
+        command = " ".join(names)
+        hint = f" (gpu-risk {command + ' ' if command else ''}-h lists the options)"
+        message = _one_line(exc.format_message()).replace("Value error, ", "")
+        console.print(f"[red]error:[/red] {escape(message)}{escape(hint)}", soft_wrap=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
         sys.exit(130)

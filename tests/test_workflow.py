@@ -77,7 +77,7 @@ def test_report_and_rerun_skips_complete_days(reference, tiny_dataset, tmp_path)
     assert "Open interest by instrument" in page and "data:image/png;base64" in page
     assert "Liquidation cascades" in page and "Most fragile times" in page and "Fragility by time of day" in page
     assert "Imbalance grids" in page and "Mid-price change on level-1 OFI" in page
-    assert "Liquidation thresholds" in page and "Accounts closest to liquidation" in page
+    assert "Liquidation thresholds" in page and "closest to liquidation" in page
     assert "Stress surfaces" in page and "Worst scenario" in page and "Shortfall change since" in page
 
 
