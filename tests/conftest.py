@@ -68,6 +68,15 @@ def make_positions(n=20, seed=1) -> xr.Dataset:
     )
 
 
+def synthetic_store(out, *, days=2, instruments=2, accounts=100, snapshots_per_day=300, levels=3) -> dict:
+    """A small synthetic dataset written under ``out``; its summary (paths, days, ...), as
+    `gpu-risk synth --json` prints it."""
+    from gpu_risk.synth import SynthConfig, synth
+
+    return synth(SynthConfig(out=str(out), days=days, instruments=instruments, accounts=accounts,
+                             snapshots_per_day=snapshots_per_day, levels=levels))
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A synthetic dataset of 2 days x 4 instruments x 3000 accounts (written once)."""

@@ -28,11 +28,9 @@ def one_line_error(done, *parts):
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    out = tmp_path_factory.mktemp("attacks")
-    made = cli("synth", "--out", out / "d", "--days", 2, "--instruments", 2, "--accounts", 100,
-               "--snapshots-per-day", 300, "--levels", 3, "--json")
-    assert made.returncode == 0, made.stderr
-    return json.loads(made.stdout)
+    from conftest import synthetic_store
+
+    return synthetic_store(tmp_path_factory.mktemp("attacks") / "d")
 
 
 def test_garbage_metadata_in_a_book_day_is_one_line(small, tmp_path):

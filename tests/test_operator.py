@@ -22,11 +22,10 @@ def cli(*args):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """The demo's families over a small synthetic store, with limits the data breaches."""
+    from conftest import synthetic_store
+
     out = tmp_path_factory.mktemp("operator")
-    made = cli("synth", "--out", out / "data", "--days", 2, "--instruments", 2, "--accounts", 2000,
-               "--snapshots-per-day", 2000, "--levels", 5, "--json")
-    assert made.returncode == 0, made.stderr
-    data = json.loads(made.stdout)
+    data = synthetic_store(out / "data", accounts=2000, snapshots_per_day=2000, levels=5)
     cfg = {"name": "ops", "stores": {k: data[k] for k in ("book", "positions", "market")},
            "families": ["summary", "imbalance", "liquidation", "stress", "cascade"],
            "output": str(out / "results.zarr"), "report": str(out / "report.html"), "scheduler": "sync",
