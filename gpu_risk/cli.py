@@ -599,6 +599,37 @@ def import_databento_cmd(
                           f"{bad[0][0]}, column {bad[0][1]}, value {escape(repr(bad[0][2]))}[/yellow]")
 
 
+@import_app.command("tardis")
+def import_tardis_cmd(
+    files: list[Path] = typer.Argument(..., exists=True, dir_okay=False,
+                                       help="Tardis CSV files (gzip or plain) of one layout, in time order"),
+    out: Path = typer.Option(..., help="book store to write or extend"),
+    levels: int | None = typer.Option(None, min=1, help="levels per side to store",
+                                      show_default="N of book_snapshot_N; 25 for incremental_book_L2"),
+    instrument: str | None = typer.Option(None, help="name in the store (files of one symbol)",
+                                          show_default="the symbol"),
+    as_json: bool = typer.Option(False, "--json", help="print the import report as JSON"),
+):
+    """Tardis.dev book_snapshot_N or incremental_book_L2 CSV into a book store."""
+    _limit_malloc_arenas()
+    from .importers.tardis import import_tardis
+
+    try:
+        summary = import_tardis([str(f) for f in files], out, levels=levels, instrument=instrument)
+    except (InputError, ValueError) as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(summary))
+        return
+    for path in summary["skipped_files"]:
+        console.print(f"{escape(path)} is already in {escape(str(out))}: skipped")
+    for name, info in summary["instruments"].items():
+        console.print(f"{escape(name)}: {info['snapshots']:,} snapshots over {', '.join(info['days'])}")
+    if summary["resets"] or summary["rows_before_snapshot"]:
+        console.print(f"[yellow]{summary['resets']} book reset(s) by a new snapshot; "
+                      f"{summary['rows_before_snapshot']} update row(s) before the first snapshot skipped[/yellow]")
+
+
 @app.command()
 def report(
     results: Path = typer.Argument(..., help="results store written by `gpu-risk run`"),

@@ -1,0 +1,240 @@
+"""Tardis.dev normalized CSV into a book store: ``book_snapshot_N`` and ``incremental_book_L2``.
+
+Both layouts (gzip or plain, any number of symbols and days per file) begin with
+``exchange,symbol,timestamp,local_timestamp``; ``timestamp`` is the exchange's time in
+microseconds since the epoch and becomes the snapshot time.
+
+* ``book_snapshot_N``: columns ``asks[i].price, asks[i].amount, bids[i].price,
+  bids[i].amount`` for i = 0..N-1; each row is a snapshot of the top N levels (an empty
+  field is an empty level). Stored as is.
+* ``incremental_book_L2``: columns ``is_snapshot, side, price, amount``. The rows of one
+  message share ``timestamp`` and ``local_timestamp``; a run of ``is_snapshot=true`` rows
+  after update rows resets the book (a reset: counted and reported, as Tardis does when a
+  venue reconnects), ``amount`` 0 deletes a level, and after each message the top
+  ``levels`` of each side are emitted as one snapshot. Rows of a symbol before its first
+  snapshot update an unknown book: they are skipped and counted.
+
+Files are read in blocks (``chunk_rows`` rows), each symbol's days spooled to disk and
+written when complete (``importers._spool``): memory does not grow with the file. A file
+already imported (the same bytes) is skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+from ._spool import DaySpool, file_digest, imported_files, record_imported
+from .binance import Side
+
+KEYS = ["exchange", "symbol", "timestamp", "local_timestamp"]
+INCREMENTAL = ["is_snapshot", "side", "price", "amount"]
+
+
+@dataclass
+class TardisReport:
+    layout: str = ""
+    files: list[str] = field(default_factory=list)
+    skipped_files: list[str] = field(default_factory=list)
+    rows: int = 0
+    instruments: dict[str, dict] = field(default_factory=dict)  # name -> {snapshots, days}
+    resets: int = 0  # snapshots that replaced a live book (incremental)
+    rows_before_snapshot: int = 0  # updates of a book not yet known (incremental)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _layout(path: Path) -> tuple[str, list[str], int]:
+    """("snapshot", columns, N) or ("incremental", columns, 0), from the header."""
+    try:
+        columns = list(pd.read_csv(path, nrows=0).columns)
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
+        raise InputError(f"cannot read the CSV header: {exc}", store=str(path), index=1, label="line 1") from exc
+    if columns[:4] != KEYS:
+        raise InputError(f"not a Tardis CSV: the header starts {columns[:4]}, not {KEYS}", store=str(path),
+                         index=1, label="line 1 (header)")
+    if columns[4:8] == INCREMENTAL:
+        return "incremental", columns, 0
+    levels = 0
+    while f"asks[{levels}].price" in columns:
+        levels += 1
+    expected = [f"{side}[{i}].{what}" for i in range(levels) for side in ("asks", "bids")
+                for what in ("price", "amount")]
+    if levels == 0 or columns[4:] != expected:
+        raise InputError("not a Tardis book_snapshot_N or incremental_book_L2 CSV (columns after "
+                         f"local_timestamp: {columns[4:8]}...)", store=str(path), index=1, label="line 1 (header)")
+    return "snapshot", columns, levels
+
+
+def _chunks(path: Path, chunk_rows: int, dtypes: dict):
+    """Blocks of rows, and the file line of each block's first row; one clear error for a
+    malformed block (naming the file and the block's first line)."""
+    first = 2
+    try:
+        for chunk in pd.read_csv(path, chunksize=chunk_rows, dtype=dtypes, keep_default_na=True):
+            yield first, chunk
+            first += len(chunk)
+    except (ValueError, pd.errors.ParserError, EOFError, OSError) as exc:
+        raise InputError(f"malformed CSV after line {first}: {' '.join(str(exc).split())[:300]}",
+                         store=str(path), index=first, label=f"line {first}") from exc
+
+
+def _micros_to_ns(values: pd.Series, path: Path, first: int) -> np.ndarray:
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = numbers.isna().to_numpy()
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InputError(f"timestamp {values.iloc[i]!r} is not a number of microseconds", store=str(path),
+                         variable="timestamp", index=first + i, label=f"line {first + i}")
+    return numbers.to_numpy(dtype=np.int64) * 1000
+
+
+def import_tardis(files, out, levels: int | None = None, instrument: str | None = None,
+                  chunk_rows: int = 262_144) -> dict:
+    """Import Tardis CSV files of one layout into the book store ``out``; returns the
+    :class:`TardisReport` as a dict. ``levels``: levels per side to store (default: the
+    file's N for ``book_snapshot_N``, 25 for ``incremental_book_L2``); ``instrument``: the
+    name in the store when the files hold one symbol (default: the symbol).
+
+    Example::
+
+        >>> import_tardis(["binance-futures_book_snapshot_5_BTCUSDT.csv"], "data/tardis.zarr")  # doctest: +SKIP
+        {'layout': 'snapshot', ..., 'instruments': {'BTCUSDT': {'snapshots': 10, ...}}}
+    """
+    paths = [Path(f) for f in files]
+    report = TardisReport(files=[str(p) for p in paths])
+    layouts = {p: _layout(p) for p in paths}
+    kinds = {kind for kind, _, _ in layouts.values()}
+    if len(kinds) > 1:
+        raise InputError("the files mix book_snapshot_N and incremental_book_L2: import each layout on its own",
+                         store=str(paths[0]))
+    report.layout = kinds.pop() if kinds else ""
+    digests = {p: file_digest(p) for p in paths}
+    done = imported_files(out)
+    report.skipped_files = [str(p) for p in paths if digests[p] in done]
+    paths = [p for p in paths if digests[p] not in done]
+    if levels is not None and levels < 1:
+        raise ValueError("levels must be >= 1")
+    spools: dict[str, DaySpool] = {}
+
+    def spool_of(symbol: str, n_levels: int, path: Path) -> DaySpool:
+        name = instrument or symbol
+        if name not in spools:
+            if instrument is not None and spools:
+                raise InputError(f"--instrument names one instrument, but the files hold several symbols "
+                                 f"({', '.join(sorted(spools))}, {symbol})", store=str(path))
+            spools[name] = DaySpool(out, name, n_levels, chunk_rows,
+                                    {"source": f"Tardis {report.layout} {path.name}",
+                                     "size_units": "venue units (amount)"})
+        return spools[name]
+
+    try:
+        for path in paths:
+            kind, columns, n = layouts[path]
+            if kind == "snapshot":
+                _read_snapshots(path, columns, n, levels or n, chunk_rows, spool_of, report)
+            else:
+                _read_incremental(path, levels or 25, chunk_rows, spool_of, report)
+    except BaseException:
+        for spool in spools.values():
+            spool.discard()
+        raise
+    for name, spool in spools.items():
+        snapshots, days = spool.close()
+        report.instruments[name] = {"snapshots": snapshots, "days": days}
+    if spools:
+        record_imported(out, {digests[p]: {"file": p.name, "instrument": sorted(spools)} for p in paths})
+    return report.as_dict()
+
+
+def _read_snapshots(path, columns, n, levels, chunk_rows, spool_of, report) -> None:
+    keep = min(levels, n)
+    names = {side: ([f"{side}[{i}].price" for i in range(keep)], [f"{side}[{i}].amount" for i in range(keep)])
+             for side in ("bids", "asks")}
+    numeric = dict.fromkeys(columns[4:], "float64")
+    for first, chunk in _chunks(path, chunk_rows, {"symbol": str, **numeric}):
+        report.rows += len(chunk)
+        t_ns = _micros_to_ns(chunk["timestamp"], path, first)
+        block = np.full((4, len(chunk), levels), np.nan)
+        block[1] = block[3] = 0.0
+        for k, side in ((0, "bids"), (2, "asks")):
+            prices, sizes = names[side]
+            block[k][:, :keep] = chunk[prices].to_numpy(dtype=np.float64)
+            block[k + 1][:, :keep] = chunk[sizes].to_numpy(dtype=np.float64)
+            empty = np.isnan(block[k]) | (np.nan_to_num(block[k + 1], nan=0.0) == 0.0)
+            block[k][empty], block[k + 1][empty] = np.nan, 0.0  # an empty level: no price, size 0
+        symbols = chunk["symbol"].astype(str).to_numpy()
+        for symbol in pd.unique(symbols):
+            rows = np.flatnonzero(symbols == symbol)
+            spool_of(str(symbol), levels, path).add(t_ns[rows], block[:, rows],
+                                                   where=f"{path}:{first + int(rows[0])}")
+
+
+@dataclass
+class _Book:
+    bids: Side = field(default_factory=lambda: Side(descending=True))
+    asks: Side = field(default_factory=lambda: Side(descending=False))
+    known: bool = False
+    in_snapshot: bool = False
+
+
+def _read_incremental(path, levels, chunk_rows, spool_of, report) -> None:
+    books: dict[str, _Book] = {}
+    row = np.empty((4, 1, levels))
+    pending: dict[str, Any] = {}  # symbol -> (message key, line) of the message being read
+
+    def emit(symbol: str, key, line: int) -> None:
+        book = books[symbol]
+        book.bids.top(levels, 1.0, row[0, 0], row[1, 0])
+        book.asks.top(levels, 1.0, row[2, 0], row[3, 0])
+        spool_of(symbol, levels, path).add(np.array([key[0] * 1000], dtype=np.int64), row,
+                                           where=f"{path}:{line}")
+
+    dtypes = {"symbol": str, "side": str, "is_snapshot": str, "price": "float64", "amount": "float64"}
+    for first, chunk in _chunks(path, chunk_rows, dtypes):
+        report.rows += len(chunk)
+        stamps = _micros_to_ns(chunk["timestamp"], path, first) // 1000
+        local = _micros_to_ns(chunk["local_timestamp"], path, first) // 1000
+        snapshot = chunk["is_snapshot"].str.lower().to_numpy()
+        if not np.isin(snapshot, ["true", "false"]).all():
+            i = int(np.argmax(~np.isin(snapshot, ["true", "false"])))
+            raise InputError(f"is_snapshot {chunk['is_snapshot'].iloc[i]!r} is neither true nor false",
+                             store=str(path), variable="is_snapshot", index=first + i, label=f"line {first + i}")
+        sides = chunk["side"].str.lower().to_numpy()
+        if not np.isin(sides, ["bid", "ask"]).all():
+            i = int(np.argmax(~np.isin(sides, ["bid", "ask"])))
+            raise InputError(f"side {chunk['side'].iloc[i]!r} is neither bid nor ask", store=str(path),
+                             variable="side", index=first + i, label=f"line {first + i}")
+        prices, amounts = chunk["price"].to_numpy(), chunk["amount"].to_numpy()
+        symbols = chunk["symbol"].astype(str).to_numpy()
+        for i in range(len(chunk)):
+            symbol, key, line = symbols[i], (int(stamps[i]), int(local[i])), first + i
+            book = books.setdefault(symbol, _Book())
+            waiting = pending.get(symbol)
+            if waiting is not None and waiting[0] != key:  # the symbol's previous message is complete
+                emit(symbol, *waiting)
+                pending.pop(symbol)
+            is_snap = snapshot[i] == "true"
+            if is_snap and not book.in_snapshot:  # a snapshot begins: the book starts afresh
+                if book.known:
+                    report.resets += 1
+                book.bids.clear()
+                book.asks.clear()
+                book.known = True
+            book.in_snapshot = is_snap
+            if not book.known:
+                report.rows_before_snapshot += 1
+                continue
+            if not (np.isfinite(prices[i]) and np.isfinite(amounts[i])):
+                raise InputError("price or amount is not a number", store=str(path), variable="price",
+                                 index=line, label=f"line {line}")
+            (book.bids if sides[i] == "bid" else book.asks).set(float(prices[i]), float(amounts[i]))
+            pending[symbol] = (key, line)
+    for symbol, waiting in pending.items():
+        emit(symbol, *waiting)
