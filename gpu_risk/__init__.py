@@ -11,6 +11,7 @@ from .liquidation import liquidation
 from .store import (
     open_book,
     open_market,
+    open_market_history,
     open_positions,
     open_results,
     write_book,
@@ -31,6 +32,7 @@ __all__ = [
     "SchemaError",
     "open_book",
     "open_market",
+    "open_market_history",
     "open_positions",
     "open_results",
     "write_book",

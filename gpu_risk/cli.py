@@ -603,14 +603,15 @@ def import_databento_cmd(
 def import_tardis_cmd(
     files: list[Path] = typer.Argument(..., exists=True, dir_okay=False,
                                        help="Tardis CSV files (gzip or plain) of one layout, in time order"),
-    out: Path = typer.Option(..., help="book store to write or extend"),
+    out: Path = typer.Option(..., help="book store to write or extend (derivative_ticker: a market history store)"),
     levels: int | None = typer.Option(None, min=1, help="levels per side to store",
                                       show_default="N of book_snapshot_N; 25 for incremental_book_L2"),
     instrument: str | None = typer.Option(None, help="name in the store (files of one symbol)",
                                           show_default="the symbol"),
     as_json: bool = typer.Option(False, "--json", help="print the import report as JSON"),
 ):
-    """Tardis.dev book_snapshot_N or incremental_book_L2 CSV into a book store."""
+    """Tardis.dev CSV: book_snapshot_N or incremental_book_L2 into a book store, derivative_ticker
+    (funding, open interest, prices) into a market history store."""
     _limit_malloc_arenas()
     from .importers.tardis import import_tardis
 
@@ -624,7 +625,8 @@ def import_tardis_cmd(
     for path in summary["skipped_files"]:
         console.print(f"{escape(path)} is already in {escape(str(out))}: skipped")
     for name, info in summary["instruments"].items():
-        console.print(f"{escape(name)}: {info['snapshots']:,} snapshots over {', '.join(info['days'])}")
+        what = f"{info['snapshots']:,} snapshots" if "snapshots" in info else f"{info['updates']:,} updates"
+        console.print(f"{escape(name)}: {what} over {', '.join(info['days'])}")
     if summary["resets"] or summary["rows_before_snapshot"]:
         console.print(f"[yellow]{summary['resets']} book reset(s) by a new snapshot; "
                       f"{summary['rows_before_snapshot']} update row(s) before the first snapshot skipped[/yellow]")

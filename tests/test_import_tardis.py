@@ -156,3 +156,44 @@ def test_the_command_line(tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["instruments"]["BTCUSDT"]["snapshots"] == 10
     assert store.book_days(tmp_path / "t.zarr") == {"BTCUSDT": ["2020-09-01"]}
+
+
+def test_derivative_tickers_become_a_market_history(tmp_path):
+    """Two symbols over two UTC days, empty fields included: the market history holds every
+    row, day by day, each field as written; the same file again is skipped; a time going
+    backwards is an error naming the line."""
+    import gpu_risk
+
+    head = ("exchange,symbol,timestamp,local_timestamp,funding_timestamp,funding_rate,predicted_funding_rate,"
+            "open_interest,last_price,index_price,mark_price\n")
+    rng = np.random.default_rng(3)
+    start = 1_598_918_400_000_000 - 3_600_000_000  # 2020-08-31 23:00 UTC, in microseconds
+    rows = []
+    for k in range(400):
+        for symbol, price in (("BTCUSDT", 11_650.0), ("ETHUSDT", 430.0)):
+            t = start + k * 18_000_000 + (7 if symbol == "ETHUSDT" else 0)
+            values = [start + 8 * 3_600_000_000, rng.normal(1e-4, 1e-5), rng.normal(1e-4, 1e-5),
+                      rng.uniform(1e5, 2e5), price + rng.normal(), price + rng.normal(), price + rng.normal()]
+            fields = ["" if (k % 50 == 0 and i == 3) else repr(float(v)) for i, v in enumerate(values)]
+            rows.append(f"binance-futures,{symbol},{t},{t + 100}," + ",".join(fields))
+    path = tmp_path / "derivative_ticker.csv"
+    path.write_text(head + "\n".join(rows) + "\n")
+    report = import_tardis([path], tmp_path / "history.zarr", chunk_rows=97)
+    assert report["layout"] == "derivative_ticker"
+    assert report["instruments"]["BTCUSDT"] == {"updates": 400, "days": ["2020-08-31", "2020-09-01"]}
+    history = gpu_risk.open_market_history(tmp_path / "history.zarr")
+    raw = pd.read_csv(path)
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        got = history[symbol].to_dataset().load()
+        want = raw[raw.symbol == symbol]
+        np.testing.assert_array_equal(got.time.values.astype("datetime64[us]").astype(np.int64), want.timestamp)
+        for name in ("funding_rate", "predicted_funding_rate", "open_interest", "last_price", "index_price",
+                     "mark_price"):
+            np.testing.assert_array_equal(got[name].values, want[name].values, err_msg=name)
+        assert np.isnan(got.open_interest.values[::50]).all() and got.open_interest.attrs["units"]
+    assert import_tardis([path], tmp_path / "history.zarr")["skipped_files"] == [str(path)]
+    back = tmp_path / "back.csv"
+    back.write_text(head + rows[10] + "\n" + rows[0] + "\n")
+    with pytest.raises(InputError, match="time goes backwards") as info:
+        import_tardis([back], tmp_path / "other.zarr")
+    assert info.value.index == 3

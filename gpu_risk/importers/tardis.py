@@ -1,4 +1,5 @@
-"""Tardis.dev normalized CSV into a book store: ``book_snapshot_N`` and ``incremental_book_L2``.
+"""Tardis.dev normalized CSV: ``book_snapshot_N`` and ``incremental_book_L2`` into a book
+store, ``derivative_ticker`` into a market history store (``stores.market_history``).
 
 Both layouts (gzip or plain, any number of symbols and days per file) begin with
 ``exchange,symbol,timestamp,local_timestamp``; ``timestamp`` is the exchange's time in
@@ -34,6 +35,8 @@ from .binance import Side
 
 KEYS = ["exchange", "symbol", "timestamp", "local_timestamp"]
 INCREMENTAL = ["is_snapshot", "side", "price", "amount"]
+TICKER = ["funding_timestamp", "funding_rate", "predicted_funding_rate", "open_interest", "last_price",
+          "index_price", "mark_price"]
 
 
 @dataclass
@@ -61,6 +64,8 @@ def _layout(path: Path) -> tuple[str, list[str], int]:
                          index=1, label="line 1 (header)")
     if columns[4:8] == INCREMENTAL:
         return "incremental", columns, 0
+    if columns[4:] == TICKER:
+        return "derivative_ticker", columns, 0
     levels = 0
     while f"asks[{levels}].price" in columns:
         levels += 1
@@ -121,6 +126,12 @@ def import_tardis(files, out, levels: int | None = None, instrument: str | None 
     paths = [p for p in paths if digests[p] not in done]
     if levels is not None and levels < 1:
         raise ValueError("levels must be >= 1")
+    if report.layout == "derivative_ticker":
+        _read_tickers(paths, out, instrument, chunk_rows, report)
+        if report.instruments:
+            record_imported(out, {digests[p]: {"file": p.name, "instrument": sorted(report.instruments)}
+                                  for p in paths})
+        return report.as_dict()
     spools: dict[str, DaySpool] = {}
 
     def spool_of(symbol: str, n_levels: int, path: Path) -> DaySpool:
@@ -238,3 +249,61 @@ def _read_incremental(path, levels, chunk_rows, spool_of, report) -> None:
             pending[symbol] = (key, line)
     for symbol, waiting in pending.items():
         emit(symbol, *waiting)
+
+
+def _read_tickers(paths, out, instrument, chunk_rows, report) -> None:
+    """``derivative_ticker`` rows into the market history store, each symbol's UTC day
+    written whole when the next begins (or the files end)."""
+    from ..stores import market_history  # noqa: PLC0415
+
+    stored = market_history.market_history_days(out)
+    days: dict[str, dict] = {}  # name -> {"day", "rows": [frames], "file"}: the day being read
+    last_seen: dict[str, int] = {}  # name -> the latest update time read (ns)
+
+    def flush(name: str) -> None:
+        current = days.pop(name, None)
+        if not current or not current["rows"]:
+            return
+        table = pd.concat(current["rows"])
+        values = {f: table[f].to_numpy(dtype=np.float64) for f in market_history.FIELDS}
+        funding = pd.to_numeric(table["funding_timestamp"], errors="coerce").to_numpy(dtype=np.float64)
+        funding_time = np.where(np.isfinite(funding), funding * 1000, np.nan)
+        funding_time = np.array([np.datetime64(int(v), "ns") if np.isfinite(v) else np.datetime64("NaT", "ns")
+                                 for v in funding_time], dtype="datetime64[ns]")
+        market_history.write_market_history_day(out, name, current["day"], table["t_ns"].to_numpy().astype(
+            "datetime64[ns]"), values, funding_time, {"source": f"Tardis derivative_ticker {current['file']}"})
+        info = report.instruments.setdefault(name, {"updates": 0, "days": []})
+        info["updates"] += len(table)
+        info["days"].append(current["day"])
+
+    numeric = dict.fromkeys(TICKER, "float64")
+    for path in paths:
+        for first, chunk in _chunks(path, chunk_rows, {"symbol": str, **numeric}):
+            report.rows += len(chunk)
+            chunk = chunk.assign(t_ns=_micros_to_ns(chunk["timestamp"], path, first),
+                                 line=first + np.arange(len(chunk)))
+            for symbol, rows in chunk.groupby("symbol", sort=False):
+                name = instrument or str(symbol)
+                if instrument is not None and any(n != name for n in days):
+                    raise InputError("--instrument names one instrument, but the files hold several symbols",
+                                     store=str(path))
+                t = rows["t_ns"].to_numpy()
+                last = last_seen.get(name)
+                back = np.flatnonzero(np.diff(np.concatenate([[last], t]) if last is not None else t) < 0)
+                if back.size:
+                    line = int(rows["line"].to_numpy()[back[0] + (0 if last is not None else 1)])
+                    raise InputError(f"time goes backwards at {path}:{line}", store=str(out), instrument=name,
+                                     index=line, label=f"line {line}")
+                day_of = t.astype("datetime64[ns]").astype("datetime64[D]").astype(str)
+                for day in pd.unique(day_of):
+                    part = rows[day_of == day]
+                    if day in stored.get(name, []):
+                        raise InputError(f"the store already holds {name} on {day} (overlapping or repeated "
+                                         "input)", store=str(out), instrument=name)
+                    if name in days and days[name]["day"] != day:
+                        flush(name)
+                    current = days.setdefault(name, {"day": day, "rows": [], "file": path.name})
+                    current["rows"].append(part)
+                last_seen[name] = int(t[-1])
+    for name in list(days):
+        flush(name)
