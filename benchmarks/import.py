@@ -2,8 +2,10 @@
 
     python benchmarks/import.py [--data ../shared/data/real]
 
-Prints snapshots/s (and input lines/s for Binance) for each importer, best of 3, each into
-a fresh store, and the same machine's one-thread memory read bandwidth for scale.
+Prints snapshots/s (and input lines/s for Binance and Tardis) for each importer, best of 3,
+each into a fresh store, and the same machine's one-thread memory read bandwidth for scale.
+Tardis: the shared USD-M Binance capture written as incremental_book_L2 rows (the
+conversion of tests/test_import_tardis.py), so that both importers read the same book.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from _common import machine
 from gpu_risk.importers.binance import import_binance
 from gpu_risk.importers.databento import import_databento
 from gpu_risk.importers.lobster import import_lobster
+from gpu_risk.importers.tardis import import_tardis
 
 
 def timed(fn, repeat=3):
@@ -59,6 +62,17 @@ def main() -> None:
         s, r = timed(lambda out: import_binance([feed / f for f in files], 10, out))
         print(f"binance   {name}, 10 levels: {r['snapshots']:,} snapshots from {r['lines']:,} lines in {s:.2f} s = "
               f"{r['snapshots'] / s:,.0f} snapshots/s, {r['lines'] / s:,.0f} lines/s")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_import_tardis import _binance_as_tardis  # noqa: PLC0415  (the tests' converter)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = Path(tmp) / "usdm_incremental_book_L2.csv"
+        _binance_as_tardis(feed / "usdm/btcusdt_20240808.gz", rows)
+        lines = sum(1 for _ in open(rows)) - 1
+        s, r = timed(lambda out: import_tardis([rows], out, levels=10))
+        print(f"tardis    usdm BTCUSDT as incremental_book_L2, 10 levels: "
+              f"{r['instruments']['BTCUSDT']['snapshots']:,} snapshots from {lines:,} rows in {s:.2f} s = "
+              f"{lines / s:,.0f} rows/s")
     dbn = real / "databento_aapl_mbp10_2024-10-21/first_25000_rows.csv"
     s, r = timed(lambda out: import_databento(dbn, out, on_bad_rows="flag"))
     print(f"databento AAPL MBP-10: {r['AAPL']['snapshots']:,} snapshots in {s:.2f} s = "
