@@ -63,7 +63,7 @@ def main() -> None:
         print(f"binance   {name}, 10 levels: {r['snapshots']:,} snapshots from {r['lines']:,} lines in {s:.2f} s = "
               f"{r['snapshots'] / s:,.0f} snapshots/s, {r['lines'] / s:,.0f} lines/s")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from test_import_tardis import _binance_as_tardis  # noqa: PLC0415  (the tests' converter)
+    from test_import_tardis import _binance_as_tardis  # the tests' converter
 
     with tempfile.TemporaryDirectory() as tmp:
         rows = Path(tmp) / "usdm_incremental_book_L2.csv"
