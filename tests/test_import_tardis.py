@@ -141,8 +141,9 @@ def test_resets_updates_before_a_snapshot_and_bad_rows(tmp_path):
         import_tardis([tmp_path / "flag.csv"], tmp_path / "c.zarr")
     assert info.value.index == 2
     (tmp_path / "back.csv").write_text(head + "x,AAA,5000,1,true,bid,9,1\nx,AAA,4000,2,false,bid,9,2\n")
-    with pytest.raises(InputError, match="event time goes backwards"):
+    with pytest.raises(InputError, match="event time goes backwards at .*back.csv:3") as info:
         import_tardis([tmp_path / "back.csv"], tmp_path / "d.zarr")
+    assert info.value.index == 3  # the line of the message that went back
     assert not (tmp_path / "c.zarr").exists() and not (tmp_path / "d.zarr").exists()
 
 

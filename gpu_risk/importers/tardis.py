@@ -199,9 +199,15 @@ def _read_incremental(path, levels, chunk_rows, spool_of, report) -> None:
     books: dict[str, _Book] = {}
     row = np.empty((4, 1, levels))
     pending: dict[str, Any] = {}  # symbol -> (message key, line) of the message being read
+    last_time: dict[str, int] = {}
 
     def emit(symbol: str, key, line: int) -> None:
         book = books[symbol]
+        if key[0] < last_time.get(symbol, key[0]):  # named here, where the line is known
+            raise InputError(f"event time goes backwards at {path}:{line}: timestamp {key[0]} after "
+                             f"{last_time[symbol]}", store=str(path), instrument=symbol, index=line,
+                             label=f"line {line}")
+        last_time[symbol] = key[0]
         book.bids.top(levels, 1.0, row[0, 0], row[1, 0])
         book.asks.top(levels, 1.0, row[2, 0], row[3, 0])
         spool_of(symbol, levels, path).add(np.array([key[0] * 1000], dtype=np.int64), row,
