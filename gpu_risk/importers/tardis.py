@@ -228,10 +228,17 @@ def _read_incremental(path, levels, chunk_rows, spool_of, report) -> None:
             i = int(np.argmax(~np.isin(sides, ["bid", "ask"])))
             raise InputError(f"side {chunk['side'].iloc[i]!r} is neither bid nor ask", store=str(path),
                              variable="side", index=first + i, label=f"line {first + i}")
-        prices, amounts = chunk["price"].to_numpy(), chunk["amount"].to_numpy()
-        symbols = chunk["symbol"].astype(str).to_numpy()
+        bad = ~(np.isfinite(chunk["price"].to_numpy()) & np.isfinite(chunk["amount"].to_numpy()))
+        if bad.any():
+            line = first + int(np.argmax(bad))
+            raise InputError("price or amount is not a number", store=str(path), variable="price",
+                             index=line, label=f"line {line}")
+        # plain Python values: the loop below is per row, and NumPy scalars cost several times more
+        prices, amounts = chunk["price"].tolist(), chunk["amount"].tolist()
+        symbols, keys = chunk["symbol"].astype(str).tolist(), list(zip(stamps.tolist(), local.tolist()))
+        snapshot, sides = snapshot.tolist(), sides.tolist()
         for i in range(len(chunk)):
-            symbol, key, line = symbols[i], (int(stamps[i]), int(local[i])), first + i
+            symbol, key, line = symbols[i], keys[i], first + i
             book = books.setdefault(symbol, _Book())
             waiting = pending.get(symbol)
             if waiting is not None and waiting[0] != key:  # the symbol's previous message is complete
@@ -248,10 +255,7 @@ def _read_incremental(path, levels, chunk_rows, spool_of, report) -> None:
             if not book.known:
                 report.rows_before_snapshot += 1
                 continue
-            if not (np.isfinite(prices[i]) and np.isfinite(amounts[i])):
-                raise InputError("price or amount is not a number", store=str(path), variable="price",
-                                 index=line, label=f"line {line}")
-            (book.bids if sides[i] == "bid" else book.asks).set(float(prices[i]), float(amounts[i]))
+            (book.bids if sides[i] == "bid" else book.asks).set(prices[i], amounts[i])
             pending[symbol] = (key, line)
     for symbol, waiting in pending.items():
         emit(symbol, *waiting)
