@@ -646,8 +646,8 @@ def report(
     if not results.is_dir():
         _fail(InputError("no results store here (run `gpu-risk run` first)", store=str(results)))
     try:
-        path = write_report(results, out)
         operator = operator_summary(results)
+        path = write_report(results, out, operator=operator)
     except (InputError, SchemaError, ValueError) as exc:
         _fail(exc)
     if as_json:

@@ -85,8 +85,10 @@ def _number(x: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _day_figures(day: xr.DataTree, watch: float) -> dict[str, Any]:
-    """The headline figures of one results day (those its families allow)."""
+def day_figures(day: xr.DataTree | xr.DataArray, watch: float) -> dict[str, Any]:
+    """The headline figures of one results day (those its families allow): the report's
+    summary and trends use them too."""
+    assert isinstance(day, xr.DataTree), "a results day is a DataTree node"
     out: dict[str, Any] = {}
     if "liquidation" in day.children:
         liq = day["liquidation"].to_dataset()
@@ -144,11 +146,6 @@ def _top_accounts(liq: xr.Dataset, watch: float, top: int) -> list[dict]:
     return rows
 
 
-def _tree(node) -> xr.DataTree:
-    assert isinstance(node, xr.DataTree)
-    return node
-
-
 def operator_summary(results_path, limits: Limits | None = None) -> dict[str, Any]:
     """The summary of the last complete day of ``results_path`` (see the module docstring);
     ``limits``: the workflow's, or those recorded by the last run on the store."""
@@ -159,8 +156,8 @@ def operator_summary(results_path, limits: Limits | None = None) -> dict[str, An
         return {"date": None, "limits": [], "breached": []}
     results = store.open_results(results_path)
     last, previous = days[-1], (days[-2] if len(days) > 1 else None)
-    now = _day_figures(_tree(results[last]), limits.watch_ratio)
-    before = _day_figures(_tree(results[previous]), limits.watch_ratio) if previous else {}
+    now = day_figures(results[last], limits.watch_ratio)
+    before = day_figures(results[previous], limits.watch_ratio) if previous else {}
     summary: dict[str, Any] = {"date": last, "previous_date": previous, "watch_ratio": limits.watch_ratio}
     summary["accounts_below_1"] = now.get("accounts_below_1")
     summary["accounts_below_watch"] = now.get("accounts_below_watch")

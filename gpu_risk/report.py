@@ -18,6 +18,7 @@ import xarray as xr
 
 from . import store
 from .families import families
+from .limits import day_figures, operator_summary
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -71,27 +72,26 @@ def _table(df: pd.DataFrame) -> str:
 
 
 def _glance_values(results: xr.DataTree, day: str) -> dict[str, tuple[float, str]]:
-    """The figures of the summary at the top for one day: name -> (value, format)."""
+    """The figures of the summary at the top for one day: name -> (value, format). Those
+    the operator's summary has too come from it (one definition each)."""
     node = results[day]
+    shared = day_figures(node, watch=1.0)
     out: dict[str, tuple[float, str]] = {}
     if "liquidation" in node.children:
         liq = node["liquidation"].to_dataset()
         ratio = liq["collateral_ratio"].values
         shock = liq["liquidation_shock_down"].values
-        out["accounts below collateral ratio 1 (liquidatable now)"] = (float(np.sum(ratio < 1)), "count")
+        out["accounts below collateral ratio 1 (liquidatable now)"] = (float(shared["accounts_below_1"]), "count")
         out["accounts liquidated by a common move of -5 % or less"] = (
             float(np.sum((ratio >= 1) & np.isfinite(shock) & (shock >= -0.05))), "count")
-        oi = float(liq["long_open_interest"].sum() + liq["short_open_interest"].sum())
-        out["open interest, long + short (USD)"] = (oi, "money")
+        out["open interest, long + short (USD)"] = (shared["open_interest"], "money")
     if "stress" in node.children:
         st = node["stress"].to_dataset()
-        out["worst stress shortfall over the grid (USD)"] = (float(st["shortfall"].max()), "money")
+        worst = shared["worst_shortfall"]
+        out["worst stress shortfall over the grid (USD)"] = (np.nan if worst is None else worst, "money")
         out["most accounts liquidated in one stress scenario"] = (float(st["accounts_liquidated"].max()), "count")
-    if "cascade" in node.children:
-        ca = node["cascade"].to_dataset()
-        amp = ca["amplification"].where(~ca["qc_no_quote"])
-        if amp.notnull().any():
-            out["largest cascade amplification (final move / initial shock)"] = (float(amp.max()), "ratio")
+    if shared.get("cascade_amplification") is not None:
+        out["largest cascade amplification (final move / initial shock)"] = (shared["cascade_amplification"], "ratio")
     if "positions_summary" in node.children:
         out["accounts left out by validation"] = (float(node["positions_summary"]["n_excluded"]), "count")
     if "imbalance" in node.children:
@@ -126,8 +126,8 @@ def operator_section(results: xr.DataTree, days: list[str], operator: dict) -> s
                      f"(liquidatable now); <b>{near:,}</b> below {operator['watch_ratio']:g}.</p>")
     checks = operator.get("limits", [])
     if checks:
-        def shown(v):  # counts as counts; the rest with the digits that matter
-            return "" if v is None else f"{v:,.0f}" if float(v).is_integer() else _number(float(v))
+        def shown(v):
+            return "" if v is None else _number(float(v))
 
         rows = "".join(
             f"<tr><td>{html.escape(c['limit'])}</td><td>{shown(c['value'])}"
@@ -626,11 +626,10 @@ def _contents(body: list[str]) -> list[str]:
 
 
 def write_report(results_path, out_path, *, title: str = "gpu_risk report", meta: dict | None = None,
-                 limits=None) -> Path:
+                 limits=None, operator: dict | None = None) -> Path:
     """Write the HTML report of every complete day in ``results_path``; returns its path.
-    ``limits`` (:class:`gpu_risk.limits.Limits`): default, those the last run recorded."""
-    from .limits import operator_summary  # noqa: PLC0415
-
+    ``limits`` (:class:`gpu_risk.limits.Limits`): default, those the last run recorded;
+    ``operator``: their :func:`~gpu_risk.limits.operator_summary`, where already computed."""
     out_path = Path(out_path)
     days = store.results_days(results_path)
     results = store.open_results(results_path)
@@ -643,7 +642,9 @@ def write_report(results_path, out_path, *, title: str = "gpu_risk report", meta
             value = "; ".join(f"{k} {v}" for k, v in value.items() if v not in (None, "None"))
         body.append(f"<p class='meta'><b>{html.escape(key)}</b>: {html.escape(str(value))}</p>")
     if days:
-        body.append(operator_section(results, days, operator_summary(results_path, limits)))
+        if operator is None:
+            operator = operator_summary(results_path, limits)
+        body.append(operator_section(results, days, operator))
         body.append(trends_section(results, days))
         for family in families().values():
             # a family's section only where some day holds its results

@@ -206,15 +206,17 @@ def stale_families(cfg: WorkflowConfig, date: str, book_days: dict[str, list[str
     return {f: fp for f, fp in current.items() if redo or recorded.get(f) != fp}
 
 
-def as_of_dates(cfg: WorkflowConfig) -> list[str]:
-    """The dates to run: explicit, or every book day in [start, end] (all instruments)."""
+def as_of_dates(cfg: WorkflowConfig, book_days: dict[str, list[str]] | None = None) -> list[str]:
+    """The dates to run: explicit, or every book day in [start, end] (all instruments).
+    ``book_days``: the book store's complete days per instrument, where already listed."""
     if cfg.dates is not None:
         return sorted(store.day_key(d) for d in cfg.dates)
     if cfg.stores.book is not None:
         book = cfg.store_path("book")
-        days = sorted(set().union(*store.book_days(book).values()))
+        book_days = store.book_days(book) if book_days is None else book_days
         # a day whose every group is unfinished is a day too: its run names the damage
-        days = sorted(set(days).union(*(store.unfinished_days(book, inst) for inst in store.book_instruments(book))))
+        days = sorted(set().union(*book_days.values(), *(
+            store.unfinished_days(book, inst, complete=complete) for inst, complete in book_days.items())))
     else:
         days = store.positions_dates(cfg.store_path("positions"))
     return [d for d in days if (cfg.start is None or d >= store.day_key(cfg.start))
@@ -237,7 +239,7 @@ def open_day(cfg: WorkflowConfig, date: str, backend: str,
         book_days = store.book_days(cfg.store_path("book")) if book_days is None else book_days
         instruments = [i for i, days in book_days.items() if date in days]
         for inst in sorted(set(book_days) - set(instruments)):
-            if store.unfinished_days(cfg.store_path("book"), inst, date, date):
+            if store.unfinished_days(cfg.store_path("book"), inst, date, date, complete=book_days[inst]):
                 # never a result silently without an instrument whose day is damaged
                 raise InputError(f"book day {date} is present but not complete (a write that did not "
                                  "finish or is under way, or its zarr.json is lost): re-import it, or "
@@ -291,8 +293,9 @@ def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] |
     day ``stages``: where the time went, see :class:`gpu_risk.timing.Stages`).
     ``performance_report``: also write Dask's HTML performance report there (needs the
     ``local`` scheduler or a scheduler ADDRESS)."""
-    resolve_scheduler(cfg.scheduler, cfg.memory_limit, cfg.dashboard)  # an impossible choice fails first
-    if performance_report is not None and resolve_scheduler(cfg.scheduler, cfg.memory_limit) in ("sync", "threads"):
+    # an impossible choice (the dashboard on threads) fails here, before anything runs
+    where = resolve_scheduler(cfg.scheduler, cfg.memory_limit, cfg.dashboard)
+    if performance_report is not None and where in ("sync", "threads"):
         raise ValueError("--performance-report needs a distributed scheduler (local or an ADDRESS), "
                          f"not {cfg.scheduler!r}")
     if performance_report is not None:
@@ -303,15 +306,16 @@ def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] |
     emit = on_event or (lambda event, info: None)
     backend, why = choose_backend(cfg.backend)
     emit("backend", {"backend": backend, "why": why})
-    dates = as_of_dates(cfg)
+    # the book store's days, listed once for the whole run
+    book_days = store.book_days(cfg.stores.book) if cfg.stores.book is not None else None
+    dates = as_of_dates(cfg, book_days)
     if not dates:
-        where = cfg.stores.book or cfg.stores.positions
-        held = as_of_dates(cfg.model_copy(update={"start": None, "end": None, "dates": None}))
+        source = cfg.stores.book or cfg.stores.positions
+        held = as_of_dates(cfg.model_copy(update={"start": None, "end": None, "dates": None}), book_days)
         what = f"it holds {held[0]} .. {held[-1]} ({len(held)} days)" if held else "it holds no complete day"
         asked = (f"the dates {', '.join(str(d) for d in cfg.dates)}" if cfg.dates is not None
                  else f"[{cfg.start or 'first'}, {cfg.end or 'last'}]")
-        raise ValueError(f"no as-of date to run in {where} within {asked}: {what}")
-    book_days = store.book_days(cfg.stores.book) if cfg.stores.book is not None else None
+        raise ValueError(f"no as-of date to run in {source} within {asked}: {what}")
     # one writer per results store: a second run on the same output is refused at once
     with store.exclusive_writer(cfg.output):
         return _run_locked(cfg, dates, book_days, backend, why, emit, performance_report)
@@ -375,7 +379,7 @@ def _run_locked(cfg: WorkflowConfig, dates, book_days, backend, why, emit, perfo
         report = write_report(cfg.output, cfg.report, title=f"gpu_risk — {cfg.name}",
                               meta={"backend": f"{backend}: {why}", "scheduler": cfg.scheduler,
                                     "stores": {k: str(v) for k, v in cfg.stores.model_dump().items()}},
-                              limits=cfg.limits)
+                              limits=cfg.limits, operator=operator)
         emit("report", {"path": str(report)})
     return {"workflow": cfg.name, "backend": backend, "dates": dates,
             "computed": list(timings), "skipped": [d for d in dates if d in done],

@@ -90,14 +90,16 @@ def _chunks(path: Path, chunk_rows: int, dtypes: dict):
                          store=str(path), index=first, label=f"line {first}") from exc
 
 
-def _micros_to_ns(values: pd.Series, path: Path, first: int) -> np.ndarray:
+def _micros(values: pd.Series, path: Path, first: int) -> np.ndarray:
+    """A column of microseconds since the epoch as int64; one error naming the first field
+    that is not a number."""
     numbers = pd.to_numeric(values, errors="coerce")
     bad = numbers.isna().to_numpy()
     if bad.any():
         i = int(np.argmax(bad))
         raise InputError(f"timestamp {values.iloc[i]!r} is not a number of microseconds", store=str(path),
                          variable="timestamp", index=first + i, label=f"line {first + i}")
-    return numbers.to_numpy(dtype=np.int64) * 1000
+    return numbers.to_numpy(dtype=np.int64)
 
 
 def import_tardis(files, out, levels: int | None = None, instrument: str | None = None,
@@ -171,7 +173,7 @@ def _read_snapshots(path, columns, n, levels, chunk_rows, spool_of, report) -> N
     numeric = dict.fromkeys(columns[4:], "float64")
     for first, chunk in _chunks(path, chunk_rows, {"symbol": str, **numeric}):
         report.rows += len(chunk)
-        t_ns = _micros_to_ns(chunk["timestamp"], path, first)
+        t_ns = _micros(chunk["timestamp"], path, first) * 1000
         block = np.full((4, len(chunk), levels), np.nan)
         block[1] = block[3] = 0.0
         for k, side in ((0, "bids"), (2, "asks")):
@@ -216,8 +218,8 @@ def _read_incremental(path, levels, chunk_rows, spool_of, report) -> None:
     dtypes = {"symbol": str, "side": str, "is_snapshot": str, "price": "float64", "amount": "float64"}
     for first, chunk in _chunks(path, chunk_rows, dtypes):
         report.rows += len(chunk)
-        stamps = _micros_to_ns(chunk["timestamp"], path, first) // 1000
-        local = _micros_to_ns(chunk["local_timestamp"], path, first) // 1000
+        stamps = _micros(chunk["timestamp"], path, first)
+        local = _micros(chunk["local_timestamp"], path, first)
         snapshot = chunk["is_snapshot"].str.lower().to_numpy()
         if not np.isin(snapshot, ["true", "false"]).all():
             i = int(np.argmax(~np.isin(snapshot, ["true", "false"])))
@@ -290,7 +292,7 @@ def _read_tickers(paths, out, instrument, chunk_rows, report) -> None:
     for path in paths:
         for first, chunk in _chunks(path, chunk_rows, {"symbol": str, **numeric}):
             report.rows += len(chunk)
-            chunk = chunk.assign(t_ns=_micros_to_ns(chunk["timestamp"], path, first),
+            chunk = chunk.assign(t_ns=_micros(chunk["timestamp"], path, first) * 1000,
                                  line=first + np.arange(len(chunk)))
             for symbol, rows in chunk.groupby("symbol", sort=False):
                 name = instrument or str(symbol)

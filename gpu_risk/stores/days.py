@@ -310,11 +310,16 @@ def complete_days(path: PathLike, group: str = "", start: Any = None, end: Any =
     return [d for d in days if is_complete(path, f"{group}/{d}".strip("/"))]
 
 
-def unfinished_days(path: PathLike, group: str = "", start: Any = None, end: Any = None) -> list[str]:
+def unfinished_days(path: PathLike, group: str = "", start: Any = None, end: Any = None,
+                    complete: Iterable[str] | None = None) -> list[str]:
     """Day groups under ``group`` in [start, end] that exist but are not complete: a write
     that did not finish (or is under way), or a group whose metadata was lost. Readers do
-    not see them; a batch that would silently leave them out asks for them by name."""
+    not see them; a batch that would silently leave them out asks for them by name.
+    ``complete``: the group's complete days where already listed (no group is opened then)."""
     days = _select_days(_day_names(path, group), start, end)
+    if complete is not None:
+        done = set(complete)
+        return [d for d in days if d not in done]
     return [d for d in days if not is_complete(path, f"{group}/{d}".strip("/"))]
 
 
