@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpu_risk import store
 from gpu_risk.errors import InputError
@@ -283,3 +285,86 @@ def test_importing_a_file_10x_the_largest_capture_keeps_memory_bounded(tmp_path)
     assert size_big > 10 * largest
     assert store.open_book(tmp_path / "67000.zarr", validate=False)["BTCUSDT"].sizes["time"] == 67_000
     assert rss_big - rss_small < 0.25 * (raw_big - raw_small), (rss_small, rss_big, raw_small, raw_big)
+
+
+def _respell(line: str, rng) -> str:
+    """The same message in another valid JSON spelling: keys reordered, whitespace added, an
+    escaped key, numbers Python reads to the same value (exponents, long mantissas), which
+    the compiled scan hands to the Python path."""
+    ts, payload = line.split(" ", 1)
+    msg = json.loads(payload)
+    data = msg.get("data", msg)
+    if data.get("e") == "depthUpdate" and data["b"]:
+        choice = rng.integers(4)
+        if choice == 0:  # an exponent: read by Python's float()
+            p, q = data["b"][0]
+            data["b"][0] = [f"{float(p):e}" if float(p) != 0 else p, q]
+        elif choice == 1:  # more digits than the exact fast path takes
+            p, q = data["b"][0]
+            data["b"][0] = [p + "0000000000000000", q]
+        elif choice == 2:  # keys in another order
+            items = list(data.items())
+            rng.shuffle(items)
+            data.clear()
+            data.update(items)
+    text = json.dumps(msg, separators=(",", ":") if rng.integers(2) else (" , ", " :  "))
+    if rng.integers(3) == 0:
+        text = text.replace('"b":', '"\\u0062":', 1)  # the same key, escaped
+    return f"{ts} {text}\n"
+
+
+def test_the_same_messages_in_other_json_spellings_give_the_same_store(tmp_path):
+    """The compiled scan reads plain lines; every other valid spelling of a message goes to
+    the Python path. Either way the store is the same, and every line is read."""
+    src = paths("usdm_btc")[0]
+    rng = np.random.default_rng(7)
+    lines = gzip.open(src, "rt").read().splitlines(keepends=True)
+    odd = tmp_path / "odd.gz"
+    with gzip.open(odd, "wt") as f:
+        f.writelines(_respell(line, rng) if rng.random() < 0.3 else line for line in lines)
+    plain = import_binance([src], 10, tmp_path / "plain.zarr")
+    respelled = import_binance([odd], 10, tmp_path / "odd.zarr")
+    for key in ("lines", "diffs_applied", "snapshots", "bookticker_agree", "bookticker_compared", "gaps"):
+        assert plain[key] == respelled[key], key
+    a = store.open_book(tmp_path / "plain.zarr")["BTCUSDT"].to_dataset().load()
+    b = store.open_book(tmp_path / "odd.zarr")["BTCUSDT"].to_dataset().load()
+    xr_equal = [np.array_equal(a[v].values, b[v].values, equal_nan=True) for v in a.data_vars]
+    assert all(xr_equal) and np.array_equal(a.time.values, b.time.values)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789.-e+ _xn", min_size=1, max_size=24))
+def test_decimal_strings_read_as_python_reads_them_or_left_to_python(text):
+    from gpu_risk.importers._compiled import _decimal
+
+    raw = np.frombuffer(text.encode(), dtype=np.uint8)
+    value, ok = _decimal(raw, 0, raw.size)
+    if ok:  # the fast path claims it: Python's float() must agree to the bit
+        assert float(text) == value and np.signbit(value) == np.signbit(float(text))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 10**15 - 1), st.integers(0, 22), st.booleans())
+def test_decimal_fast_path_is_exact(mantissa, decimals, negative):
+    from gpu_risk.importers._compiled import _decimal
+
+    digits = str(mantissa).rjust(decimals + 1, "0")
+    text = ("-" if negative else "") + (digits[:-decimals] + "." + digits[-decimals:] if decimals else digits)
+    raw = np.frombuffer(text.encode(), dtype=np.uint8)
+    value, ok = _decimal(raw, 0, raw.size)
+    assert ok and value == float(text)
+
+
+def test_lines_the_scan_cannot_read_are_named_by_python(tmp_path):
+    """Malformed JSON that looks like a depth diff up to its last byte, an unclosed string,
+    and a bad escape: each is one error naming the file and line."""
+    src = paths("usdm_btc")[0]
+    lines = gzip.open(src, "rt").read().splitlines(keepends=True)
+    k = next(i for i, line in enumerate(lines) if "depthUpdate" in line and i > 100)
+    for broken in (lines[k].rstrip("\n")[:-1] + "\n", lines[k].replace('"depthUpdate"', '"depthUpdate'),
+                   lines[k].replace('"e":', '"\\q":', 1)):
+        bad = tmp_path / "bad.gz"
+        with gzip.open(bad, "wt") as f:
+            f.writelines(lines[:k] + [broken] + lines[k + 1:])
+        with pytest.raises(InputError, match=f"line {k + 1}"):
+            import_binance([bad], 10, tmp_path / f"{abs(hash(broken))}.zarr")

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpu_risk import store
 from gpu_risk.errors import InputError
@@ -198,3 +200,68 @@ def test_derivative_tickers_become_a_market_history(tmp_path):
     with pytest.raises(InputError, match="time goes backwards") as info:
         import_tardis([back], tmp_path / "other.zarr")
     assert info.value.index == 3
+
+
+def _sequential_books(rows: list[tuple], levels: int) -> dict:
+    """Plain reference: rows applied one by one to dict books, a message emitted when the
+    next begins; a snapshot run after updates resets. symbol -> list of (t, bids, asks)."""
+    books, out, pending, in_snap = {}, {}, {}, {}
+    for sym, ts, local, snap, side, price, amount in rows + [(None, None, None, None, None, None, None)]:
+        for s in list(pending):
+            if sym is None or (s == sym and pending[s] != (ts, local)):
+                bids, asks = books[s]
+                top_b = sorted(bids, reverse=True)[:levels]
+                top_a = sorted(asks)[:levels]
+                out.setdefault(s, []).append((pending[s][0], [(p, bids[p]) for p in top_b],
+                                              [(p, asks[p]) for p in top_a]))
+                del pending[s]
+        if sym is None:
+            break
+        if snap and not in_snap.get(sym, False):
+            books[sym] = ({}, {})
+        in_snap[sym] = snap
+        if sym not in books:
+            continue
+        book = books[sym][0 if side == "bid" else 1]
+        if amount == 0:
+            book.pop(price, None)
+        else:
+            book[price] = amount
+        pending[sym] = (ts, local)
+    return out
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([1, 3, 17, 10_000]))
+def test_random_incremental_files_match_a_row_by_row_reference(tmp_path_factory, seed, chunk_rows):
+    """Random messages of two symbols interleaved (repeated prices within a message,
+    deletions of absent levels, resets, rows before the first snapshot), read in blocks of
+    any size: the books equal a dict-per-row reference at every message."""
+    rng = np.random.default_rng(seed)
+    rows, t = [], 1_000
+    for _ in range(int(rng.integers(5, 40))):
+        sym = str(rng.choice(["AAA", "BBB"]))
+        t += int(rng.integers(1, 3))
+        snap = bool(rng.random() < 0.15)
+        for _ in range(int(rng.integers(1, 8))):
+            side = "bid" if rng.random() < 0.5 else "ask"
+            price = float(rng.integers(1, 12)) + (0.0 if side == "bid" else 20.0)
+            rows.append((sym, t, t + 5, snap, side, price, float(rng.integers(0, 3))))
+    tmp = tmp_path_factory.mktemp("l2")
+    text = "exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount\n" + "".join(
+        f"x,{s},{ts},{lo},{str(sn).lower()},{sd},{p},{a}\n" for s, ts, lo, sn, sd, p, a in rows)
+    (tmp / "l2.csv").write_text(text)
+    expected = _sequential_books(rows, 3)
+    if not expected:
+        return
+    import_tardis([tmp / "l2.csv"], tmp / "b.zarr", levels=3, chunk_rows=chunk_rows)
+    stored = store.open_book(tmp / "b.zarr", validate=False)
+    for sym, snaps in expected.items():
+        ds = stored[sym].to_dataset().load()
+        assert ds.sizes["time"] == len(snaps)
+        for i, (ts, bids, asks) in enumerate(snaps):
+            assert ds.time.values[i] == np.datetime64(ts * 1000, "ns")
+            for prices, sizes, side in ((ds.bid_price, ds.bid_size, bids), (ds.ask_price, ds.ask_size, asks)):
+                np.testing.assert_array_equal(prices.values[i, :len(side)], [p for p, _ in side])
+                np.testing.assert_array_equal(sizes.values[i, :len(side)], [q for _, q in side])
+                assert np.isnan(prices.values[i, len(side):]).all()

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from . import _compiled as fast
 from ._spool import DaySpool, file_digest, imported_files, record_imported
-from .binance import Side
 
 KEYS = ["exchange", "symbol", "timestamp", "local_timestamp"]
 INCREMENTAL = ["is_snapshot", "side", "price", "amount"]
@@ -191,76 +190,82 @@ def _read_snapshots(path, columns, n, levels, chunk_rows, spool_of, report) -> N
 
 @dataclass
 class _Book:
-    bids: Side = field(default_factory=lambda: Side(descending=True))
-    asks: Side = field(default_factory=lambda: Side(descending=False))
-    known: bool = False
-    in_snapshot: bool = False
+    book: fast.SortedBook = field(default_factory=fast.SortedBook)
+    state: np.ndarray = field(default_factory=lambda: np.zeros(fast.TARDIS_STATE_SIZE, dtype=np.int64))
 
 
 def _read_incremental(path, levels, chunk_rows, spool_of, report) -> None:
+    """The rows of each symbol through the compiled book (``_compiled.tardis_run``)."""
     books: dict[str, _Book] = {}
-    row = np.empty((4, 1, levels))
-    pending: dict[str, Any] = {}  # symbol -> (message key, line) of the message being read
-    last_time: dict[str, int] = {}
 
-    def emit(symbol: str, key, line: int) -> None:
-        book = books[symbol]
-        if key[0] < last_time.get(symbol, key[0]):  # named here, where the line is known
-            raise InputError(f"event time goes backwards at {path}:{line}: timestamp {key[0]} after "
-                             f"{last_time[symbol]}", store=str(path), instrument=symbol, index=line,
-                             label=f"line {line}")
-        last_time[symbol] = key[0]
-        book.bids.top(levels, 1.0, row[0, 0], row[1, 0])
-        book.asks.top(levels, 1.0, row[2, 0], row[3, 0])
-        spool_of(symbol, levels, path).add(np.array([key[0] * 1000], dtype=np.int64), row,
-                                           where=f"{path}:{line}")
+    def run(symbol: str, columns: tuple, final: bool) -> None:
+        entry = books.setdefault(symbol, _Book())
+        n = columns[0].size
+        entry.book.reserve(n)
+        out_time = np.empty(n + 1, dtype=np.int64)
+        out_block = np.empty((4, n + 1, levels))
+        b = entry.book
+        written, backwards = fast.tardis_run(*columns, entry.state, b.bid_keys, b.bid_qty, b.ask_keys, b.ask_qty,
+                                             b.count, b.scratch_keys, b.scratch_qty, levels, final, out_time,
+                                             out_block)
+        if backwards >= 0:  # named here, where the line is known
+            raise InputError(f"event time goes backwards at {path}:{backwards}", store=str(path), instrument=symbol,
+                             index=int(backwards), label=f"line {backwards}")
+        if written:
+            spool_of(symbol, levels, path).add(out_time[:written], out_block[:, :written], where=f"{path}:{first}")
 
-    dtypes = {"symbol": str, "side": str, "is_snapshot": str, "price": "float64", "amount": "float64"}
+    dtypes = {"symbol": "category", "side": "category", "is_snapshot": "category", "price": "float64",
+              "amount": "float64"}
+    first = 2
     for first, chunk in _chunks(path, chunk_rows, dtypes):
         report.rows += len(chunk)
         stamps = _micros(chunk["timestamp"], path, first)
         local = _micros(chunk["local_timestamp"], path, first)
-        snapshot = chunk["is_snapshot"].str.lower().to_numpy()
-        if not np.isin(snapshot, ["true", "false"]).all():
-            i = int(np.argmax(~np.isin(snapshot, ["true", "false"])))
-            raise InputError(f"is_snapshot {chunk['is_snapshot'].iloc[i]!r} is neither true nor false",
-                             store=str(path), variable="is_snapshot", index=first + i, label=f"line {first + i}")
-        sides = chunk["side"].str.lower().to_numpy()
-        if not np.isin(sides, ["bid", "ask"]).all():
-            i = int(np.argmax(~np.isin(sides, ["bid", "ask"])))
-            raise InputError(f"side {chunk['side'].iloc[i]!r} is neither bid nor ask", store=str(path),
-                             variable="side", index=first + i, label=f"line {first + i}")
-        bad = ~(np.isfinite(chunk["price"].to_numpy()) & np.isfinite(chunk["amount"].to_numpy()))
+        snapshot = _choice(chunk["is_snapshot"], ("true", "false"), "is_snapshot", "neither true nor false",
+                           path, first) == 0
+        is_bid = _choice(chunk["side"], ("bid", "ask"), "side", "neither bid nor ask", path, first) == 0
+        price, amount = chunk["price"].to_numpy(dtype=np.float64), chunk["amount"].to_numpy(dtype=np.float64)
+        bad = ~(np.isfinite(price) & np.isfinite(amount))
         if bad.any():
             line = first + int(np.argmax(bad))
             raise InputError("price or amount is not a number", store=str(path), variable="price",
                              index=line, label=f"line {line}")
-        # plain Python values: the loop below is per row, and NumPy scalars cost several times more
-        prices, amounts = chunk["price"].tolist(), chunk["amount"].tolist()
-        symbols, keys = chunk["symbol"].astype(str).tolist(), list(zip(stamps.tolist(), local.tolist()))
-        snapshot, sides = snapshot.tolist(), sides.tolist()
-        for i in range(len(chunk)):
-            symbol, key, line = symbols[i], keys[i], first + i
-            book = books.setdefault(symbol, _Book())
-            waiting = pending.get(symbol)
-            if waiting is not None and waiting[0] != key:  # the symbol's previous message is complete
-                emit(symbol, *waiting)
-                pending.pop(symbol)
-            is_snap = snapshot[i] == "true"
-            if is_snap and not book.in_snapshot:  # a snapshot begins: the book starts afresh
-                if book.known:
-                    report.resets += 1
-                book.bids.clear()
-                book.asks.clear()
-                book.known = True
-            book.in_snapshot = is_snap
-            if not book.known:
-                report.rows_before_snapshot += 1
+        lines = first + np.arange(len(chunk), dtype=np.int64)
+        symbols = chunk["symbol"].astype("category")
+        codes = symbols.cat.codes.to_numpy()
+        # each symbol's rows in file order (books are independent); the earliest line at
+        # fault is named when several symbols' times go backwards in one block
+        errors = []
+        for k, symbol in enumerate(symbols.cat.categories):
+            rows = np.flatnonzero(codes == k)
+            if rows.size == 0:
                 continue
-            (book.bids if sides[i] == "bid" else book.asks).set(prices[i], amounts[i])
-            pending[symbol] = (key, line)
-    for symbol, waiting in pending.items():
-        emit(symbol, *waiting)
+            try:
+                run(str(symbol), (stamps[rows], local[rows], snapshot[rows], is_bid[rows], price[rows], amount[rows],
+                                  lines[rows]), False)
+            except InputError as exc:
+                errors.append(exc)
+        if errors:
+            raise min(errors, key=lambda exc: exc.index if exc.index is not None else 0)
+    empty = np.empty(0, dtype=np.int64)
+    for symbol, entry in books.items():
+        report.resets += int(entry.state[fast.T_RESETS])
+        report.rows_before_snapshot += int(entry.state[fast.T_BEFORE])
+        run(symbol, (empty, empty, np.empty(0, bool), np.empty(0, bool), np.empty(0), np.empty(0), empty), True)
+
+
+def _choice(values: pd.Series, allowed: tuple[str, str], name: str, what: str, path, first: int) -> np.ndarray:
+    """Index of each value in ``allowed`` (case-insensitive); one error naming the first row
+    with anything else."""
+    categories = values.cat.categories.astype(str).str.lower()
+    index = np.array([allowed.index(c) if c in allowed else -1 for c in categories], dtype=np.int64)
+    codes = values.cat.codes.to_numpy()
+    found = np.where(codes >= 0, index[codes.clip(0)], -1)
+    if (found < 0).any():
+        i = int(np.argmax(found < 0))
+        raise InputError(f"{name} {values.iloc[i]!r} is {what}", store=str(path), variable=name, index=first + i,
+                         label=f"line {first + i}")
+    return found
 
 
 def _read_tickers(paths, out, instrument, chunk_rows, report) -> None:
