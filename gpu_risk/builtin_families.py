@@ -53,6 +53,29 @@ class ImbalanceConfig(BaseModel):
         return value
 
 
+class LeverageConfig(BaseModel):
+    """Funding, open interest and basis per ``bucket`` (a duration that divides a day)."""
+
+    model_config = ConfigDict(extra="forbid")
+    bucket: str = "5min"
+
+    @field_validator("bucket")
+    @classmethod
+    def _divides_a_day(cls, value: str) -> str:
+        from .leverage import bucket_edges  # noqa: PLC0415
+
+        bucket_edges("2000-01-01", value)
+        return value
+
+
+def day_leverage(ctx: DayContext) -> xr.Dataset:
+    from .leverage import leverage_grid  # noqa: PLC0415
+
+    c = ctx.settings
+    assert isinstance(c, LeverageConfig)
+    return leverage_grid(ctx.inputs["market_history"], ctx.date, c.bucket)
+
+
 class CascadeConfig(BaseModel):
     """Cascades at every ``every`` of each day, for each initial shock."""
 
@@ -145,3 +168,5 @@ register_family(Family("stress", needs=("positions", "market"), compute=day_stre
 register_family(Family("cascade", needs=("book", "positions", "market"), compute=day_cascade,
                        settings=CascadeConfig, uses=("liquidation",),
                        chunks={"instrument": 1, "time": 4096}, report=_section("cascade_section")))
+register_family(Family("leverage", needs=("market_history",), compute=day_leverage, settings=LeverageConfig,
+                       chunks={"instrument": 1}, report=_section("leverage_section")))

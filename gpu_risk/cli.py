@@ -125,6 +125,8 @@ def synth(
     seed: int = typer.Option(42, help="random seed: same seed, same data"),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="replace a dataset in --out made with other settings (else refused)"),
+    market_history: bool = typer.Option(False, "--market-history",
+                                        help="also market_history.zarr (funding, open interest, mark, index)"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
 ):
     """Write a seeded, realistic multi-day synthetic dataset of any size, in bounded memory."""
@@ -133,7 +135,7 @@ def synth(
 
     cfg = SynthConfig(out=str(out), days=days, instruments=instruments, accounts=accounts,
                       levels=levels, snapshots_per_day=snapshots_per_day, start=start, seed=seed,
-                      overwrite=overwrite)
+                      overwrite=overwrite, market_history=market_history)
     try:
         with _progress() as bar:
             tasks = {"book": bar.add_task("book days", total=days * instruments),
@@ -144,7 +146,8 @@ def synth(
     if as_json:
         print(json.dumps(summary))
     else:
-        console.print(f"wrote {summary['book']}, {summary['positions']}, {summary['market']}")
+        console.print(f"wrote {summary['book']}, {summary['positions']}, {summary['market']}"
+                      + (f", {summary['market_history']}" if summary["market_history"] else ""))
 
 
 @app.command()
@@ -160,6 +163,7 @@ def run(
     book: Path | None = typer.Option(None, help="book store (overrides the workflow's)"),
     positions: Path | None = typer.Option(None, help="positions store (overrides)"),
     market: Path | None = typer.Option(None, help="market store or YAML/TOML file (overrides)"),
+    market_history: Path | None = typer.Option(None, help="market history store (overrides)"),
     start: str | None = typer.Option(None, help="first as-of date (overrides)"),
     end: str | None = typer.Option(None, help="last as-of date (overrides)"),
     families: str | None = typer.Option(None, help="comma-separated families to run (overrides)"),
@@ -174,7 +178,7 @@ def run(
 
     from .workflow import load_config
 
-    stores = {"book": book, "positions": positions, "market": market}
+    stores = {"book": book, "positions": positions, "market": market, "market_history": market_history}
     overrides = {"backend": backend.value if backend else None, "scheduler": scheduler,
                  "memory_limit": memory_limit, "dashboard": dashboard or None, "output": output, "report": report,
                  "on_bad_rows": on_bad_rows.value if on_bad_rows else None, "redo": _redo(redo),
@@ -240,6 +244,11 @@ def _run_config(cfg, as_json: bool, performance_report: Path | None = None) -> N
             elif event == "report":
                 bar.stop()  # the report line comes last, after the bars
                 _say(f"report: [bold]{escape(info['path'])}[/bold]")
+            elif event == "study":
+                bar.stop()
+                _say(f"study: {info['instruments']} instrument(s) x {info['buckets']:,} buckets in "
+                     f"{escape(info['dataset'])} ({info['seconds']:.1f} s)"
+                     + (f"; report [bold]{escape(info['report'])}[/bold]" if info["report"] else ""))
 
         try:
             summary = run_workflow(cfg, on_event=on_event, performance_report=performance_report)

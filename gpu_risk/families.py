@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INPUTS = ("book", "positions", "market")
+INPUTS = ("book", "positions", "market", "market_history")
 
 
 @dataclasses.dataclass
@@ -32,7 +32,7 @@ class DayContext:
 
     ``inputs``: the day's opened and validated inputs (``book`` a DataTree with one node
     per instrument that has the day, ``instruments``, ``book_days``, ``positions``,
-    ``market``), only those some requested family needs. ``results``: the results of the
+    ``market``, ``market_history``), only those some requested family needs. ``results``: the results of the
     families computed before this one for the same day (computed, not lazy, when a later
     family ``uses`` them). ``settings``: this family's settings (its ``settings`` model)."""
 
@@ -50,7 +50,8 @@ class Family:
 
     name: its name in workflow files (``families: [name]``), in the results store (the
         group each day holds) and on the command line.
-    needs: the input stores it reads, a subset of ("book", "positions", "market").
+    needs: the input stores it reads, a subset of ("book", "positions", "market",
+        "market_history").
     compute: ``compute(ctx: DayContext) -> xr.Dataset | dict[str, xr.Dataset]``: the day's
         results, lazily where its inputs are; a dict names several result groups.
     settings: a pydantic model of its settings (the workflow file's section named after

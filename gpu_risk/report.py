@@ -376,6 +376,43 @@ def _days_with(results: xr.DataTree, days: list[str], family: str) -> list[str]:
     return [d for d in days if family in results[d].children]
 
 
+def leverage_section(results: xr.DataTree, days: list[str]) -> str:
+    """Funding, open interest and basis over every day that holds them, per instrument."""
+    with_leverage = _days_with(results, days, "leverage")
+    if not with_leverage:
+        return ""
+    grid = xr.concat([results[d]["leverage"].to_dataset() for d in with_leverage], "time", join="outer")
+    names = [str(i) for i in grid.instrument.values]
+    parts = [f"<h2>Funding, open interest and basis, {with_leverage[0]} .. {with_leverage[-1]}</h2>",
+             f"<p>Per bucket of {html.escape(str(grid.attrs.get('bucket', '')))}: the last value known at the "
+             "bucket's end, from the market history store.</p>"]
+    fig, axes = plt.subplots(3, 1, figsize=(11, 7), sharex=True)
+    for name in names:
+        g = grid.sel(instrument=name)
+        times = g.time.values
+        axes[0].plot(times, g.funding_rate.values * 1e4, label=name, lw=0.8)
+        oi = g.open_interest.values
+        first = oi[np.isfinite(oi)][0] if np.isfinite(oi).any() else np.nan
+        axes[1].plot(times, oi / first, label=name, lw=0.8)
+        axes[2].plot(times, g.basis.values * 1e4, label=name, lw=0.8)
+    axes[0].set_title("funding rate (bps per interval)", fontsize=9)
+    axes[1].set_title("open interest, relative to the first value", fontsize=9)
+    axes[2].set_title("basis: mark / index - 1 (bps)", fontsize=9)
+    axes[0].legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    parts.append(_png(fig))
+    rows = []
+    for name in names:
+        g = grid.sel(instrument=name)
+        rows.append({"instrument": name, "last funding (bps)": float(g.funding_rate.values[-1] * 1e4),
+                     "open interest": float(g.open_interest.values[-1]),
+                     "OI change over the period": float(np.nansum(g.open_interest_change.values[1:])),
+                     "mean basis (bps)": float(np.nanmean(g.basis.values) * 1e4),
+                     "updates": int(np.nansum(g.n_updates.values))})
+    parts.append(_table(pd.DataFrame(rows).set_index("instrument")))
+    return "\n".join(parts)
+
+
 def liquidation_section(results: xr.DataTree, days: list[str]) -> str:
     with_liquidation = _days_with(results, days, "liquidation")
     if not with_liquidation:

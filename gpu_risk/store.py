@@ -11,6 +11,11 @@ from .stores.book_arrays import INSTRUMENT_ARRAYS, is_instrument_arrays, migrate
 from .stores.days import *  # noqa: F403
 from .stores.days import _with_attrs  # noqa: F401
 from .stores.market import *  # noqa: F403
-from .stores.market_history import market_history_days, open_market_history, write_market_history_day  # noqa: F401
+from .stores.market_history import (  # noqa: F401
+    market_history_days,
+    open_market_history,
+    open_market_history_day,
+    write_market_history_day,
+)
 from .stores.positions import *  # noqa: F403
 from .stores.results import *  # noqa: F403

@@ -438,6 +438,45 @@ def account_slab(seed: int, day_index: int, start: int, n: int, market: xr.Datas
 # ----------------------------------------------------------------------- driver
 
 
+def write_market_history(path, inst: Instrument, inst_index: int, day_index: int, day: np.datetime64,
+                         closes: np.ndarray, seed: int, every_s: int = 60) -> None:
+    """One instrument-day of derivative tickers every ``every_s`` seconds: the index moves
+    from the day's close to the next (a Brownian bridge in log price), the basis is a mean-
+    reverting premium (about 5 bp), funding follows the premium (clipped at 0.75 %, as
+    venues cap it), predicted funding is the premium now, and open interest grows with
+    funding (longs crowd in while they pay) plus noise, continuous across days. Funding
+    applies every 8 hours."""
+    rng = _rng(seed, 7, inst_index, day_index)
+    n = 86_400 // every_s
+    start = np.datetime64(store.day_key(day), "ns")
+    t = start + np.arange(n) * np.timedelta64(every_s, "s")
+    u = np.arange(n) / n
+    walk = np.cumsum(rng.normal(0.0, 1.0, n)) * UNDERLYINGS[inst.underlying].daily_vol / np.sqrt(n)
+    bridge = walk - u * walk[-1]
+    index = np.exp(np.log(closes[day_index]) * (1 - u) + np.log(closes[day_index + 1]) * u + bridge)
+    premium = np.empty(n)
+    premium[0] = rng.normal(0.0, 5e-4)
+    shocks = rng.normal(0.0, 1.5e-4, n)
+    for i in range(1, n):
+        premium[i] = 0.98 * premium[i - 1] + shocks[i]
+    mark = index * (1 + premium)
+    last = mark * (1 + rng.normal(0.0, 1e-4, n))
+    funding = np.clip(premium / 3 + 1e-4, -0.0075, 0.0075)
+    predicted = np.clip(premium + 1e-4, -0.0075, 0.0075)
+    # open interest: day-end anchors (a random walk over days, the same whichever day is
+    # written first) joined by the day's path, whose steps grow with funding
+    anchors = np.log(1e9 / closes[0] * (1 + 0.1 * inst_index)) + np.concatenate(
+        [[0.0], np.cumsum(_rng(seed, 8, inst_index).normal(0.0, 0.03, len(closes)))])
+    steps = np.cumsum(0.5 * funding + rng.normal(0.0, 3e-4, n))
+    log_oi = anchors[day_index] * (1 - u) + anchors[day_index + 1] * u + steps - u * steps[-1]
+    eight_hours = np.timedelta64(8, "h")
+    funding_time = start + ((t - start) // eight_hours + 1) * eight_hours
+    store.write_market_history_day(path, inst.name, store.day_key(day), t, {
+        "funding_rate": funding, "predicted_funding_rate": predicted, "open_interest": np.exp(log_oi),
+        "last_price": last, "index_price": index, "mark_price": mark}, funding_time,
+        {"source": "gpu_risk synth"})
+
+
 @dataclass
 class SynthConfig:
     out: str
@@ -451,6 +490,7 @@ class SynthConfig:
     book_chunk_rows: int = store.BOOK_CHUNK_ROWS
     account_chunk_rows: int = store.ACCOUNT_CHUNK_ROWS
     overwrite: bool = False  # replace a dataset made with other settings
+    market_history: bool = False  # also market_history.zarr: funding, open interest, mark and index
 
 
 SHAPING = ("days", "instruments", "accounts", "levels", "snapshots_per_day", "start", "seed")
@@ -489,7 +529,7 @@ def synth(cfg: SynthConfig, progress: Callable[[str, int], None] | None = None) 
     if cfg.overwrite:  # only what synth writes: other files in the directory stay
         import shutil  # noqa: PLC0415
 
-        for name in ("book.zarr", "positions.zarr", "market.zarr"):
+        for name in ("book.zarr", "positions.zarr", "market.zarr", "market_history.zarr"):
             shutil.rmtree(out / name, ignore_errors=True)
         (out / "synth.json").unlink(missing_ok=True)
     _same_settings_as_before(out, cfg)
@@ -526,7 +566,15 @@ def synth(cfg: SynthConfig, progress: Callable[[str, int], None] | None = None) 
                 writer.write(start, slab)
             writer.close()
         note("positions", 1)
+    history_path = out / "market_history.zarr"
+    if cfg.market_history:
+        held = store.market_history_days(history_path)
+        for k, inst in enumerate(instruments):
+            for d, day in enumerate(days):
+                if store.day_key(day) not in held.get(inst.name, []):
+                    write_market_history(history_path, inst, k, d, day, closes[inst.underlying], cfg.seed)
     return {"out": str(out), "book": str(book_path), "positions": str(pos_path),
+            "market_history": str(history_path) if cfg.market_history else None,
             "market": str(mkt_path), "days": [store.day_key(d) for d in days],
             "instruments": [i.name for i in instruments], "options": [o["name"] for o in options],
             "accounts": cfg.accounts, "snapshots_per_day": cfg.snapshots_per_day,

@@ -29,6 +29,7 @@ from .errors import InputError
 from .families import _RESERVED, DayContext, compute_order, families, get_family, load_plugins
 from .kernels._compile import cpu_cache_warm
 from .limits import Limits, operator_summary, record_limits
+from .study import StudyConfig
 from .timing import Stages, TaskProgress
 from .validate import QC_RULES_VERSION
 
@@ -40,6 +41,7 @@ class Stores(BaseModel):
     book: Path | None = None
     positions: Path | None = None
     market: Path | None = None
+    market_history: Path | None = None
 
 
 class WorkflowConfig(BaseModel):
@@ -62,6 +64,8 @@ class WorkflowConfig(BaseModel):
     memory_limit: str | None = None
     dashboard: bool = Field(False, description="serve Dask's dashboard on 127.0.0.1 (a local cluster)")
     limits: Limits | None = Field(None, description="limits on the last day's figures (gpu_risk.limits)")
+    study: StudyConfig | None = Field(None, description="join the range's results into one study dataset "
+                                                        "and report (gpu_risk.study)")
     on_bad_rows: Literal["raise", "flag"] = "raise"
     redo: list[dt.date] | Literal["all"] | None = Field(
         None, description="days to recompute even where their results are current (or all)")
@@ -172,6 +176,16 @@ def _input_identity(cfg: WorkflowConfig, need: str, family: str, date: str,
                 if earlier:
                     ids[f"{inst} before"] = identity(cfg.stores.book, f"{inst}/{earlier[-1]}")
         return ids
+    if need == "market_history":  # each instrument's day, and the day before (its carry)
+        ids = {}
+        history = cfg.store_path("market_history")
+        for inst, days in store.market_history_days(history).items():
+            if date in days:
+                ids[inst] = identity(history, f"{inst}/{date}")
+                earlier = [d for d in days if d < date]
+                if earlier:
+                    ids[f"{inst} before"] = identity(history, f"{inst}/{earlier[-1]}")
+        return ids
     path = getattr(cfg.stores, need)
     if Path(path).is_file():  # a market YAML/TOML file: its content
         return {"file": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
@@ -217,8 +231,10 @@ def as_of_dates(cfg: WorkflowConfig, book_days: dict[str, list[str]] | None = No
         # a day whose every group is unfinished is a day too: its run names the damage
         days = sorted(set().union(*book_days.values(), *(
             store.unfinished_days(book, inst, complete=complete) for inst, complete in book_days.items())))
-    else:
+    elif cfg.stores.positions is not None:
         days = store.positions_dates(cfg.store_path("positions"))
+    else:  # a study of the market history alone
+        days = sorted(set().union(*store.market_history_days(cfg.store_path("market_history")).values()))
     return [d for d in days if (cfg.start is None or d >= store.day_key(cfg.start))
             and (cfg.end is None or d <= store.day_key(cfg.end))]
 
@@ -249,6 +265,11 @@ def open_day(cfg: WorkflowConfig, date: str, backend: str,
                                on_bad_rows=cfg.on_bad_rows)
         inputs.update(instruments=instruments, book_days=book_days,
                       book=book.map_over_datasets(lambda ds: to_backend(ds, backend)))
+    if "market_history" in needs:
+        path = cfg.store_path("market_history")
+        held = store.market_history_days(path)
+        inputs["market_history"] = {inst: store.open_market_history_day(path, inst, date, days)
+                                    for inst, days in held.items() if date in days}
     return inputs
 
 
@@ -381,8 +402,27 @@ def _run_locked(cfg: WorkflowConfig, dates, book_days, backend, why, emit, perfo
                                     "stores": {k: str(v) for k, v in cfg.stores.model_dump().items()}},
                               limits=cfg.limits, operator=operator)
         emit("report", {"path": str(report)})
+    study = _write_study(cfg, dates, emit) if cfg.study is not None else None
     return {"workflow": cfg.name, "backend": backend, "dates": dates,
             "computed": list(timings), "skipped": [d for d in dates if d in done],
             "seconds": timings, "stages": stages, "output": str(cfg.output),
             "report": str(report) if report else None, "summary": operator,
-            "breached": operator["breached"]}
+            "breached": operator["breached"], "study": study}
+
+
+def _write_study(cfg: WorkflowConfig, dates: list[str], emit) -> dict:
+    """The study dataset of the run's dates (every one complete now) and its report."""
+    from .study import build_study, study_report, write_study  # noqa: PLC0415
+
+    assert cfg.study is not None
+    t0 = time.perf_counter()
+    ds = build_study(cfg.output, dates, cfg.study.bucket, cfg.study.fragility_shock)
+    path = write_study(ds, cfg.study.output)
+    seconds = time.perf_counter() - t0
+    report = None
+    if cfg.study.report is not None:
+        report = study_report(ds, cfg.study.report, title=f"gpu_risk — {cfg.name}")
+    info = {"dataset": str(path), "report": str(report) if report else None, "seconds": seconds,
+            "instruments": ds.sizes.get("instrument", 0), "buckets": ds.sizes["time"]}
+    emit("study", info)
+    return info

@@ -94,3 +94,22 @@ def open_market_history(path: PathLike, instruments=None, start: Any = None, end
     tree = xr.DataTree.from_dict(nodes)
     tree.attrs = {"store": str(path)}
     return tree
+
+
+def open_market_history_day(path: PathLike, instrument: str, day: str,
+                            days: list[str] | None = None) -> tuple[xr.Dataset, dict[str, float] | None]:
+    """One instrument's day (loaded; a damaged day is an error naming it) and the previous
+    stored day's last values (:func:`gpu_risk.leverage.last_values`), or None without one.
+    ``days``: the instrument's complete days, where already listed."""
+    from ..leverage import last_values  # noqa: PLC0415
+
+    days = complete_days(path, instrument) if days is None else days
+
+    def load(key: str) -> xr.Dataset:
+        part = open_day_dataset(path, f"{instrument}/{key}")
+        if not is_sealed(path, f"{instrument}/{key}", part.encoding):
+            check_manifest(path, f"{instrument}/{key}", part.encoding)
+        return part.load()
+
+    earlier = [d for d in days if d < day]
+    return load(day), (last_values(load(earlier[-1])) if earlier else None)
