@@ -20,7 +20,7 @@ DEMO_SNAPSHOTS ?= 50000
 
 LINT_STAMP := $(VENV)/.installed-lint
 
-.PHONY: demo test test-gpu lint bench clean env
+.PHONY: demo test test-gpu test-cluster lint bench clean env
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ not found"; exit 1; }
@@ -49,7 +49,12 @@ lint: $(LINT_STAMP)
 # two test processes: the suite is mostly single-threaded work (kernels, subprocesses), and
 # CI has two cores (5:45 against 9:30 one after the other)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 -m "not slurm"
+
+# a study on two workers started by a one-node SLURM on this machine (tests/slurm_node.py:
+# root, and Debian's slurm-wlm and munge; it skips with the reason where it cannot start)
+test-cluster: $(STAMP)
+	$(BIN)/python -m pytest -q -m slurm -rs
 
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -m cupy

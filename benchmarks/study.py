@@ -43,7 +43,7 @@ def main() -> None:
                     "--instruments", "2", "--accounts", "2000", "--snapshots-per-day", "20000", "--market-history"],
                    check=True, capture_output=True)
     print(f"synthetic data, {max(args.days)} days: {time.perf_counter() - t0:.0f} s (reused where present)")
-    gbps = read_bandwidth()
+    gbps = read_bandwidth() / 1e9
     book_bytes = 2 * 20_000 * 10 * 4 * 8  # instruments x snapshots x levels x 4 variables x float64
     from gpu_risk import store
     from gpu_risk.imbalance import imbalance_grid

@@ -74,7 +74,7 @@ class BadRows(StrEnum):
 
 
 BACKEND = typer.Option(BackendChoice.auto, help="auto: CUDA kernels when a GPU is visible, numba otherwise")
-SCHEDULER = typer.Option("auto", metavar="auto|sync|threads|local|ADDRESS",
+SCHEDULER = typer.Option("auto", metavar="auto|sync|threads|local|slurm|ADDRESS",
                          help="where Dask runs (auto: threads; local under --memory-limit or --dashboard)")
 MEMORY = typer.Option(None, help="per-worker memory limit, e.g. 4GB (starts a local cluster)")
 BAD_ROWS = typer.Option(BadRows.raise_, help="raise: stop at the first bad row; flag: leave bad rows out, "
@@ -154,7 +154,7 @@ def synth(
 def run(
     workflow: Path = typer.Argument(..., exists=True, dir_okay=False, help="workflow YAML"),
     backend: BackendChoice | None = typer.Option(None, help="overrides the workflow's"),
-    scheduler: str | None = typer.Option(None, metavar="auto|sync|threads|local|ADDRESS",
+    scheduler: str | None = typer.Option(None, metavar="auto|sync|threads|local|slurm|ADDRESS",
                                          help="where Dask runs (overrides)"),
     memory_limit: str | None = typer.Option(None, help="per-worker memory limit, e.g. 4GB"),
     output: Path | None = typer.Option(None, help="results store (overrides)"),

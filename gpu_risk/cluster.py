@@ -1,6 +1,7 @@
 """Where the Dask graph runs: ``auto`` (threads, or a LocalCluster under a memory limit),
 ``sync``, ``threads``, ``local`` (a LocalCluster on this machine, LocalCUDACluster when
-computing on GPUs) or the ADDRESS of a running scheduler."""
+computing on GPUs), ``slurm`` (workers started as SLURM jobs through dask-jobqueue, as
+the workflow's ``cluster`` section says) or the ADDRESS of a running scheduler."""
 
 from __future__ import annotations
 
@@ -10,8 +11,34 @@ import os
 from collections.abc import Iterator
 
 import dask
+from pydantic import BaseModel, ConfigDict, Field
 
 log = logging.getLogger(__name__)
+
+
+class ClusterConfig(BaseModel):
+    """Workers on a job scheduler (``--scheduler slurm``): dask-jobqueue submits ``jobs``
+    SLURM jobs, each running ``processes`` Dask worker processes on ``cores`` cores and
+    ``memory``; the scheduler runs in this process. With ``--backend gpu`` each job runs
+    dask-cuda's worker (``python -m gpu_risk.cuda_worker``), one worker per GPU it sees."""
+
+    model_config = ConfigDict(extra="forbid")
+    jobs: int = Field(2, ge=1, description="SLURM jobs to submit")
+    cores: int = Field(1, ge=1, description="cores per job")
+    processes: int = Field(1, ge=1, description="Dask worker processes per job")
+    memory: str = Field("4GB", description="memory per job")
+    walltime: str = "01:00:00"
+    queue: str | None = Field(None, description="partition (sbatch -p)")
+    account: str | None = Field(None, description="account (sbatch -A)")
+    job_extra_directives: list[str] = Field([], description="more #SBATCH lines, e.g. --gres=gpu:1")
+    job_script_prologue: list[str] = Field([], description="shell lines before the worker starts")
+    python: str | None = Field(None, description="the workers' Python (default: this one)")
+    worker_command: str | None = Field(None, description="module the job runs with python -m (default: "
+                                                         "Dask's worker, or dask-cuda's on --backend gpu)")
+    interface: str | None = Field(None, description="network interface of workers and scheduler")
+    local_directory: str | None = None
+    log_directory: str | None = Field(None, description="where the jobs' output goes")
+    start_timeout: float = Field(300.0, gt=0, description="seconds to wait for every worker to join")
 
 
 def _local_workers() -> int:
@@ -29,6 +56,8 @@ def resolve_scheduler(spec: str, memory_limit: str | None = None, dashboard: boo
     result between processes (docs/performance.md)."""
     if spec == "auto":
         return "local" if memory_limit or dashboard else "threads"
+    if spec == "slurm" and memory_limit:
+        raise ValueError("with --scheduler slurm, set the memory per job in the workflow's cluster section")
     if dashboard and spec in ("sync", "threads"):
         raise ValueError(f"--dashboard needs a distributed scheduler (local or an ADDRESS), not {spec!r}")
     return spec
@@ -36,7 +65,8 @@ def resolve_scheduler(spec: str, memory_limit: str | None = None, dashboard: boo
 
 @contextlib.contextmanager
 def dask_scheduler(spec: str = "auto", *, backend: str = "cpu", memory_limit: str | None = None,
-                   n_workers: int | None = None, dashboard: bool = False) -> Iterator[str]:
+                   n_workers: int | None = None, dashboard: bool = False,
+                   cluster: ClusterConfig | None = None) -> Iterator[str]:
     """Run the enclosed Dask computations on ``spec``; yields a one-line description.
 
     ``local`` starts one single-threaded worker process per core (kernels are single-
@@ -58,6 +88,10 @@ def dask_scheduler(spec: str = "auto", *, backend: str = "cpu", memory_limit: st
         return
     from distributed import Client, LocalCluster  # noqa: PLC0415
 
+    if spec == "slurm":
+        with _slurm(cluster or ClusterConfig(), backend, dashboard) as what:
+            yield what
+        return
     if spec == "local":
         cluster = None
         if backend == "gpu":
@@ -95,6 +129,47 @@ def dask_scheduler(spec: str = "auto", *, backend: str = "cpu", memory_limit: st
             if watch.reason:  # the watchdog closed the client: say why, not how it broke
                 raise RuntimeError(watch.reason) from exc
             raise
+
+
+@contextlib.contextmanager
+def _slurm(cfg: ClusterConfig, backend: str, dashboard: bool) -> Iterator[str]:
+    """A SLURMCluster of ``cfg.jobs`` jobs; every worker joined before the work starts, or
+    one clear error (the jobs are cancelled either way)."""
+    import sys  # noqa: PLC0415
+
+    try:
+        from dask_jobqueue import SLURMCluster  # noqa: PLC0415
+    except ImportError:
+        raise RuntimeError("--scheduler slurm needs dask-jobqueue: pip install 'gpu_risk[cluster]'") from None
+    from distributed import Client  # noqa: PLC0415
+
+    command = cfg.worker_command or ("gpu_risk.cuda_worker" if backend == "gpu" else "distributed.cli.dask_worker")
+    options = dict(cores=cfg.cores, processes=cfg.processes, memory=cfg.memory, walltime=cfg.walltime,
+                   queue=cfg.queue, account=cfg.account, job_extra_directives=list(cfg.job_extra_directives),
+                   job_script_prologue=list(cfg.job_script_prologue), python=cfg.python or sys.executable,
+                   worker_command=command, interface=cfg.interface, local_directory=cfg.local_directory,
+                   log_directory=cfg.log_directory,
+                   scheduler_options={"dashboard_address": "127.0.0.1:0" if dashboard else None})
+    try:
+        slurm = SLURMCluster(**{k: v for k, v in options.items() if v is not None})
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise RuntimeError(f"cannot start a SLURM cluster: {exc}") from None
+    try:
+        slurm.scale(jobs=cfg.jobs)
+        expected = cfg.jobs * cfg.processes
+        with Client(slurm) as client:
+            try:
+                client.wait_for_workers(expected, timeout=cfg.start_timeout)
+            except (TimeoutError, OSError) as exc:
+                joined = len(client.scheduler_info().get("workers", {}))
+                raise RuntimeError(f"{joined} of {expected} SLURM workers joined within {cfg.start_timeout:g} s "
+                                   f"(squeue shows the jobs; their output is in "
+                                   f"{cfg.log_directory or 'the directory the run started in'})") from exc
+            link = f"; dashboard {client.dashboard_link}" if dashboard else ""
+            yield (f"SLURMCluster ({cfg.jobs} jobs x {cfg.processes} worker process(es), {command}) at "
+                   f"{client.scheduler.address}{link}")
+    finally:
+        slurm.close()
 
 
 def connect_timeout_s() -> float:

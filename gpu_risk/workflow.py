@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from . import store
 from .backend import choose_backend, to_backend
 from .builtin_families import CascadeConfig, ImbalanceConfig, StressConfig  # noqa: F401  (re-exported)
-from .cluster import dask_scheduler, resolve_scheduler, scheduler_threads
+from .cluster import ClusterConfig, dask_scheduler, resolve_scheduler, scheduler_threads
 from .errors import InputError
 from .families import _RESERVED, DayContext, compute_order, families, get_family, load_plugins
 from .kernels._compile import cpu_cache_warm
@@ -61,6 +61,7 @@ class WorkflowConfig(BaseModel):
     report: Path | None = None
     backend: Literal["auto", "cpu", "gpu"] = "auto"
     scheduler: str = "auto"
+    cluster: ClusterConfig | None = Field(None, description="the jobs --scheduler slurm submits")
     memory_limit: str | None = None
     dashboard: bool = Field(False, description="serve Dask's dashboard on 127.0.0.1 (a local cluster)")
     limits: Limits | None = Field(None, description="limits on the last day's figures (gpu_risk.limits)")
@@ -358,7 +359,7 @@ def _run_locked(cfg: WorkflowConfig, dates, book_days, backend, why, emit, perfo
     timings, stages = {}, {}
     if todo:
         with dask_scheduler(cfg.scheduler, backend=backend, memory_limit=cfg.memory_limit,
-                            dashboard=cfg.dashboard) as where:
+                            dashboard=cfg.dashboard, cluster=cfg.cluster) as where:
             emit("scheduler", {"scheduler": where})
             threads = scheduler_threads(cfg.scheduler, cfg.memory_limit, cfg.dashboard)
             if backend == "cpu" and not cpu_cache_warm():

@@ -166,3 +166,50 @@ def test_a_study_of_a_sub_range_is_that_range(study_data, tmp_path):
     assert ds.attrs["days"] == ["2026-01-06"] and ds.sizes["time"] == 24
     with pytest.raises(ValueError, match="no day to study"):
         build_study(tmp_path / "results.zarr", [])
+
+
+def test_from_tardis_files_to_the_study_report(tmp_path):
+    """The walk of docs/study.md on real data: the shared USD-M Binance capture written as
+    Tardis incremental_book_L2 rows (gzip), a derivative_ticker file over the same hours,
+    both imported with the command line, then the study workflow with the book and
+    market-history families: a study dataset whose OFI is the imported book's, and a report."""
+    import gzip
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_import_tardis import USDM, _binance_as_tardis
+
+    if not USDM.exists():
+        pytest.skip("shared Binance capture not present")
+    rows = tmp_path / "binance-futures_incremental_book_L2_BTCUSDT.csv"
+    _binance_as_tardis(USDM, rows)
+    with open(rows, "rb") as f, gzip.open(str(rows) + ".gz", "wb") as g:
+        g.write(f.read())
+    times = pd.read_csv(rows, usecols=["timestamp"]).timestamp
+    head = ("exchange,symbol,timestamp,local_timestamp,funding_timestamp,funding_rate,predicted_funding_rate,"
+            "open_interest,last_price,index_price,mark_price\n")
+    rng = np.random.default_rng(5)
+    ticks = range(int(times.min()) - 60_000_000, int(times.max()) + 60_000_000, 1_000_000)
+    ticker = tmp_path / "binance-futures_derivative_ticker_BTCUSDT.csv"
+    ticker.write_text(head + "".join(
+        f"binance-futures,BTCUSDT,{t},{t + 50},{(t // 28_800_000_000 + 1) * 28_800_000_000},"
+        f"{rng.normal(1e-4, 2e-5)!r},{rng.normal(1e-4, 2e-5)!r},{80_000 + k * 0.5!r},61800.0,61790.0,61805.0\n"
+        for k, t in enumerate(ticks)))
+    cli = [sys.executable, "-m", "gpu_risk.cli"]
+    for files, out in (([str(rows) + ".gz"], "book.zarr"), ([str(ticker)], "market_history.zarr")):
+        done = subprocess.run([*cli, "import", "tardis", *files, "--out", str(tmp_path / out), "--levels", "10"],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    done = subprocess.run([*cli, "run", str(WORKFLOW), "--book", str(tmp_path / "book.zarr"), "--market-history",
+                           str(tmp_path / "market_history.zarr"), "--families", "imbalance,leverage",
+                           "--output", str(tmp_path / "results.zarr"), "--scheduler", "sync"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "study: 1 instrument(s) x 48 buckets" in done.stderr + done.stdout
+    ds = open_study(tmp_path / "results/study_dataset.zarr").load()
+    grid = xr.concat([r["imbalance"].to_dataset() for r in store.open_results(tmp_path / "results.zarr").children.values()],
+                     "time").sel(instrument="BTCUSDT")
+    assert float(ds.ofi.sum()) == pytest.approx(float(grid.ofi.isel(level=0).sum()), rel=1e-12)
+    assert np.isfinite(ds.funding_rate.values).sum() >= 1 and np.isfinite(ds.open_interest.values).any()
+    assert "OFI and the return, per 1h" in (tmp_path / "results/study.html").read_text()
