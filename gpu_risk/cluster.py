@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import dask
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,22 +24,22 @@ class ClusterConfig(BaseModel):
     dask-cuda's worker (``python -m gpu_risk.cuda_worker``), one worker per GPU it sees."""
 
     model_config = ConfigDict(extra="forbid")
-    jobs: int = Field(2, ge=1, description="SLURM jobs to submit")
-    cores: int = Field(1, ge=1, description="cores per job")
-    processes: int = Field(1, ge=1, description="Dask worker processes per job")
-    memory: str = Field("4GB", description="memory per job")
+    jobs: int = Field(default=2, ge=1, description="SLURM jobs to submit")
+    cores: int = Field(default=1, ge=1, description="cores per job")
+    processes: int = Field(default=1, ge=1, description="Dask worker processes per job")
+    memory: str = Field(default="4GB", description="memory per job")
     walltime: str = "01:00:00"
-    queue: str | None = Field(None, description="partition (sbatch -p)")
-    account: str | None = Field(None, description="account (sbatch -A)")
-    job_extra_directives: list[str] = Field([], description="more #SBATCH lines, e.g. --gres=gpu:1")
-    job_script_prologue: list[str] = Field([], description="shell lines before the worker starts")
-    python: str | None = Field(None, description="the workers' Python (default: this one)")
-    worker_command: str | None = Field(None, description="module the job runs with python -m (default: "
+    queue: str | None = Field(default=None, description="partition (sbatch -p)")
+    account: str | None = Field(default=None, description="account (sbatch -A)")
+    job_extra_directives: list[str] = Field(default=[], description="more #SBATCH lines, e.g. --gres=gpu:1")
+    job_script_prologue: list[str] = Field(default=[], description="shell lines before the worker starts")
+    python: str | None = Field(default=None, description="the workers' Python (default: this one)")
+    worker_command: str | None = Field(default=None, description="module the job runs with python -m (default: "
                                                          "Dask's worker, or dask-cuda's on --backend gpu)")
-    interface: str | None = Field(None, description="network interface of workers and scheduler")
+    interface: str | None = Field(default=None, description="network interface of workers and scheduler")
     local_directory: str | None = None
-    log_directory: str | None = Field(None, description="where the jobs' output goes")
-    start_timeout: float = Field(300.0, gt=0, description="seconds to wait for every worker to join")
+    log_directory: str | None = Field(default=None, description="where the jobs' output goes")
+    start_timeout: float = Field(default=300.0, gt=0, description="seconds to wait for every worker to join")
 
 
 def _local_workers() -> int:
@@ -93,27 +94,26 @@ def dask_scheduler(spec: str = "auto", *, backend: str = "cpu", memory_limit: st
             yield what
         return
     if spec == "local":
-        cluster = None
+        local: Any = None
         if backend == "gpu":
             try:
                 from dask_cuda import LocalCUDACluster  # noqa: PLC0415
 
-                cluster = LocalCUDACluster(memory_limit=memory_limit or "auto",
-                                           dashboard_address=board)
+                local = LocalCUDACluster(memory_limit=memory_limit or "auto", dashboard_address=board)
                 what = "LocalCUDACluster"
             except ImportError:
                 log.warning("dask-cuda not installed: using a CPU LocalCluster with GPU kernels")
-        if cluster is None:
+        if local is None:
             workers = n_workers or _local_workers()
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   memory_limit=memory_limit or "auto", dashboard_address=board)
+            local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                 memory_limit=memory_limit or "auto", dashboard_address=board)
             what = f"LocalCluster ({workers} worker processes x 1 thread)"
         try:
-            with Client(cluster) as client:
+            with Client(local) as client:
                 link = f"; dashboard {client.dashboard_link}" if dashboard else ""
                 yield f"{what} at {client.scheduler.address}{link}"
         finally:
-            cluster.close()
+            local.close()
         return
     limit = connect_timeout_s()
     try:
@@ -144,12 +144,13 @@ def _slurm(cfg: ClusterConfig, backend: str, dashboard: bool) -> Iterator[str]:
     from distributed import Client  # noqa: PLC0415
 
     command = cfg.worker_command or ("gpu_risk.cuda_worker" if backend == "gpu" else "distributed.cli.dask_worker")
-    options = dict(cores=cfg.cores, processes=cfg.processes, memory=cfg.memory, walltime=cfg.walltime,
-                   queue=cfg.queue, account=cfg.account, job_extra_directives=list(cfg.job_extra_directives),
-                   job_script_prologue=list(cfg.job_script_prologue), python=cfg.python or sys.executable,
-                   worker_command=command, interface=cfg.interface, local_directory=cfg.local_directory,
-                   log_directory=cfg.log_directory,
-                   scheduler_options={"dashboard_address": "127.0.0.1:0" if dashboard else None})
+    options: dict[str, Any] = {
+               "cores": cfg.cores, "processes": cfg.processes, "memory": cfg.memory, "walltime": cfg.walltime,
+               "queue": cfg.queue, "account": cfg.account, "job_extra_directives": list(cfg.job_extra_directives),
+               "job_script_prologue": list(cfg.job_script_prologue), "python": cfg.python or sys.executable,
+               "worker_command": command, "interface": cfg.interface, "local_directory": cfg.local_directory,
+               "log_directory": cfg.log_directory,
+               "scheduler_options": {"dashboard_address": "127.0.0.1:0" if dashboard else None}}
     try:
         slurm = SLURMCluster(**{k: v for k, v in options.items() if v is not None})
     except (OSError, RuntimeError, ValueError) as exc:

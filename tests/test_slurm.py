@@ -19,7 +19,7 @@ from gpu_risk.synth import SynthConfig, synth
 from gpu_risk.workflow import load_config, run_workflow
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from slurm_node import SlurmNode  # noqa: E402
+from slurm_node import SlurmNode
 
 pytestmark = pytest.mark.slurm
 WORKFLOW = Path(__file__).resolve().parents[1] / "workflows/study.yaml"
@@ -94,6 +94,6 @@ def test_slurm_workers_that_never_start_are_one_clear_error(slurm, tmp_path):
         f"ClusterConfig.model_validate_json({cluster.model_dump_json()!r}))")],
         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=300)
     assert done.returncode != 0
-    assert ("0 of 1 SLURM workers joined within 15 s" in done.stderr or "cannot start a SLURM cluster" in done.stderr), \
-        done.stderr[-1500:]
+    said = done.stderr
+    assert "0 of 1 SLURM workers joined within 15 s" in said or "cannot start a SLURM cluster" in said, said[-1500:]
     assert not [j for j in slurm.jobs() if j.strip()], slurm.jobs()

@@ -208,8 +208,8 @@ def test_from_tardis_files_to_the_study_report(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "study: 1 instrument(s) x 48 buckets" in done.stderr + done.stdout
     ds = open_study(tmp_path / "results/study_dataset.zarr").load()
-    grid = xr.concat([r["imbalance"].to_dataset() for r in store.open_results(tmp_path / "results.zarr").children.values()],
-                     "time").sel(instrument="BTCUSDT")
+    days = store.open_results(tmp_path / "results.zarr").children.values()
+    grid = xr.concat([r["imbalance"].to_dataset() for r in days], "time").sel(instrument="BTCUSDT")
     assert float(ds.ofi.sum()) == pytest.approx(float(grid.ofi.isel(level=0).sum()), rel=1e-12)
     assert np.isfinite(ds.funding_rate.values).sum() >= 1 and np.isfinite(ds.open_interest.values).any()
     assert "OFI and the return, per 1h" in (tmp_path / "results/study.html").read_text()
