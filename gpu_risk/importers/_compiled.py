@@ -14,8 +14,6 @@ rounded value, the same double as Python's ``float()``. Anything outside that fa
 hand the line to the Python path, which parses it with ``json`` as before: every line is
 either understood exactly here or by Python, never guessed.
 
-A side of the book is ``keys`` ascending with the best level last (bids: key = price;
-asks: key = -price), so that the frequent changes near the top move few entries.
 """
 
 from __future__ import annotations
@@ -46,116 +44,175 @@ TARDIS_STATE_SIZE = 10
 
 
 # ---------------------------------------------------------------------------------------
-# the book: two sorted sides
+# the book: each side a sorted array and a small sorted buffer of new levels
+#
+# A side (0: bids, key = price; 1: asks, key = -price) keeps its levels in ``keys[side]``
+# ascending, best last, with deleted levels left as tombstones (quantity 0), and the levels
+# added since the last compaction in a buffer of at most DELTA sorted keys. A change of an
+# existing level or a deletion is a binary search and one write; an addition shifts at
+# most DELTA entries; every DELTA additions (or when a quarter of the side is tombstones)
+# one merge pass compacts the side. Binance books grow to thousands of levels a side, so
+# this is O(log n) per change where a plain sorted array is O(n).
+# count: [levels in main (bids, asks), tombstones (bids, asks), levels in buffer (bids, asks)]
 
-
-@cpu_kernel
-def side_merge(keys, qty, n, sign, prices, quantities, scratch_keys, scratch_qty):
-    """Apply a batch of level changes (in order: the last change of a price wins; quantity 0
-    deletes) to a side of ``n`` levels in one merge pass; returns the new count. A batch
-    costs O(n + m log m) instead of m shifts of the array. The caller guarantees room for
-    ``n + m`` entries in ``keys`` and the scratch arrays."""
-    m = prices.size
-    if m == 0:
-        return n
-    changes = sign * prices
-    order = np.argsort(changes, kind="mergesort")  # stable: equal prices keep their order
-    lowest = changes[order[0]]
-    lo, hi = 0, n  # the levels below the lowest change stay where they are
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if keys[mid] < lowest:
-            lo = mid + 1
-        else:
-            hi = mid
-    i = lo
-    r = 0
-    j = 0
-    while j < m:
-        key = changes[order[j]]
-        while j + 1 < m and changes[order[j + 1]] == key:
-            j += 1
-        q = quantities[order[j]]
-        while i < n and keys[i] < key:
-            scratch_keys[r] = keys[i]
-            scratch_qty[r] = qty[i]
-            r += 1
-            i += 1
-        if i < n and keys[i] == key:
-            i += 1  # replaced or deleted
-        if q != 0.0:
-            scratch_keys[r] = key
-            scratch_qty[r] = q
-            r += 1
-        j += 1
-    while i < n:
-        scratch_keys[r] = keys[i]
-        scratch_qty[r] = qty[i]
-        r += 1
-        i += 1
-    for t in range(r):
-        keys[lo + t] = scratch_keys[t]
-        qty[lo + t] = scratch_qty[t]
-    return lo + r
+DELTA = 64
 
 
 @cpu_inline
-def side_top(keys, qty, n, sign, levels, scale, prices, sizes):
-    """The best ``levels`` of a side, best first (missing levels: NaN price, size 0)."""
-    for i in range(levels):
-        if i < n:
-            prices[i] = sign * keys[n - 1 - i]
-            sizes[i] = qty[n - 1 - i] * scale
+def _search(keys, n, key):
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if keys[mid] < key:
+            lo = mid + 1
         else:
-            prices[i] = np.nan
-            sizes[i] = 0.0
+            hi = mid
+    return lo
+
+
+@cpu_kernel
+def book_compact(keys, qty, dkeys, dqty, count, scratch_keys, scratch_qty, side):
+    """Merge the side's buffer into its main array, dropping tombstones."""
+    n, m = count[side], count[4 + side]
+    i = j = r = 0
+    while i < n or j < m:
+        if j >= m or (i < n and keys[side, i] < dkeys[side, j]):
+            if qty[side, i] != 0.0:
+                scratch_keys[r] = keys[side, i]
+                scratch_qty[r] = qty[side, i]
+                r += 1
+            i += 1
+        else:
+            scratch_keys[r] = dkeys[side, j]
+            scratch_qty[r] = dqty[side, j]
+            r += 1
+            j += 1
+    for t in range(r):
+        keys[side, t] = scratch_keys[t]
+        qty[side, t] = scratch_qty[t]
+    count[side] = r
+    count[2 + side] = 0
+    count[4 + side] = 0
+
+
+@cpu_inline
+def book_set(keys, qty, dkeys, dqty, count, scratch_keys, scratch_qty, side, key, q):
+    """Set the level ``key`` of ``side`` to quantity ``q`` (0 deletes). The caller
+    guarantees room for DELTA more entries than the side's levels and additions."""
+    n = count[side]
+    i = _search(keys[side], n, key)
+    if i < n and keys[side, i] == key:
+        old = qty[side, i]
+        qty[side, i] = q
+        if q != 0.0:
+            if old == 0.0:
+                count[2 + side] -= 1
+        elif old != 0.0:
+            count[2 + side] += 1
+            if count[2 + side] > 64 and 4 * count[2 + side] > n:
+                book_compact(keys, qty, dkeys, dqty, count, scratch_keys, scratch_qty, side)
+        return
+    m = count[4 + side]
+    j = _search(dkeys[side], m, key)
+    if j < m and dkeys[side, j] == key:
+        if q != 0.0:
+            dqty[side, j] = q
+        else:
+            for t in range(j, m - 1):
+                dkeys[side, t] = dkeys[side, t + 1]
+                dqty[side, t] = dqty[side, t + 1]
+            count[4 + side] = m - 1
+        return
+    if q == 0.0:
+        return
+    for t in range(m, j, -1):
+        dkeys[side, t] = dkeys[side, t - 1]
+        dqty[side, t] = dqty[side, t - 1]
+    dkeys[side, j] = key
+    dqty[side, j] = q
+    count[4 + side] = m + 1
+    if m + 1 == DELTA:
+        book_compact(keys, qty, dkeys, dqty, count, scratch_keys, scratch_qty, side)
+
+
+@cpu_inline
+def book_top(keys, qty, dkeys, dqty, count, side, levels, scale, prices, sizes):
+    """The best ``levels`` of a side, best first (missing levels: NaN price, size 0)."""
+    sign = 1.0 - 2.0 * side
+    i = count[side] - 1
+    j = count[4 + side] - 1
+    k = 0
+    while k < levels:
+        while i >= 0 and qty[side, i] == 0.0:
+            i -= 1
+        if i < 0 and j < 0:
+            break
+        if j < 0 or (i >= 0 and keys[side, i] > dkeys[side, j]):
+            prices[k] = sign * keys[side, i]
+            sizes[k] = qty[side, i] * scale
+            i -= 1
+        else:
+            prices[k] = sign * dkeys[side, j]
+            sizes[k] = dqty[side, j] * scale
+            j -= 1
+        k += 1
+    for t in range(k, levels):
+        prices[t] = np.nan
+        sizes[t] = 0.0
+
+
+@cpu_kernel
+def book_load(keys, qty, dkeys, dqty, count, scratch_keys, scratch_qty, side, prices, quantities):
+    """Apply levels in order (a snapshot or a stored book) to one side."""
+    sign = 1.0 - 2.0 * side
+    for k in range(prices.size):
+        book_set(keys, qty, dkeys, dqty, count, scratch_keys, scratch_qty, side, sign * prices[k], quantities[k])
 
 
 class SortedBook:
-    """Both sides of one book as growable sorted arrays, for the compiled loops."""
+    """Both sides of one book (see above), as arrays the compiled loops share."""
 
     def __init__(self, capacity: int = 4096):
-        self.bid_keys, self.bid_qty = np.empty(capacity), np.empty(capacity)
-        self.ask_keys, self.ask_qty = np.empty(capacity), np.empty(capacity)
+        self.keys, self.qty = np.empty((2, capacity)), np.empty((2, capacity))
+        self.dkeys, self.dqty = np.empty((2, DELTA)), np.empty((2, DELTA))
+        self.count = np.zeros(6, dtype=np.int64)
         self.scratch_keys, self.scratch_qty = np.empty(capacity), np.empty(capacity)
-        self.count = np.zeros(2, dtype=np.int64)  # bids, asks
+
+    def parts(self) -> tuple:
+        """The arrays, in the order the compiled functions take them."""
+        return self.keys, self.qty, self.dkeys, self.dqty, self.count, self.scratch_keys, self.scratch_qty
 
     def reserve(self, extra: int) -> None:
         """Room for ``extra`` more levels on each side."""
-        need = int(self.count.max()) + extra + 1
-        if need > self.bid_keys.size:
-            size = max(need, 2 * self.bid_keys.size)
-            for name in ("bid_keys", "bid_qty", "ask_keys", "ask_qty", "scratch_keys", "scratch_qty"):
+        need = int(self.count[:2].max()) + extra + DELTA + 1
+        if need > self.keys.shape[1]:
+            size = max(need, 2 * self.keys.shape[1])
+            for name in ("keys", "qty"):
                 old = getattr(self, name)
-                new = np.empty(size)
-                new[:old.size] = old
+                new = np.empty((2, size))
+                new[:, :old.shape[1]] = old
                 setattr(self, name, new)
+            self.scratch_keys, self.scratch_qty = np.empty(size), np.empty(size)
 
     def clear(self) -> None:
         self.count[:] = 0
 
     def load(self, bids, asks) -> None:
         """Set levels (price, quantity pairs, in order) on each side."""
-        bids, asks = np.asarray(bids, dtype=np.float64), np.asarray(asks, dtype=np.float64)
-        self.reserve(max(len(bids), len(asks)))
-        self.count[0] = side_merge(self.bid_keys, self.bid_qty, self.count[0], 1.0, bids[:, 0].copy(),
-                                   bids[:, 1].copy(), self.scratch_keys, self.scratch_qty)
-        self.count[1] = side_merge(self.ask_keys, self.ask_qty, self.count[1], -1.0, asks[:, 0].copy(),
-                                   asks[:, 1].copy(), self.scratch_keys, self.scratch_qty)
+        for side, levels in enumerate((bids, asks)):
+            levels = np.asarray(levels, dtype=np.float64).reshape(-1, 2)
+            self.reserve(len(levels))
+            book_load(*self.parts(), side, levels[:, 0].copy(), levels[:, 1].copy())
 
     def levels(self) -> tuple[list, list]:
         """Every level, best first: ([[price, qty], ...] bids, asks)."""
-        nb, na = int(self.count[0]), int(self.count[1])
-        bids = [[float(p), float(q)] for p, q in zip(self.bid_keys[:nb][::-1], self.bid_qty[:nb][::-1])]
-        asks = [[float(-p), float(q)] for p, q in zip(self.ask_keys[:na][::-1], self.ask_qty[:na][::-1])]
-        return bids, asks
-
-    def best(self) -> tuple[float, float, float, float]:
-        """(best bid, its quantity, best ask, its quantity); NaN and 0 for an empty side."""
-        nb, na = int(self.count[0]), int(self.count[1])
-        bb = float(self.bid_keys[nb - 1]) if nb else np.nan
-        ba = float(-self.ask_keys[na - 1]) if na else np.nan
-        return bb, float(self.bid_qty[nb - 1]) if nb else 0.0, ba, float(self.ask_qty[na - 1]) if na else 0.0
+        out = []
+        for side in (0, 1):
+            book_compact(*self.parts(), side)
+            n, sign = int(self.count[side]), 1.0 - 2.0 * side
+            out.append([[float(sign * k), float(q)] for k, q in zip(self.keys[side, :n][::-1],
+                                                                      self.qty[side, :n][::-1])])
+        return out[0], out[1]
 
 
 # ---------------------------------------------------------------------------------------
@@ -359,6 +416,45 @@ def _decimal(b, s, e):
 
 
 @cpu_inline
+def _quoted_decimal(b, i, e):
+    """A JSON string at ``i`` holding a decimal, read in one pass: (value, ok, index after
+    the closing quote or -1 when the string is invalid). ``ok`` is False outside the exact
+    fast path of :func:`_decimal` (the string is then validated, not read)."""
+    j = i + 1
+    negative = False
+    if j < e and b[j] == 45:
+        negative = True
+        j += 1
+    m = 0
+    digits = 0
+    fraction = 0
+    point = False
+    any_digit = False
+    fast = True
+    while j < e:
+        c = b[j]
+        if 48 <= c <= 57:
+            any_digit = True
+            if m != 0 or c != 48:
+                m = m * 10 + (c - 48)
+                digits += 1
+            if point:
+                fraction += 1
+        elif c == 46 and not point:
+            point = True
+        elif c == 34:
+            break
+        else:
+            fast = False
+            break
+        j += 1
+    if not fast or j >= e or not any_digit or digits > 15 or fraction > 22:
+        return 0.0, False, _string_end(b, i, e)
+    v = m / POW10[fraction]
+    return (-v if negative else v), True, j + 1
+
+
+@cpu_inline
 def _integer(b, i, e):
     """A JSON integer at ``i``: (value, index after it); index -1 when it is not a plain
     integer of at most 18 digits (a fraction or exponent, or longer)."""
@@ -396,10 +492,7 @@ def _levels(b, i, e, prices, quantities, k):
             i = _ws(b, i + 1, e)
             if i >= e or b[i] != 34:
                 return -1, k
-            end = _string_end(b, i, e)
-            if end < 0:
-                return -1, k
-            v, ok = _decimal(b, i + 1, end - 1)
+            v, ok, end = _quoted_decimal(b, i, e)
             if not ok:
                 return -1, k
             if part == 0:
@@ -743,17 +836,15 @@ def scan_binance(buf, n_lines, kind, line_start, line_end, event, first_id, last
 
 
 @cpu_kernel
-def _compare_tickers(state, counters, has_next, next_first, tq_id, tq_values, tq_pos, bid_keys, bid_qty,
-                     ask_keys, ask_qty, count, dis_values):
+def _compare_tickers(state, counters, has_next, next_first, tq_id, tq_values, tq_pos, keys, qty, dkeys, dqty,
+                     count, dis_values, best):
     """Tickers the book has reached exactly (last applied u <= id < next diff's U) are
     compared with its best levels; later ones wait, earlier ones are dropped."""
     base = state[S_LAST_U] if state[S_HAS_LAST] else state[S_SID]
     keep = 0
-    nb, na = count[0], count[1]
-    bb = bid_keys[nb - 1] if nb else np.nan
-    bbq = bid_qty[nb - 1] if nb else 0.0
-    ba = -ask_keys[na - 1] if na else np.nan
-    baq = ask_qty[na - 1] if na else 0.0
+    book_top(keys, qty, dkeys, dqty, count, 0, 1, 1.0, best[0:1], best[1:2])
+    book_top(keys, qty, dkeys, dqty, count, 1, 1, 1.0, best[2:3], best[3:4])
+    bb, bbq, ba, baq = best[0], best[1], best[2], best[3]
     for q in range(state[S_TICKERS]):
         tid = tq_id[q]
         if not state[S_READY] or tid < base:
@@ -783,13 +874,13 @@ def _compare_tickers(state, counters, has_next, next_first, tq_id, tq_values, tq
 
 @cpu_kernel
 def binance_run(start, stop, kind, pos, event, first_id, last_id, prev_id, has_prev, bid_range, ask_range,
-                prices, quantities, ticker, state, counters, tq_id, tq_values, tq_pos, dis_values, bid_keys,
-                bid_qty, ask_keys, ask_qty, count, scratch_keys, scratch_qty, levels, scale, out_time, out_pos,
-                out_block):
+                prices, quantities, ticker, state, counters, tq_id, tq_values, tq_pos, dis_values, keys, qty,
+                dkeys, dqty, count, scratch_keys, scratch_qty, levels, scale, out_time, out_pos, out_block):
     """Lines ``start:stop`` through Binance's rules (see the importer's docstring). Returns
     (the line it stopped at, DONE or PYTHON): PYTHON when the line needs the Python path
     (an unscanned line; the first diff, which names the instrument; a diff before any REST
     snapshot, kept for it; a futures diff without ``pu``, an error)."""
+    best = np.empty(4)
     for i in range(start, stop):
         kd = kind[i]
         if kd == BLANK or kd == OTHER:
@@ -849,19 +940,18 @@ def binance_run(start, stop, kind, pos, event, first_id, last_id, prev_id, has_p
             state[S_READY] = 0
             state[S_TICKERS] = 0
             continue
-        _compare_tickers(state, counters, True, U, tq_id, tq_values, tq_pos, bid_keys, bid_qty, ask_keys,
-                         ask_qty, count, dis_values)
-        b0, b1, a0, a1 = bid_range[i, 0], bid_range[i, 1], ask_range[i, 0], ask_range[i, 1]
-        count[0] = side_merge(bid_keys, bid_qty, count[0], 1.0, prices[b0:b1], quantities[b0:b1], scratch_keys,
-                              scratch_qty)
-        count[1] = side_merge(ask_keys, ask_qty, count[1], -1.0, prices[a0:a1], quantities[a0:a1], scratch_keys,
-                              scratch_qty)
+        _compare_tickers(state, counters, True, U, tq_id, tq_values, tq_pos, keys, qty, dkeys, dqty, count,
+                         dis_values, best)
+        for j in range(bid_range[i, 0], bid_range[i, 1]):
+            book_set(keys, qty, dkeys, dqty, count, scratch_keys, scratch_qty, 0, prices[j], quantities[j])
+        for j in range(ask_range[i, 0], ask_range[i, 1]):
+            book_set(keys, qty, dkeys, dqty, count, scratch_keys, scratch_qty, 1, -prices[j], quantities[j])
         state[S_HAS_LAST] = 1
         state[S_LAST_U] = u
         counters[C_APPLIED] += 1
         r = counters[C_OUT]
-        side_top(bid_keys, bid_qty, count[0], 1.0, levels, scale, out_block[0, r], out_block[1, r])
-        side_top(ask_keys, ask_qty, count[1], -1.0, levels, scale, out_block[2, r], out_block[3, r])
+        book_top(keys, qty, dkeys, dqty, count, 0, levels, scale, out_block[0, r], out_block[1, r])
+        book_top(keys, qty, dkeys, dqty, count, 1, levels, scale, out_block[2, r], out_block[3, r])
         out_time[r] = event[i] * 1_000_000
         out_pos[r] = pos[i]
         counters[C_OUT] = r + 1
@@ -869,11 +959,11 @@ def binance_run(start, stop, kind, pos, event, first_id, last_id, prev_id, has_p
 
 
 @cpu_kernel
-def compare_remaining(state, counters, tq_id, tq_values, tq_pos, dis_values, bid_keys, bid_qty, ask_keys,
-                      ask_qty, count):
+def compare_remaining(state, counters, tq_id, tq_values, tq_pos, dis_values, keys, qty, dkeys, dqty, count,
+                      scratch_keys, scratch_qty):
     """At the end of the files: the tickers still waiting see the final book."""
-    _compare_tickers(state, counters, False, 0, tq_id, tq_values, tq_pos, bid_keys, bid_qty, ask_keys,
-                     ask_qty, count, dis_values)
+    _compare_tickers(state, counters, False, 0, tq_id, tq_values, tq_pos, keys, qty, dkeys, dqty, count,
+                     dis_values, np.empty(4))
 
 
 # ---------------------------------------------------------------------------------------
@@ -881,62 +971,43 @@ def compare_remaining(state, counters, tq_id, tq_values, tq_pos, dis_values, bid
 
 
 @cpu_kernel
-def _apply_rows(is_bid, price, amount, start, stop, bid_keys, bid_qty, ask_keys, ask_qty, count, scratch_keys,
-                scratch_qty):
-    if stop <= start:
-        return
-    bids = is_bid[start:stop]
-    asks = ~bids
-    p, q = price[start:stop], amount[start:stop]
-    count[0] = side_merge(bid_keys, bid_qty, count[0], 1.0, p[bids], q[bids], scratch_keys, scratch_qty)
-    count[1] = side_merge(ask_keys, ask_qty, count[1], -1.0, p[asks], q[asks], scratch_keys, scratch_qty)
-
-
-@cpu_kernel
-def tardis_run(stamp, local, is_snapshot, is_bid, price, amount, line, state, bid_keys, bid_qty, ask_keys,
-               ask_qty, count, scratch_keys, scratch_qty, levels, final, out_time, out_block):
+def tardis_run(stamp, local, is_snapshot, is_bid, price, amount, line, state, keys, qty, dkeys, dqty, count,
+               scratch_keys, scratch_qty, levels, final, out_time, out_block):
     """One symbol's rows in file order: a message (rows sharing ``timestamp`` and
-    ``local_timestamp``) is applied and emitted as a snapshot of the top ``levels`` once the
-    next message begins (or, with ``final``, at the end); a run of snapshot rows after
-    updates resets the book. Returns (snapshots written, the line whose time went backwards
-    or -1)."""
+    ``local_timestamp``) is emitted as a snapshot of the top ``levels`` once the next
+    message begins (or, with ``final``, at the end); a run of snapshot rows after updates
+    resets the book. Returns (snapshots written, the line whose time went backwards or -1)."""
     r = 0
-    run = 0  # rows run:i belong to the message being read and are not applied yet
     n = stamp.size
     for i in range(n + 1):
         last_row = i == n
         if state[T_HAS_PENDING] and ((last_row and final) or (not last_row and (
                 stamp[i] != state[T_PEND_TS] or local[i] != state[T_PEND_LOCAL]))):
-            _apply_rows(is_bid, price, amount, run, i, bid_keys, bid_qty, ask_keys, ask_qty, count, scratch_keys,
-                        scratch_qty)
-            run = i
             t = state[T_PEND_TS]
             if state[T_HAS_LAST] and t < state[T_LAST]:
                 return r, state[T_PEND_LINE]
             state[T_HAS_LAST] = 1
             state[T_LAST] = t
-            side_top(bid_keys, bid_qty, count[0], 1.0, levels, 1.0, out_block[0, r], out_block[1, r])
-            side_top(ask_keys, ask_qty, count[1], -1.0, levels, 1.0, out_block[2, r], out_block[3, r])
+            book_top(keys, qty, dkeys, dqty, count, 0, levels, 1.0, out_block[0, r], out_block[1, r])
+            book_top(keys, qty, dkeys, dqty, count, 1, levels, 1.0, out_block[2, r], out_block[3, r])
             out_time[r] = t * 1000
             r += 1
             state[T_HAS_PENDING] = 0
         if last_row:
-            # the message may go on in the next block: its rows so far are applied now
-            _apply_rows(is_bid, price, amount, run, n, bid_keys, bid_qty, ask_keys, ask_qty, count, scratch_keys,
-                        scratch_qty)
             break
         if is_snapshot[i] and not state[T_IN_SNAPSHOT]:
             if state[T_KNOWN]:
                 state[T_RESETS] += 1
-            count[0] = 0
-            count[1] = 0
-            run = i  # earlier rows not yet applied are gone with the old book
+            count[:] = 0
             state[T_KNOWN] = 1
         state[T_IN_SNAPSHOT] = 1 if is_snapshot[i] else 0
         if not state[T_KNOWN]:
             state[T_BEFORE] += 1
-            run = i + 1
             continue
+        if is_bid[i]:
+            book_set(keys, qty, dkeys, dqty, count, scratch_keys, scratch_qty, 0, price[i], amount[i])
+        else:
+            book_set(keys, qty, dkeys, dqty, count, scratch_keys, scratch_qty, 1, -price[i], amount[i])
         state[T_HAS_PENDING] = 1
         state[T_PEND_TS] = stamp[i]
         state[T_PEND_LOCAL] = local[i]

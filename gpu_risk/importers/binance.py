@@ -131,7 +131,7 @@ class _Scan:
             self.prices, self.quantities = np.empty(self.levels), np.empty(self.levels)
 
     def scan(self, data: bytes, n_lines: int) -> int:
-        self.fit(n_lines, data.count(b"[") + 1)
+        self.fit(n_lines, len(data) // 9 + 1)  # a level takes at least 9 bytes: ["1","1"]
         buf = np.frombuffer(data, dtype=np.uint8)
         return fast.scan_binance(buf, n_lines, self.kind, self.line_start, self.line_end, self.event,
                                  self.first_id, self.last_id, self.prev_id, self.has_prev, self.bid_range,
@@ -210,8 +210,7 @@ class _Rebuild:
         b = self.book
         stopped, why = fast.binance_run(
             start, stop, *arrays, self.state, self.counters, self.tq_id, self.tq_values, self.tq_pos,
-            self.dis_values, b.bid_keys, b.bid_qty, b.ask_keys, b.ask_qty, b.count, b.scratch_keys, b.scratch_qty,
-            self.levels, self.scale,
+            self.dis_values, *b.parts(), self.levels, self.scale,
             out_time, out_pos, out_block)
         r = int(self.counters[fast.C_OUT])
         if r:
@@ -339,7 +338,7 @@ class _Rebuild:
     def finish(self) -> None:
         b = self.book
         fast.compare_remaining(self.state, self.counters, self.tq_id, self.tq_values, self.tq_pos,
-                               self.dis_values, b.bid_keys, b.bid_qty, b.ask_keys, b.ask_qty, b.count)
+                               self.dis_values, *b.parts())
         c, report = self.counters, self.report
         report.diffs_applied, report.stale_diffs, report.gaps = (int(c[fast.C_APPLIED]), int(c[fast.C_STALE]),
                                                                  int(c[fast.C_GAPS]))

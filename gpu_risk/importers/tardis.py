@@ -205,9 +205,7 @@ def _read_incremental(path, levels, chunk_rows, spool_of, report) -> None:
         out_time = np.empty(n + 1, dtype=np.int64)
         out_block = np.empty((4, n + 1, levels))
         b = entry.book
-        written, backwards = fast.tardis_run(*columns, entry.state, b.bid_keys, b.bid_qty, b.ask_keys, b.ask_qty,
-                                             b.count, b.scratch_keys, b.scratch_qty, levels, final, out_time,
-                                             out_block)
+        written, backwards = fast.tardis_run(*columns, entry.state, *b.parts(), levels, final, out_time, out_block)
         if backwards >= 0:  # named here, where the line is known
             raise InputError(f"event time goes backwards at {path}:{backwards}", store=str(path), instrument=symbol,
                              index=int(backwards), label=f"line {backwards}")
