@@ -29,6 +29,7 @@ from ..errors import InputError
 
 ORDER = ("bid_price", "bid_size", "ask_price", "ask_size")
 DAY_NS = 86_400 * 10**9
+WHOLE_DAY_BYTES = 64 << 20  # a day this small is written from memory in one pass
 
 
 # Re-imports: the files a store was built from are recorded by content digest on its root,
@@ -120,6 +121,19 @@ class DaySpool:
             with np.load(path) as data:
                 for i, name in enumerate(ORDER):
                     choosers[name].feed(data["book"][i])
+        if time.size * self.levels * 32 <= WHOLE_DAY_BYTES:  # small: one write, no empty template first
+            blocks, extras = [], {name: [] for name in self.optional}
+            for path in self.files:
+                with np.load(path) as data:
+                    blocks.append(data["book"])
+                    for name in self.optional:
+                        extras[name].append(data[name])
+                path.unlink()
+            store.write_book_day_whole(self.out, self.instrument, self.day, time, np.concatenate(blocks, axis=1),
+                                       self.chunk_rows, self.attrs, {k: np.concatenate(v) for k, v in extras.items()},
+                                       suffix, {name: c.spec for name, c in choosers.items()})
+            self._finish_day(time, rewrite)
+            return
         writer = store.book_writer(self.out, self.instrument, self.day, time, self.levels,
                                    self.chunk_rows, extra_attrs=self.attrs,
                                    optional_vars=self.optional, suffix=suffix,
@@ -135,6 +149,9 @@ class DaySpool:
             start += block.shape[1]
             path.unlink()
         writer.close()
+        self._finish_day(time, rewrite)
+
+    def _finish_day(self, time, rewrite: bool) -> None:
         if rewrite:
             store.replace_day(self.out, f"{self.instrument}/{self.day}", f"{self.instrument}/{self.day}.new")
         self.snapshots += int(time.size)

@@ -33,6 +33,8 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import queue
+import threading
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
@@ -106,6 +108,45 @@ def read_blocks(path: Path):
                          label=f"line {lines + 1}") from exc
     if rest:
         yield rest, 1
+
+
+def _scanned(path: Path, ahead: int = 2):
+    """(bytes, lines, their _Scan) of each block of ``path``, read and scanned by a second
+    thread up to ``ahead`` blocks in advance; its errors arrive in their place."""
+    done = object()
+    blocks: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for data, n_lines in read_blocks(path):
+                scan = _Scan()
+                n = scan.scan(data, n_lines)
+                while not stop.is_set():
+                    try:
+                        blocks.put((data, n, scan), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            blocks.put(done)
+        except BaseException as exc:  # handed over, raised where the block would have been
+            blocks.put(exc)
+
+    thread = threading.Thread(target=produce, name="gpu-risk-binance-scan", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = blocks.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 class _Scan:
@@ -318,17 +359,18 @@ class _Rebuild:
             self.tq_id[q], self.tq_pos[q], self.tq_values[q] = tid, pos, values
             state[fast.S_TICKERS] = q + 1
 
-    def file(self, index: int, path: Path, scan: _Scan) -> None:
+    def file(self, index: int, path: Path) -> None:
+        """The file's blocks, each read and scanned on a second thread while this one
+        rebuilds the book from the block before (both loops release the GIL)."""
         first = 1
-        for data, n_lines in read_blocks(path):
-            n = scan.scan(data, n_lines)
+        for data, n, scan in _scanned(path):
             scan.pos[:n] = (index << LINE_BITS) + first + np.arange(n)
             self.report.lines += int(np.count_nonzero(scan.kind[:n] != fast.BLANK))
             arrays = scan.arrays()
+            room = int(scan.bid_range[:n].max(initial=0)) + int(scan.ask_range[:n].max(initial=0))
             i = 0
             while i < n:
-                i, why = self.run(arrays, i, n, int(scan.bid_range[:n].max(initial=0)) +
-                                  int(scan.ask_range[:n].max(initial=0)))
+                i, why = self.run(arrays, i, n, room)
                 if why == fast.PYTHON:
                     text = data[scan.line_start[i]:scan.line_end[i]].decode("utf-8", errors="replace")
                     self.python_line(int(scan.pos[i]), text)
@@ -402,10 +444,9 @@ def import_binance(files, levels: int, out, instrument: str | None = None,
     if not files:
         return report.as_dict()
     rebuild = _Rebuild(report, files, out, levels, chunk_rows, instrument)
-    scan = _Scan()
     try:
         for index, path in enumerate(map(Path, files)):
-            rebuild.file(index, path, scan)
+            rebuild.file(index, path)
         rebuild.finish()
         if rebuild.spool is None:
             raise InputError("no depthUpdate diff in the files: nothing to import" if report.lines else

@@ -128,6 +128,35 @@ def book_writer(path: PathLike, instrument: str, date: Any, time: np.ndarray, le
                         encode=encode, before_complete=record_book_qc)
 
 
+def write_book_day_whole(path: PathLike, instrument: str, date: Any, time: np.ndarray, block: np.ndarray,
+                         chunk_rows: int = BOOK_CHUNK_ROWS, extra_attrs: dict | None = None,
+                         extras: dict[str, np.ndarray] | None = None, suffix: str = "",
+                         ticks: dict[str, tuple[float, float]] | None = None) -> None:
+    """One instrument-day held in memory (``block``: (4, time, level) in the order
+    bid_price, bid_size, ask_price, ask_size; ``extras``: optional variables by name),
+    written in one pass with what :func:`book_writer` would write for it (the same arrays,
+    encodings, attributes and validation summary): a day that fits in memory need not pay
+    for a writer's empty template and its region writes (0.1-0.2 s a day)."""
+    _check_instrument_name(instrument)
+    init_store(path, "book")
+    key = day_key(date)
+    levels = block.shape[2]
+    ds = xr.Dataset({name: (("time", "level"), block[i], describe(BOOK_VARS[name]))
+                     for i, name in enumerate(("bid_price", "bid_size", "ask_price", "ask_size"))},
+                    coords={"time": ("time", np.asarray(time, dtype="datetime64[ns]")),
+                            "level": ("level", np.arange(1, levels + 1, dtype=np.int16))})
+    for name, values in (extras or {}).items():
+        ds[name] = ("time", values, describe(BOOK_OPTIONAL_VARS[name]))
+    ds.attrs.update(instrument=instrument, date=key, **(extra_attrs or {}))
+    ds.attrs[QC_ATTR] = book_qc_summary(ds)  # on the values as they will read back (ticks are exact)
+    ticks = {k: v for k, v in (ticks or {}).items() if v is not None}
+    if ticks:
+        ds = encode_with(ds, ticks, where=f" of {instrument} {key}")
+        for name, spec in ticks.items():
+            ds[name].attrs.update(tick_attrs(spec))
+    write_day_dataset(ds, path, f"{instrument}/{key}{suffix}", {"time": chunk_rows})
+
+
 def record_book_qc(path: PathLike, group: str) -> dict:
     """Validate a written book day in one pass and record the summary on its group."""
     return _record_qc(path, group, book_qc_summary)
