@@ -152,6 +152,7 @@ class DaySpool:
         self._finish_day(time, rewrite)
 
     def _finish_day(self, time, rewrite: bool) -> None:
+        assert self.day is not None
         if rewrite:
             store.replace_day(self.out, f"{self.instrument}/{self.day}", f"{self.instrument}/{self.day}.new")
         self.snapshots += int(time.size)
