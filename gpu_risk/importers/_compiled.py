@@ -135,7 +135,7 @@ def book_set(keys, qty, dkeys, dqty, count, scratch_keys, scratch_qty, side, key
         book_compact(keys, qty, dkeys, dqty, count, scratch_keys, scratch_qty, side)
 
 
-@cpu_inline
+@cpu_kernel
 def book_top(keys, qty, dkeys, dqty, count, side, levels, scale, prices, sizes):
     """The best ``levels`` of a side, best first (missing levels: NaN price, size 0)."""
     sign = 1.0 - 2.0 * side
@@ -230,7 +230,7 @@ def _ws(b, i, e):
     return i
 
 
-@cpu_inline
+@cpu_kernel
 def _string_end(b, i, e):
     """``b[i]`` is a quote: the index after the closing quote, or -1 (invalid)."""
     i += 1
@@ -261,7 +261,7 @@ def _string_end(b, i, e):
     return -1
 
 
-@cpu_inline
+@cpu_kernel
 def _number_end(b, i, e):
     """A JSON number at ``i``: the index after it, or -1."""
     if i < e and b[i] == 45:
@@ -294,7 +294,7 @@ def _number_end(b, i, e):
     return i
 
 
-@cpu_inline
+@cpu_kernel
 def _literal_end(b, i, e):
     """true, false or null at ``i``: the index after it, or -1."""
     c = b[i]
@@ -308,7 +308,7 @@ def _literal_end(b, i, e):
     return -1
 
 
-@cpu_inline
+@cpu_kernel
 def _key_colon(b, i, e):
     """A key and its colon at ``i`` (after whitespace): the index after the colon, or -1."""
     i = _ws(b, i, e)
@@ -379,7 +379,7 @@ def _value_end(b, i, e, stack):
             return -1
 
 
-@cpu_inline
+@cpu_kernel
 def _decimal(b, s, e):
     """The decimal in ``b[s:e]`` (digits, one optional point, optional minus), as Python's
     float() gives it; (value, ok) with ok False outside the exact fast path."""
@@ -454,7 +454,7 @@ def _quoted_decimal(b, i, e):
     return (-v if negative else v), True, j + 1
 
 
-@cpu_inline
+@cpu_kernel
 def _integer(b, i, e):
     """A JSON integer at ``i``: (value, index after it); index -1 when it is not a plain
     integer of at most 18 digits (a fraction or exponent, or longer)."""
@@ -525,7 +525,7 @@ BOOK_TICKER = np.frombuffer(b"bookTicker", dtype=np.uint8).copy()
 K_E_KIND, K_E, K_U, K_LU, K_PU, K_B, K_A, K_BQ, K_AQ, K_S, K_PS, K_LAST_UPDATE, K_STREAM, K_DATA = range(14)
 
 
-@cpu_inline
+@cpu_kernel
 def _equals(b, s, e, text):
     if e - s != text.size:
         return False
@@ -535,7 +535,7 @@ def _equals(b, s, e, text):
     return True
 
 
-@cpu_inline
+@cpu_kernel
 def _contains(b, s, e, text):
     for start in range(s, e - text.size + 1):
         if _equals(b, start, start + text.size, text):
@@ -543,7 +543,7 @@ def _contains(b, s, e, text):
     return False
 
 
-@cpu_inline
+@cpu_kernel
 def _has_escape(b, s, e):
     for j in range(s, e):
         if b[j] == 92:
@@ -551,7 +551,7 @@ def _has_escape(b, s, e):
     return False
 
 
-@cpu_inline
+@cpu_kernel
 def _key_id(b, s, e):
     """Which of the keys the importer reads ``b[s:e]`` is (K_*), or -1."""
     n = e - s

@@ -427,9 +427,12 @@ def write_day_dataset(
         ds = ds.assign_coords({name: ds[name].compute() for name in ds.coords
                                if ds[name].dtype.kind in "OUT" and ds[name].chunks is not None})
     ds.attrs[COMPLETE] = False
+    for name in ds.data_vars:  # written with the array (xarray scales only by encoding's)
+        var = ds.variables[name]  # _prepare's copy: a new attrs dict leaves the caller's alone
+        factor = cf_scale_factor(dict(var.attrs))
+        if factor is not None and "scale_factor" not in var.attrs:
+            var.attrs = {**var.attrs, "scale_factor": factor}
     ds.to_zarr(str(path), group=group, mode="w", encoding=enc, **_zarr_kwargs())
-    if any(TICKS_ATTR in v.attrs for v in ds.data_vars.values()):
-        _add_cf_scale(path, group)
     mark_complete(path, group)
 
 
