@@ -142,6 +142,7 @@ def _slurm(cfg: ClusterConfig, backend: str, dashboard: bool) -> Iterator[str]:
     except ImportError:
         raise RuntimeError("--scheduler slurm needs dask-jobqueue: pip install 'gpu_risk[cluster]'") from None
     from distributed import Client  # noqa: PLC0415
+    from distributed.comm.core import CommClosedError  # noqa: PLC0415
 
     command = cfg.worker_command or ("gpu_risk.cuda_worker" if backend == "gpu" else "distributed.cli.dask_worker")
     options: dict[str, Any] = {
@@ -159,18 +160,53 @@ def _slurm(cfg: ClusterConfig, backend: str, dashboard: bool) -> Iterator[str]:
         slurm.scale(jobs=cfg.jobs)
         expected = cfg.jobs * cfg.processes
         with Client(slurm) as client:
-            try:
-                client.wait_for_workers(expected, timeout=cfg.start_timeout)
-            except (TimeoutError, OSError) as exc:
-                joined = len(client.scheduler_info().get("workers", {}))
-                raise RuntimeError(f"{joined} of {expected} SLURM workers joined within {cfg.start_timeout:g} s "
-                                   f"(squeue shows the jobs; their output is in "
-                                   f"{cfg.log_directory or 'the directory the run started in'})") from exc
+            _wait_for_slurm_workers(client, slurm, expected, cfg)
             link = f"; dashboard {client.dashboard_link}" if dashboard else ""
-            yield (f"SLURMCluster ({cfg.jobs} jobs x {cfg.processes} worker process(es), {command}) at "
-                   f"{client.scheduler.address}{link}")
+            # jobs that end (walltime, scancel, a lost node) leave the run without workers:
+            # the same watchdog as for a scheduler ADDRESS turns that into one line
+            with _workers_watched(client, "the SLURM cluster's scheduler") as watch:
+                try:
+                    yield (f"SLURMCluster ({cfg.jobs} jobs x {cfg.processes} worker process(es), {command}) at "
+                           f"{client.scheduler.address}{link}")
+                except BaseException as exc:
+                    if watch.reason:
+                        raise RuntimeError(watch.reason) from exc
+                    if isinstance(exc, CommClosedError):
+                        raise RuntimeError("the SLURM workers were lost while computing (their jobs ended: "
+                                           f"walltime, scancel or a lost node): {exc}; days already complete "
+                                           "stay, run again to finish") from exc
+                    raise
     finally:
         slurm.close()
+
+
+def _wait_for_slurm_workers(client, slurm, expected: int, cfg: ClusterConfig) -> None:
+    """Until ``expected`` workers joined; one clear error when ``cfg.start_timeout`` passes
+    or when every job has ended without its worker (cancelled, failed, out of walltime)."""
+    import subprocess  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    where = cfg.log_directory or "the directory the run started in"
+    deadline = time.monotonic() + cfg.start_timeout
+    last_check = 0.0
+    while True:
+        joined = len(client.scheduler_info().get("workers", {}))
+        if joined >= expected:
+            return
+        now = time.monotonic()
+        if now >= deadline:
+            raise RuntimeError(f"{joined} of {expected} SLURM workers joined within {cfg.start_timeout:g} s "
+                               f"(squeue shows the jobs; their output is in {where})")
+        if now - last_check >= 3.0:
+            last_check = now
+            ids = [str(job.job_id) for job in slurm.workers.values() if getattr(job, "job_id", None)]
+            if ids:
+                listed = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True,
+                                        text=True)
+                if listed.returncode == 0 and not listed.stdout.strip():
+                    raise RuntimeError(f"the SLURM jobs ended before their workers joined ({joined} of {expected}"
+                                       f" joined; their output is in {where})")
+        time.sleep(0.5)
 
 
 def connect_timeout_s() -> float:
@@ -218,8 +254,9 @@ def _workers_watched(client, spec: str) -> Iterator[_Watch]:
                 continue
             since = since or time.monotonic()
             if time.monotonic() - since >= limit:
-                watch.reason = (f"the Dask scheduler at {spec} has had no worker for {limit:.0f} s "
-                                "(none started, or every one gone); start workers and run again")
+                watch.reason = (f"{spec if spec.startswith('the ') else 'the Dask scheduler at ' + spec} has had no "
+                                f"worker for {limit:.0f} s (none started, or every one gone); start workers and run "
+                                "again")
                 closer = threading.Thread(target=client.close, daemon=True)
                 closer.start()
                 if EXIT_WHEN_STUCK["on"] and not stop.wait(15.0):

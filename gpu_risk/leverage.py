@@ -81,6 +81,11 @@ def leverage_day(day_ds: xr.Dataset, day: str, bucket: str = "5min", carry: dict
     out: dict[str, Any] = {}
     for name in LEVEL_FIELDS:
         values = np.asarray(day_ds[name].values, dtype=np.float64)
+        infinite = np.isinf(values)
+        if infinite.any():  # NaN is a field the venue did not send; infinity is bad input
+            i = int(np.argmax(infinite))
+            raise InputError(f"market history of {day}: {name} is {values[i]} at {times[i]}", variable=name,
+                             index=i, label=day)
         known = np.isfinite(values)
         t, v = times[known], values[known]
         # the last update at or before each bucket's end (strictly before the next bucket)
@@ -106,8 +111,13 @@ def leverage_grid(days: dict[str, tuple[xr.Dataset, dict[str, float] | None]], d
                   ) -> xr.Dataset:
     """Instruments x buckets of one day: ``days`` maps each instrument to its day of market
     history and the previous day's carry."""
-    parts = [leverage_day(ds, day, bucket, carry).expand_dims(instrument=[name])
-             for name, (ds, carry) in sorted(days.items())]
+    parts = []
+    for name, (ds, carry) in sorted(days.items()):
+        try:
+            parts.append(leverage_day(ds, day, bucket, carry).expand_dims(instrument=[name]))
+        except InputError as exc:  # named with its instrument
+            raise InputError(exc.problem, variable=exc.variable, instrument=name, index=exc.index,
+                             label=exc.label) from exc
     if not parts:
         raise InputError(f"no instrument has market history on {day}", label=day)
     return xr.concat(parts, "instrument")

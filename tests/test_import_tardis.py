@@ -231,7 +231,7 @@ def _sequential_books(rows: list[tuple], levels: int) -> dict:
     return out
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.sampled_from([1, 3, 17, 10_000]))
 def test_random_incremental_files_match_a_row_by_row_reference(tmp_path_factory, seed, chunk_rows):
     """Random messages of two symbols interleaved (repeated prices within a message,

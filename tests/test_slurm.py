@@ -97,3 +97,39 @@ def test_slurm_workers_that_never_start_are_one_clear_error(slurm, tmp_path):
     said = done.stderr
     assert "0 of 1 SLURM workers joined within 15 s" in said or "cannot start a SLURM cluster" in said, said[-1500:]
     assert not [j for j in slurm.jobs() if j.strip()], slurm.jobs()
+
+
+def test_slurm_jobs_cancelled_mid_run_are_one_clear_error(slurm, tmp_path):
+    """The worker jobs end while the run computes (walltime, scancel, a lost node): after
+    GPU_RISK_NO_WORKER_TIMEOUT without a worker the run stops with one line, days already
+    complete stay, and no job is left."""
+    import time
+
+    data = tmp_path / "data"
+    synth(SynthConfig(out=str(data), days=3, instruments=2, accounts=500, snapshots_per_day=20_000,
+                      market_history=True))
+    stores = [f"--{k.replace('_', '-')}={data / (k + '.zarr')}" for k in ("book", "positions", "market",
+                                                                         "market_history")]
+    config = tmp_path / "study.yaml"
+    config.write_text(WORKFLOW.read_text().replace("scheduler: auto", "scheduler: slurm\ncluster:\n  jobs: 2\n"
+                                                   f"  memory: 2GB\n  log_directory: {tmp_path / 'jobs'}\n"))
+    env = {**os.environ, "GPU_RISK_NO_WORKER_TIMEOUT": "5"}
+    run = subprocess.Popen([sys.executable, "-m", "gpu_risk.cli", "run", str(config), *stores,
+                            "--output", str(tmp_path / "results.zarr")], cwd=tmp_path, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    said = []
+    for line in run.stderr:  # the run says where it computes once every worker joined
+        said.append(line)
+        if "scheduler: SLURMCluster" in line:
+            break
+    time.sleep(1)  # the first day is under way
+    subprocess.run(["scancel", "--user", "root"], env=slurm.env, check=True)
+    _, rest = run.communicate(timeout=180)
+    err = "".join(said) + rest
+    assert run.returncode == 2, err[-2000:]
+    last = [line for line in err.strip().splitlines() if line.strip()][-1]
+    # lost while a task ran, or found with no worker by the watchdog: either says what happened
+    assert ("the SLURM workers were lost while computing" in last
+            or "the SLURM cluster's scheduler has had no worker for 5 s" in last), err[-2000:]
+    assert "Traceback" not in err
+    assert not [j for j in slurm.jobs() if j.strip()], slurm.jobs()

@@ -213,3 +213,25 @@ def test_from_tardis_files_to_the_study_report(tmp_path):
     assert float(ds.ofi.sum()) == pytest.approx(float(grid.ofi.isel(level=0).sum()), rel=1e-12)
     assert np.isfinite(ds.funding_rate.values).sum() >= 1 and np.isfinite(ds.open_interest.values).any()
     assert "OFI and the return, per 1h" in (tmp_path / "results/study.html").read_text()
+
+
+def test_bad_market_history_is_one_line_naming_instrument_field_and_day(study_data, tmp_path):
+    """An infinite field, and a day of the book without any market history: each run ends
+    in one line naming what and where, and writes no study."""
+    import shutil
+
+    from gpu_risk.leverage import leverage_grid
+
+    day = _history(3, 30)
+    day["open_interest"].values[7] = np.inf
+    with pytest.raises(InputError, match=r"open_interest is inf .*instrument 'XYZ'.*variable 'open_interest'"):
+        leverage_grid({"XYZ": (day, None)}, DAY, "1h")
+    data = tmp_path / "data"
+    shutil.copytree(study_data, data)
+    for inst in ("BTCUSDT", "ETHUSDT"):  # the middle day's market history is gone
+        shutil.rmtree(data / "market_history.zarr" / inst / "2026-01-06")
+    cfg = _config(data, tmp_path, families=["leverage"])
+    with pytest.raises(InputError, match="no instrument has market history on 2026-01-06"):
+        run_workflow(cfg)
+    assert not (tmp_path / "study.zarr").exists()
+    assert store.results_days(tmp_path / "results.zarr") == ["2026-01-05"]  # the days before stay
