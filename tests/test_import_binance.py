@@ -335,10 +335,11 @@ def test_the_same_messages_in_other_json_spellings_give_the_same_store(tmp_path)
 @settings(max_examples=150, deadline=None)
 @given(st.text(alphabet="0123456789.-e+ _xn", min_size=1, max_size=24))
 def test_decimal_strings_read_as_python_reads_them_or_left_to_python(text):
-    from gpu_risk.importers._compiled import _decimal
+    from gpu_risk.importers._compiled import _quoted_decimal
 
-    raw = np.frombuffer(text.encode(), dtype=np.uint8)
-    value, ok = _decimal(raw, 0, raw.size)
+    raw = np.frombuffer(f'"{text}"'.encode(), dtype=np.uint8)
+    value, ok, end = _quoted_decimal(raw, 0, raw.size)
+    assert end == raw.size  # the string is valid JSON: its end is found either way
     if ok:  # the fast path claims it: Python's float() must agree to the bit
         assert float(text) == value and np.signbit(value) == np.signbit(float(text))
 
@@ -346,12 +347,12 @@ def test_decimal_strings_read_as_python_reads_them_or_left_to_python(text):
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 10**15 - 1), st.integers(0, 22), st.booleans())
 def test_decimal_fast_path_is_exact(mantissa, decimals, negative):
-    from gpu_risk.importers._compiled import _decimal
+    from gpu_risk.importers._compiled import _quoted_decimal
 
     digits = str(mantissa).rjust(decimals + 1, "0")
     text = ("-" if negative else "") + (digits[:-decimals] + "." + digits[-decimals:] if decimals else digits)
-    raw = np.frombuffer(text.encode(), dtype=np.uint8)
-    value, ok = _decimal(raw, 0, raw.size)
+    raw = np.frombuffer(f'"{text}"'.encode(), dtype=np.uint8)
+    value, ok, _ = _quoted_decimal(raw, 0, raw.size)
     assert ok and value == float(text)
 
 

@@ -379,47 +379,13 @@ def _value_end(b, i, e, stack):
             return -1
 
 
-@cpu_kernel
-def _decimal(b, s, e):
-    """The decimal in ``b[s:e]`` (digits, one optional point, optional minus), as Python's
-    float() gives it; (value, ok) with ok False outside the exact fast path."""
-    i = s
-    negative = False
-    if i < e and b[i] == 45:
-        negative = True
-        i += 1
-    m = 0
-    digits = 0
-    fraction = 0
-    point = False
-    any_digit = False
-    while i < e:
-        c = b[i]
-        if 48 <= c <= 57:
-            any_digit = True
-            if m != 0 or c != 48:
-                m = m * 10 + (c - 48)
-                digits += 1
-                if digits > 15:
-                    return 0.0, False
-            if point:
-                fraction += 1
-        elif c == 46 and not point:
-            point = True
-        else:
-            return 0.0, False
-        i += 1
-    if not any_digit or fraction > 22:
-        return 0.0, False
-    v = m / POW10[fraction]
-    return (-v if negative else v), True
-
-
 @cpu_inline
 def _quoted_decimal(b, i, e):
-    """A JSON string at ``i`` holding a decimal, read in one pass: (value, ok, index after
-    the closing quote or -1 when the string is invalid). ``ok`` is False outside the exact
-    fast path of :func:`_decimal` (the string is then validated, not read)."""
+    """A JSON string at ``i`` holding a decimal (digits, one optional point, optional minus),
+    read in one pass as Python's float() reads it: (value, ok, index after the closing quote
+    or -1 when the string is invalid). ``ok`` is False outside the exact fast path (more
+    than 15 significant digits, more than 22 decimals, anything else in the string): the
+    string is then validated, not read, and the line goes to Python."""
     j = i + 1
     negative = False
     if j < e and b[j] == 45:
@@ -667,10 +633,9 @@ def _message(b, i, e, top_f, data_f, top_g, data_g, prices, quantities, k, stack
                 f[F_B_START if name == K_B else F_A_START] = start
                 f[F_B_END if name == K_B else F_A_END] = k
             elif c == 34:
-                end = _string_end(b, i, e)
+                v, ok, end = _quoted_decimal(b, i, e)
                 if end < 0:
                     return -1, k
-                v, ok = _decimal(b, i + 1, end - 1)
                 if not ok:
                     f[F_ODD] = 1
                 g[0 if name == K_B else 2] = v
@@ -681,10 +646,9 @@ def _message(b, i, e, top_f, data_f, top_g, data_g, prices, quantities, k, stack
                 i = _value_end(b, i, e, stack)
         elif name == K_BQ or name == K_AQ:
             if c == 34:
-                end = _string_end(b, i, e)
+                v, ok, end = _quoted_decimal(b, i, e)
                 if end < 0:
                     return -1, k
-                v, ok = _decimal(b, i + 1, end - 1)
                 if not ok:
                     f[F_ODD] = 1
                 g[1 if name == K_BQ else 3] = v
