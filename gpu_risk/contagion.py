@@ -1,0 +1,128 @@
+"""Portfolio contagion (SPEC section 5): liquidations that cross instruments, through every
+instrument's book at once. The rules are in ``kernels/contagion.py`` and
+docs/methodology.md ("Portfolio contagion"); this module selects each time's snapshots and
+hands the kernel plain arrays.
+
+This first version runs the numba kernel on the host, one snapshot time after another,
+without depth extrapolation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import xarray as xr
+
+from .backend import to_host
+from .cascade import _check_shocks, cascade_times
+from .errors import InputError
+from .kernels.contagion import FIELDS, contagion_cpu
+from .liquidation import market_arrays
+from .model import in_market_order
+from .schema import as_str
+from .validate import ensure_book, ensure_market, ensure_positions, without_flagged_rows
+
+BOOK = ("bid_price", "bid_size", "ask_price", "ask_size")
+
+
+def reference_instruments(market: xr.Dataset, positions: xr.Dataset, booked: np.ndarray) -> np.ndarray:
+    """For each asset, the booked perpetual on it with the most open interest (|q| x mark
+    summed over accounts), whose book its price follows; -1 where none."""
+    m = market_arrays(market)
+    quantity = np.abs(np.asarray(to_host(positions["position"].values), dtype=np.float64)).sum(axis=0)
+    interest = np.where(m.kind == 0, quantity * m.mark, quantity)  # inverse: q is USD already
+    out = np.full(m.price.size, -1, dtype=np.int64)
+    for s in range(m.price.size):
+        candidates = [i for i in range(m.kind.size) if booked[i] and m.underlying[i] == s and m.kind[i] != 2]
+        if candidates:
+            out[s] = max(candidates, key=lambda i: (interest[i], -i))
+    return out
+
+
+def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, times,
+              initial_shocks: Sequence[float], *, validate: bool = True) -> xr.Dataset:
+    """Portfolio contagion per instrument x time x common shock (SPEC section 5).
+
+    Parameters
+    ----------
+    book : DataTree with one node per perpetual (``open_book``); sizes in the positions'
+        units (base units; USD contracts for inverse perpetuals).
+    positions, market : as for :func:`gpu_risk.liquidation` (one as-of date).
+    times : datetimes, or a frequency such as ``"1h"`` (as for :func:`gpu_risk.cascade`);
+        at each time every book is its last snapshot at or before it.
+    initial_shocks : common moves s0 (non-zero, > -1): every asset price moves by
+        ``1 + beta s0``.
+
+    Returns a Dataset with dims (instrument, time, initial_shock): ``final_price`` [quote
+    currency], ``liquidated_notional`` [USD], ``accounts_liquidated`` [1], ``rounds`` [1],
+    ``book_exhausted`` [bool]; and ``shortfall`` (time, initial_shock) [USD].
+
+    Example::
+
+        >>> out = gpu_risk.contagion(book, positions, market, "1h", [-0.1, -0.05])  # doctest: +SKIP
+        >>> out.final_price.sel(instrument="ETHUSDT", initial_shock=-0.1)            # doctest: +SKIP
+    """
+    if validate:
+        market = ensure_market(market)
+        positions = ensure_positions(positions, market)
+    shocks = _check_shocks(initial_shocks)
+    names = list(as_str(market["instrument"].values))
+    kinds = dict(zip(names, as_str(market["kind"].values)))
+    for name in book.children:
+        if name not in kinds:
+            raise InputError("book instrument not in the market", instrument=name, variable="instrument")
+        if kinds[name] == "option":
+            raise InputError("options have no book to walk", instrument=name)
+    books = {name: book[name].to_dataset() for name in book.children}
+    if validate:
+        books = {name: ensure_book(ds, instrument=name) for name, ds in books.items()}
+    books = {name: without_flagged_rows(ds).load() for name, ds in books.items()}
+    when = cascade_times(books, times)
+    pos = in_market_order(positions, market).load()
+    balance, position, entry, iso_margin = (np.ascontiguousarray(to_host(pos[v].values), np.float64)
+                                            for v in ("balance", "position", "entry_price", "isolated_margin"))
+    isolated = np.ascontiguousarray(np.asarray(pos["margin_mode"].values) == "isolated", np.bool_)
+    if "qc_row_excluded" in positions:  # flagged accounts are left out: nothing to liquidate
+        excluded = np.asarray(to_host(positions["qc_row_excluded"].values), bool)
+        balance[excluded], position[excluded] = 0.0, 0.0
+    m = market_arrays(market)
+    levels = max(ds.sizes["level"] for ds in books.values()) if books else 1
+    n_inst, n_time = len(names), when.size
+    out = np.full((n_inst, n_time, shocks.size, len(FIELDS)), np.nan)
+    shortfall = np.full((n_time, shocks.size), np.nan)
+    for t in range(n_time):
+        arrays = [np.full((n_inst, levels), np.nan) for _ in BOOK]
+        mid = np.full(n_inst, np.nan)
+        booked = np.zeros(n_inst, dtype=np.bool_)
+        for name, ds in books.items():
+            i = names.index(name)
+            stamps = ds["time"].values.astype("datetime64[ns]").view(np.int64)
+            row = int(np.searchsorted(stamps, when[t].view(np.int64), side="right")) - 1
+            if row < 0:
+                continue
+            snapshot = [np.asarray(ds[v].values[row], dtype=np.float64) for v in BOOK]
+            if not (np.isfinite(snapshot[0][0]) and np.isfinite(snapshot[2][0])):
+                continue  # no two-sided quote: this book does not move this time
+            for a, values in zip(arrays, snapshot):
+                a[i, :values.size] = values
+            mid[i] = 0.5 * (snapshot[0][0] + snapshot[2][0])
+            booked[i] = True
+        for a in (arrays[1], arrays[3]):
+            np.nan_to_num(a, copy=False, nan=0.0)
+        reference = reference_instruments(market, pos, booked)
+        block = np.empty((n_inst, shocks.size, len(FIELDS)))
+        contagion_cpu(*arrays, mid, booked, reference, shocks, balance, position, entry, iso_margin, isolated, m,
+                      block, shortfall[t])
+        out[:, t] = block
+    coords = {"instrument": names, "time": when, "initial_shock": shocks}
+    dims = ("instrument", "time", "initial_shock")
+    units = {"final_price": "quote currency", "liquidated_notional": "USD", "accounts_liquidated": "1",
+             "rounds": "1", "book_exhausted": "1"}
+    ds = xr.Dataset({name: (dims, out[..., j], {"units": units[name]}) for j, name in enumerate(FIELDS)},
+                    coords=coords)
+    ds["book_exhausted"] = ds["book_exhausted"] > 0
+    ds["shortfall"] = (("time", "initial_shock"), shortfall,
+                       {"units": "USD", "long_name": "bad debt of the liquidated accounts at the prices their "
+                                                     "orders got"})
+    return ds

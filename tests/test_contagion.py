@@ -1,0 +1,213 @@
+"""Portfolio contagion (SPEC section 5) against a brute-force simulator, and against the
+single-instrument cascade where the two must agree."""
+
+import copy
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import MARKET_SPEC
+from contagion_reference import contagion_reference
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpu_risk import cascade
+from gpu_risk.contagion import contagion, reference_instruments
+from gpu_risk.liquidation import market_arrays
+from gpu_risk.store import market_from_dict
+
+SPEC = copy.deepcopy(MARKET_SPEC)
+SPEC["instruments"]["ETHUSDT"] = {"kind": "linear", "underlying": "ETH", "mark_price": 2_000.0,
+                                  "brackets": [[0, 0.005, 0], [100_000, 0.01, 500]]}
+PERPS = {"BTCUSDT": 50_000.0, "BTCUSD_PERP": 50_010.0, "ETHUSDT": 2_000.0}
+
+
+def make_books(rng, levels=6, thin=1.0, start="2026-01-05T12:00"):
+    """One snapshot per perpetual around its mark: tick 0.01 % of the price, sizes such
+    that a few leveraged accounts exhaust some of them."""
+    nodes = {}
+    for name, mark in PERPS.items():
+        tick = mark * 1e-4
+        bid = mark - tick * (1 + np.cumsum(rng.integers(1, 4, levels)))
+        ask = mark + tick * (1 + np.cumsum(rng.integers(1, 4, levels)))
+        unit = 50_000.0 if name == "BTCUSD_PERP" else (1.0 if name == "BTCUSDT" else 20.0)
+        bid_size, ask_size = ((rng.uniform(0.2, 2.0, levels) * unit * thin).round(6) for _ in range(2))
+        nodes[f"/{name}"] = xr.Dataset(
+            {"bid_price": (("time", "level"), bid[None]), "bid_size": (("time", "level"), bid_size[None]),
+             "ask_price": (("time", "level"), ask[None]), "ask_size": (("time", "level"), ask_size[None])},
+            coords={"time": [np.datetime64(start, "ns")], "level": np.arange(1, levels + 1)})
+    return xr.DataTree.from_dict(nodes)
+
+
+def make_accounts(rng, market, n=25, single=False, stable_only=False):
+    """Leveraged accounts: cross or isolated, long or short, on one or several perpetuals,
+    with stable or volatile collateral."""
+    instruments = list(market.instrument.values)
+    assets = list(market.asset.values)
+    position = np.zeros((n, len(instruments)))
+    entry = np.full((n, len(instruments)), np.nan)
+    balance = np.zeros((n, len(assets)))
+    mode = np.where(rng.random(n) < (0.0 if single else 0.35), "isolated", "cross").astype(object)
+    iso = np.zeros_like(position)
+    for a in range(n):
+        equity = rng.uniform(2_000, 20_000)
+        names = [str(rng.choice(list(PERPS)))] if single else [p for p in PERPS if rng.random() < 0.6] or ["ETHUSDT"]
+        for name in names:
+            i = instruments.index(name)
+            mark = PERPS[name]
+            notional = equity * rng.uniform(5, 40) / len(names) * (1 if rng.random() < 0.7 else -1)
+            position[a, i] = notional if name == "BTCUSD_PERP" else notional / mark
+            entry[a, i] = mark * rng.uniform(0.997, 1.003)
+            if mode[a] == "isolated":
+                iso[a, i] = abs(notional) / rng.uniform(10, 40) / (mark if name == "BTCUSD_PERP" else 1.0)
+        if stable_only or rng.random() < 0.5:
+            balance[a, assets.index("USDT")] = equity
+        else:
+            coin = str(rng.choice(["BTC", "ETH"]))
+            balance[a, assets.index(coin)] = equity / market.price.values[assets.index(coin)]
+            if rng.random() < 0.3:
+                balance[a, assets.index("USDT")] = -0.2 * equity  # borrowed against it
+    return xr.Dataset(
+        {"balance": (("account", "asset"), balance), "position": (("account", "instrument"), position),
+         "entry_price": (("account", "instrument"), entry), "margin_mode": ("account", mode),
+         "isolated_margin": (("account", "instrument"), iso)},
+        coords={"account": np.arange(n), "asset": assets, "instrument": instruments})
+
+
+def reference_inputs(book, positions, market):
+    m = market_arrays(market)
+    names = list(market.instrument.values)
+    books = {names.index(n): tuple(np.asarray(book[n].to_dataset()[v].values[0], float)
+                                   for v in ("bid_price", "bid_size", "ask_price", "ask_size")) for n in book.children}
+    kinds = {0: "linear", 1: "inverse", 2: "option"}
+    booked = np.array([i in books for i in range(len(names))])
+    mkt = {"price": m.price, "haircut": m.haircut, "beta": m.beta, "kind": [kinds[int(k)] for k in m.kind],
+           "underlying": list(m.underlying), "mark": m.mark, "strike": m.strike, "years": m.years, "vol": m.vol,
+           "call": list(m.is_call), "floor": m.floor, "mmr": m.mmr, "amount": m.amount,
+           "reference": reference_instruments(market, positions, booked)}
+    accounts = [{"balance": positions.balance.values[a], "position": positions.position.values[a],
+                 "entry": positions.entry_price.values[a], "iso_margin": positions.isolated_margin.values[a],
+                 "isolated": positions.margin_mode.values[a] == "isolated"} for a in range(positions.sizes["account"])]
+    return books, accounts, mkt
+
+
+SHOCKS = [-0.08, -0.03, -0.01, 0.01, 0.03, 0.08]
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([0.3, 1.0, 5.0]))
+def test_contagion_matches_the_brute_force_simulator(seed, thin):
+    """Random multi-instrument portfolios (cross and isolated, long and short, stable and
+    volatile collateral, books thin enough to run out): every cell equals the simulator."""
+    rng = np.random.default_rng(seed)
+    market = market_from_dict(SPEC)
+    book = make_books(rng, thin=thin)
+    positions = make_accounts(rng, market)
+    out = contagion(book, positions, market, book["BTCUSDT"].time.values, SHOCKS)
+    books, accounts, mkt = reference_inputs(book, positions, market)
+    for k, s0 in enumerate(SHOCKS):
+        final, notional, liquidated, rounds, exhausted, shortfall = contagion_reference(books, accounts, mkt, s0)
+        cell = out.isel(time=0, initial_shock=k)
+        np.testing.assert_allclose(cell.final_price.values, final, rtol=1e-12)
+        np.testing.assert_allclose(cell.liquidated_notional.values, notional, rtol=1e-9, atol=1e-6)
+        np.testing.assert_array_equal(cell.accounts_liquidated.values, liquidated)
+        np.testing.assert_array_equal(cell.rounds.values, rounds)
+        np.testing.assert_array_equal(cell.book_exhausted.values, exhausted)
+        np.testing.assert_allclose(float(out.shortfall.isel(time=0, initial_shock=k)), shortfall, rtol=1e-9,
+                                   atol=1e-6)
+
+
+def test_something_happens_in_the_random_cases():
+    """The simulator comparison is not vacuous: accounts are liquidated, books run out and
+    instruments pull each other (an account closed on one book closes its other positions)."""
+    rng = np.random.default_rng(11)
+    market = market_from_dict(SPEC)
+    out = contagion(make_books(rng, thin=0.3), make_accounts(rng, market, n=40), market,
+                    np.datetime64("2026-01-05T12:00", "ns"), SHOCKS)
+    assert int(out.accounts_liquidated.sum()) > 10 and bool(out.book_exhausted.any())
+    assert float(out.shortfall.max()) > 0 and int(out.rounds.max()) >= 2
+    # long-only cross accounts on several books: contagion ends below the single-instrument
+    # cascade in some cells (an account closed by one book sells on the others)
+    rng = np.random.default_rng(1)
+    book = make_books(rng, thin=1.0)
+    positions = long_only_cross(make_accounts(rng, market, n=40))
+    when = book["BTCUSDT"].time.values
+    below = contagion(book, positions, market, when, DOWN).final_price < cascade(
+        book, positions, market, when, DOWN).final_price
+    assert int(below.sum()) >= 3
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_single_perpetual_accounts_with_stable_collateral_equal_the_cascade(seed):
+    """Every account holds one perpetual and only USDT: contagion's final price is the
+    single-instrument cascade's, exactly (assets of beta 1, so that both move books by
+    1 + s0)."""
+    rng = np.random.default_rng(seed)
+    spec = copy.deepcopy(SPEC)
+    spec["assets"]["ETH"]["beta"] = 1.0
+    market = market_from_dict(spec)
+    book = make_books(rng, thin=float(rng.choice([0.3, 1.0])))
+    positions = make_accounts(rng, market, n=40, single=True, stable_only=True)
+    when = book["BTCUSDT"].time.values
+    ours = contagion(book, positions, market, when, SHOCKS)
+    theirs = cascade(book, positions, market, when, SHOCKS)
+    assert int(theirs.rounds.max()) >= 1  # cascades happen: the equality is not between two idle books
+    for name in PERPS:
+        np.testing.assert_array_equal(ours.final_price.sel(instrument=name).values,
+                                      theirs.final_price.sel(instrument=name).values, err_msg=name)
+        np.testing.assert_array_equal(ours.book_exhausted.sel(instrument=name).values,
+                                      theirs.book_exhausted.sel(instrument=name).values, err_msg=name)
+
+
+def test_bad_inputs_are_refused():
+    rng = np.random.default_rng(0)
+    market = market_from_dict(SPEC)
+    book = make_books(rng)
+    positions = make_accounts(rng, market)
+    with pytest.raises(ValueError, match="non-zero"):
+        contagion(book, positions, market, book["BTCUSDT"].time.values, [0.0])
+    bad = xr.DataTree.from_dict({"/NOPE": book["BTCUSDT"].to_dataset()})
+    with pytest.raises(Exception, match="not in the market"):
+        contagion(bad, positions, market, book["BTCUSDT"].time.values, [-0.1])
+
+
+def long_only_cross(positions):
+    """The same accounts, every position long, every account cross."""
+    return positions.assign(position=abs(positions.position), margin_mode=("account", np.full(
+        positions.sizes["account"], "cross", dtype=object)), isolated_margin=positions.isolated_margin * 0)
+
+
+DOWN = [-0.12, -0.08, -0.05, -0.03, -0.02, -0.01]
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([0.3, 1.0]))
+def test_long_only_cross_larger_down_shock_never_ends_higher(seed, thin):
+    rng = np.random.default_rng(seed)
+    market = market_from_dict(SPEC)
+    book = make_books(rng, thin=thin)
+    positions = long_only_cross(make_accounts(rng, market, n=40))
+    out = contagion(book, positions, market, book["BTCUSDT"].time.values, DOWN)
+    for name in PERPS:
+        prices = out.final_price.sel(instrument=name).isel(time=0).values  # shocks ascending: -12 % first
+        assert (np.diff(prices) >= 0).all(), (name, prices)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([0.3, 1.0]))
+def test_long_only_cross_contagion_never_ends_above_the_cascade(seed, thin):
+    """Accounts on several perpetuals and coins as collateral: when one book's cascade
+    liquidates an account, its other positions are sold too, and every asset falls with
+    its book, so no instrument ends above its own single-instrument cascade."""
+    rng = np.random.default_rng(seed)
+    market = market_from_dict(SPEC)
+    book = make_books(rng, thin=thin)
+    positions = long_only_cross(make_accounts(rng, market, n=40))
+    when = book["BTCUSDT"].time.values
+    ours = contagion(book, positions, market, when, DOWN)
+    theirs = cascade(book, positions, market, when, DOWN)
+    for name in PERPS:
+        a = ours.final_price.sel(instrument=name).values
+        b = theirs.final_price.sel(instrument=name).values
+        assert (a <= b).all(), (name, a, b)
