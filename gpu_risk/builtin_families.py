@@ -89,6 +89,27 @@ class CascadeConfig(BaseModel):
     depth_extrapolation: float | None = 0.002
 
 
+class ContagionConfig(BaseModel):
+    """Portfolio contagion at every ``every`` of each day, for each common shock."""
+
+    model_config = ConfigDict(extra="forbid")
+    every: str = "15min"
+    initial_shocks: list[float] = [-0.2, -0.1, -0.05, -0.03, -0.01, 0.01, 0.03, 0.05, 0.1, 0.2]
+
+
+def day_contagion(ctx: DayContext) -> xr.Dataset:
+    """The day's contagion through every perpetual's book at once (options have none)."""
+    from .contagion import contagion  # noqa: PLC0415
+
+    book, market = ctx.inputs["book"], ctx.inputs["market"]
+    kinds = dict(zip(market["instrument"].values.astype(str), market["kind"].values.astype(str)))
+    perpetuals = xr.DataTree.from_dict({f"/{n}": book[n].to_dataset() for n in book.children
+                                        if kinds.get(n) in ("linear", "inverse")})
+    c = ctx.settings
+    assert isinstance(c, ContagionConfig)
+    return contagion(perpetuals, ctx.inputs["positions"], market, c.every, c.initial_shocks, validate=False)
+
+
 def day_summary(ctx: DayContext) -> dict[str, xr.Dataset]:
     return {"book_summary": book_summary(ctx.inputs["book"]),
             "positions_summary": positions_summary(ctx.inputs["positions"], ctx.inputs["market"])}
@@ -168,5 +189,7 @@ register_family(Family("stress", needs=("positions", "market"), compute=day_stre
 register_family(Family("cascade", needs=("book", "positions", "market"), compute=day_cascade,
                        settings=CascadeConfig, uses=("liquidation",),
                        chunks={"instrument": 1, "time": 4096}, report=_section("cascade_section")))
+register_family(Family("contagion", needs=("book", "positions", "market"), compute=day_contagion,
+                       settings=ContagionConfig, chunks={"instrument": 1}, report=_section("contagion_section")))
 register_family(Family("leverage", needs=("market_history",), compute=day_leverage, settings=LeverageConfig,
                        chunks={"instrument": 1}, report=_section("leverage_section")))

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .builtin_families import CascadeConfig, ImbalanceConfig, StressConfig
+from .builtin_families import CascadeConfig, ContagionConfig, ImbalanceConfig, StressConfig
 from .errors import InputError, SchemaError
 
 # plain help (not rich's boxes): readable at 80 columns, option names never cut
@@ -479,6 +479,28 @@ def cascade(
     _family("cascade", settings, keep_none=("depth_extrapolation",), book=book, positions=positions, market=market,
             out=out, start=start,
             end=end, report=report, backend=backend, scheduler=scheduler, memory_limit=memory_limit,
+            on_bad_rows=on_bad_rows, as_json=as_json, performance_report=performance_report, redo=redo,
+            dashboard=dashboard)
+
+
+@app.command()
+def contagion(
+    book: Path = BOOK, positions: Path = POSITIONS, market: Path = MARKET, out: Path = OUT,
+    start: str | None = START, end: str | None = END,
+    every: str | None = typer.Option(None, help="a contagion at every multiple of this, e.g. 15min",
+                                     show_default=_shown(ContagionConfig, "every")),
+    initial_shocks: str | None = typer.Option(None, help="common price moves (x beta): " + SHOCK_SYNTAX,
+                                              show_default=_shown(ContagionConfig, "initial_shocks")),
+    report: Path | None = REPORT, backend: BackendChoice = BACKEND, scheduler: str = SCHEDULER,
+    memory_limit: str | None = MEMORY, on_bad_rows: BadRows = BAD_ROWS, as_json: bool = JSON,
+    dashboard: bool = DASHBOARD,
+    performance_report: Path | None = PERF,
+    redo: str | None = REDO,
+):
+    """Portfolio contagion: liquidations across every book at once, per instrument x time x shock."""
+    settings = {"every": every, "initial_shocks": _parsed(_floats, initial_shocks, "--initial-shocks")}
+    _family("contagion", settings, book=book, positions=positions, market=market, out=out, start=start, end=end,
+            report=report, backend=backend, scheduler=scheduler, memory_limit=memory_limit,
             on_bad_rows=on_bad_rows, as_json=as_json, performance_report=performance_report, redo=redo,
             dashboard=dashboard)
 

@@ -56,7 +56,9 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
 
     Returns a Dataset with dims (instrument, time, initial_shock): ``final_price`` [quote
     currency], ``liquidated_notional`` [USD], ``accounts_liquidated`` [1], ``rounds`` [1],
-    ``book_exhausted`` [bool]; and ``shortfall`` (time, initial_shock) [USD].
+    ``book_exhausted`` [bool], ``amplification`` [1]; ``mid_price`` (instrument, time)
+    [quote currency] (NaN where an instrument has no book at that time); and ``shortfall``
+    (time, initial_shock) [USD].
 
     Example::
 
@@ -91,6 +93,7 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
     n_inst, n_time = len(names), when.size
     out = np.full((n_inst, n_time, shocks.size, len(FIELDS)), np.nan)
     shortfall = np.full((n_time, shocks.size), np.nan)
+    mids = np.full((n_inst, n_time), np.nan)
     for t in range(n_time):
         arrays = [np.full((n_inst, levels), np.nan) for _ in BOOK]
         mid = np.full(n_inst, np.nan)
@@ -101,7 +104,7 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
             row = int(np.searchsorted(stamps, when[t].view(np.int64), side="right")) - 1
             if row < 0:
                 continue
-            snapshot = [np.asarray(ds[v].values[row], dtype=np.float64) for v in BOOK]
+            snapshot = [np.asarray(to_host(ds[v].data[row]), dtype=np.float64) for v in BOOK]
             if not (np.isfinite(snapshot[0][0]) and np.isfinite(snapshot[2][0])):
                 continue  # no two-sided quote: this book does not move this time
             for a, values in zip(arrays, snapshot):
@@ -111,6 +114,7 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
         for a in (arrays[1], arrays[3]):
             np.nan_to_num(a, copy=False, nan=0.0)
         reference = reference_instruments(market, pos, booked)
+        mids[:, t] = mid
         block = np.empty((n_inst, shocks.size, len(FIELDS)))
         contagion_cpu(*arrays, mid, booked, reference, shocks, balance, position, entry, iso_margin, isolated, m,
                       block, shortfall[t])
@@ -122,6 +126,10 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
     ds = xr.Dataset({name: (dims, out[..., j], {"units": units[name]}) for j, name in enumerate(FIELDS)},
                     coords=coords)
     ds["book_exhausted"] = ds["book_exhausted"] > 0
+    ds["mid_price"] = (("instrument", "time"), mids,
+                       {"units": "quote currency", "long_name": "mid of the snapshot used (unshocked; NaN: no book)"})
+    ds["amplification"] = ((ds.final_price / ds.mid_price - 1) / ds.initial_shock).assign_attrs(
+        units="1", long_name="(final_price / mid - 1) / initial_shock")
     ds["shortfall"] = (("time", "initial_shock"), shortfall,
                        {"units": "USD", "long_name": "bad debt of the liquidated accounts at the prices their "
                                                      "orders got"})

@@ -515,6 +515,51 @@ def stress_section(results: xr.DataTree, days: list[str]) -> str:
     return "\n".join(parts)
 
 
+def contagion_section(results: xr.DataTree, days: list[str]) -> str:
+    """Contagion amplification per instrument next to its single-instrument cascade (where
+    both ran), and the bad debt by shock."""
+    with_contagion = _days_with(results, days, "contagion")
+    if not with_contagion:
+        return ""
+    co = xr.concat([results[d]["contagion"].to_dataset() for d in with_contagion], "time",
+                   data_vars="minimal", coords="minimal", compat="override").load()
+    shocks = co.initial_shock.values
+    names = [str(i) for i in co.instrument.values if bool(co.mid_price.sel(instrument=i).notnull().any())]
+    parts = [f"<h2>Portfolio contagion, {with_contagion[0]} to {with_contagion[-1]}</h2>",
+             f"<p>At {co.sizes['time']:,} times, every asset moved by 1 + beta x each of {shocks.size} common "
+             "shocks; accounts below C/R 1 are liquidated round after round across every book at once (a cross "
+             "account closes all its positions), until a round liquidates nobody (docs/methodology.md, "
+             "\"Portfolio contagion\"). Beside each instrument's contagion amplification, its single-instrument "
+             "cascade's, where the cascade family ran on the same days.</p>"]
+    cascade_days = [d for d in with_contagion if "cascade" in results[d].children]
+    cascade = (xr.concat([results[d]["cascade"].to_dataset() for d in cascade_days], "time", data_vars="minimal",
+                         coords="minimal", compat="override").load() if cascade_days else None)
+    rows = []
+    for s0 in shocks[np.argsort(np.abs(shocks))][:4]:
+        for name in names:
+            row = {"instrument": name, "shock": f"{100 * s0:+g} %",
+                   "contagion amplification (median)": float(co.amplification.sel(instrument=name, initial_shock=s0)
+                                                             .median()),
+                   "accounts liquidated (median)": float(co.accounts_liquidated.sel(instrument=name,
+                                                                                     initial_shock=s0).median())}
+            if cascade is not None and name in cascade.instrument.values and s0 in cascade.initial_shock.values:
+                row["cascade amplification (median)"] = float(
+                    cascade.amplification.sel(instrument=name, initial_shock=s0).median())
+            rows.append(row)
+    if rows:
+        parts.append(_table(pd.DataFrame(rows).set_index(["instrument", "shock"])))
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.plot(shocks * 100, co.shortfall.median("time").values, marker="o", ms=3, label="median")
+    ax.plot(shocks * 100, co.shortfall.max("time").values, marker="o", ms=3, label="worst time")
+    ax.set_xlabel("common shock (%)")
+    ax.set_ylabel("bad debt (USD)")
+    ax.set_title("Shortfall of the liquidated accounts at the prices their orders got", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    parts.append(_png(fig))
+    return "\n".join(parts)
+
+
 def cascade_section(results: xr.DataTree, days: list[str]) -> str:
     cascade_days = _days_with(results, days, "cascade")
     if not cascade_days:
