@@ -103,6 +103,10 @@ def test_contagion_matches_the_brute_force_simulator(seed, thin):
     market = market_from_dict(SPEC)
     book = make_books(rng, thin=thin)
     positions = make_accounts(rng, market)
+    # ties: some accounts twice over (liquidated in the same round, their orders side by side)
+    twice = rng.choice(positions.sizes["account"], 5, replace=False)
+    positions = xr.concat([positions, positions.isel(account=twice).assign_coords(account=np.arange(100, 105))],
+                          "account")
     out = contagion(book, positions, market, book["BTCUSDT"].time.values, SHOCKS)
     books, accounts, mkt = reference_inputs(book, positions, market)
     for k, s0 in enumerate(SHOCKS):
