@@ -110,7 +110,8 @@ def main() -> None:
     gbps = read_bandwidth() / 1e9
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "gpu_risk.cli", "contagion", "--book", str(data / "book.zarr"),
-               "--positions", str(data / "positions.zarr"), "--market", str(data / "market.zarr"), "--out", f"{tmp}/r.zarr",
+               "--positions", str(data / "positions.zarr"), "--market", str(data / "market.zarr"),
+               "--out", f"{tmp}/r.zarr",
                "--start", day, "--end", day, "--every", args.every,
                "--initial-shocks=" + ",".join(f"{s:g}" for s in SHOCKS), "--json"]
         e_seconds, done = timed(lambda: subprocess.run(cmd, capture_output=True, text=True))
@@ -123,7 +124,8 @@ def main() -> None:
                      for v in ("bid_price", "bid_size", "ask_price", "ask_size"))
     print(f"end to end, gpu-risk contagion Zarr to Zarr, one day: {e_seconds:.2f} s (process start included) = "
           f"{e_seconds / seconds:.2f}x the function in memory; where the time went: {top}; the day's books "
-          f"({book_bytes / 1e6:.0f} MB) read at the measured {gbps:.1f} GB/s take {book_bytes / gbps / 1e9 * 1e3:.0f} ms")
+          f"({book_bytes / 1e6:.0f} MB) read at the measured {gbps:.1f} GB/s take "
+          f"{book_bytes / gbps / 1e9 * 1e3:.0f} ms")
 
 
 if __name__ == "__main__":
