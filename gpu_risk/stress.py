@@ -10,11 +10,12 @@ import numpy as np
 import xarray as xr
 
 from .backend import dispatch, empty_like_backend, is_cupy, to_host
+from .errors import InputError
 from .kernels.stress import span_cpu, stress_cpu, stress_gpu
 from .liquidation import check_capacities, market_arrays
 from .model import in_market_order
 from .timing import timed_kernel
-from .validate import ensure_market, ensure_positions
+from .validate import ensure_market, ensure_positions, without_flagged_rows
 
 stress_kernel = dispatch(stress_cpu, stress_gpu)
 span_kernel = timed_kernel("span", span_cpu)  # SPAN has no CUDA twin: GPU chunks come to the host
@@ -85,7 +86,8 @@ def stress_surface(positions: xr.Dataset, market: xr.Dataset, price_shocks: Sequ
                    vol_shocks: Sequence[float] | None = None, haircut_shocks: Sequence[float] | None = None,
                    span_scan_range: float | dict = 0.15, span_vol_range: float | dict = 0.10,
                    span_extreme_multiple: float = 2.0, span_cover: float = 0.35,
-                   as_of=None, validate: bool = True, aggregate_chunk: int | None = None) -> xr.Dataset:
+                   as_of=None, validate: bool = True, aggregate_chunk: int | None = None,
+                   book: xr.DataTree | None = None) -> xr.Dataset:
     """Every account's collateral ratio over price shocks x (vol or haircut) shocks.
 
     Parameters
@@ -101,6 +103,10 @@ def stress_surface(positions: xr.Dataset, market: xr.Dataset, price_shocks: Sequ
         35 % of their loss (CME's defaults).
     aggregate_chunk : accounts per task for the aggregates and SPAN (results do not depend
         on it); default 32,768 on the CPU, 262,144 where the positions are on the GPU.
+    book : the book at the as-of time (a DataTree, one node per perpetual; its last
+        snapshot is used): adds ``liquidity_shortfall`` (price_shock, second) [USD], the
+        shortfall with the positions of the accounts liquidated under each scenario closed
+        at the prices the books give (docs/methodology.md, "Shortfall priced by the book").
 
     Returns ``collateral_ratio`` (account, price_shock, vol_shock|haircut_shock) [1],
     ``accounts_liquidated`` (price_shock, second) [1], ``shortfall`` (price_shock,
@@ -191,8 +197,58 @@ def stress_surface(positions: xr.Dataset, market: xr.Dataset, price_shocks: Sequ
                                            attrs={"units": "USD", "long_name": "worst loss over the 16 CME "
                                                   "SPAN scenarios (extremes at the cover fraction)"})
     out.attrs.update(span_extreme_multiple=float(span_extreme_multiple), span_cover=float(span_cover))
+    if book is not None:
+        out["liquidity_shortfall"] = xr.DataArray(
+            _liquidity_shortfall(pos, positions, m, shocks, second, is_vol, book), dims=grid,
+            attrs={"units": "USD", "long_name": "bad debt of the accounts liquidated, their positions closed at "
+                                                "the prices the books give"})
     out["price_shock"].attrs.update(units="1", long_name="common move s: p -> p (1 + beta s)")
     out[second_name].attrs.update(units="1/sqrt(year)" if is_vol else "1",
                                   long_name="implied-vol shift of options" if is_vol else
                                   "haircut add-on (assets with beta != 0, capped at 1)")
     return out if lazy else out.compute()
+
+
+def _liquidity_shortfall(pos: xr.Dataset, positions: xr.Dataset, m, shocks: np.ndarray, second: np.ndarray,
+                         is_vol: bool, book: xr.DataTree) -> np.ndarray:
+    """(price_shock, second) bad debt with the closing priced by each perpetual's last
+    snapshot in ``book`` (``kernels.contagion.liquidity_shortfall_cpu``), on the host."""
+    from .kernels.contagion import liquidity_shortfall_cpu  # noqa: PLC0415
+    from .kernels.stress import _second_axis_tables  # noqa: PLC0415
+
+    names = [str(n) for n in pos["instrument"].values]
+    unknown = [n for n in book.children if n not in names]
+    if unknown:
+        raise InputError("book instrument not in the market", instrument=unknown[0], variable="instrument")
+    nodes = {n: without_flagged_rows(book[n].to_dataset()) for n in book.children}
+    levels = max((ds.sizes["level"] for ds in nodes.values()), default=1)
+    ratios = [np.full((len(names), levels), np.nan) for _ in range(2)]
+    sizes = [np.zeros((len(names), levels)) for _ in range(2)]
+    booked = np.zeros(len(names), dtype=np.bool_)
+    for name, ds in nodes.items():
+        if ds.sizes["time"] == 0:
+            continue
+        i = names.index(name)
+        last = ds.isel(time=-1)
+        for side, (price_var, size_var) in enumerate((("bid_price", "bid_size"), ("ask_price", "ask_size"))):
+            price = np.asarray(to_host(last[price_var].values), dtype=np.float64)
+            size = np.nan_to_num(np.asarray(to_host(last[size_var].values), dtype=np.float64))
+            if not np.isfinite(price[0]):
+                break
+            ratios[side][i, :price.size] = price / price[0]
+            sizes[side][i, :size.size] = size
+        else:
+            booked[i] = True
+    arrays = [np.ascontiguousarray(to_host(pos[v].values), np.float64)
+              for v in ("balance", "position", "entry_price", "isolated_margin")]
+    isolated = np.ascontiguousarray(np.asarray(pos["margin_mode"].values) == "isolated", np.bool_)
+    exclude = np.ascontiguousarray(to_host(positions["qc_row_excluded"].values) if "qc_row_excluded" in positions
+                                   else np.zeros(pos.sizes["account"], bool), np.bool_)
+    haircuts, vols = _second_axis_tables(m.haircut, m.vol, m.beta, second, is_vol)
+    out = np.empty((shocks.size, second.size))
+    column = np.empty(shocks.size)
+    for k in range(second.size):
+        liquidity_shortfall_cpu(*arrays, isolated, exclude, m._replace(haircut=haircuts[k], vol=vols[k]), shocks,
+                                ratios[0], sizes[0], ratios[1], sizes[1], booked, column)
+        out[:, k] = column
+    return out

@@ -240,3 +240,116 @@ def contagion_cpu(bid_price, bid_size, ask_price, ask_size, mid, booked, referen
             out[i, k, 4] = exhausted[i]
         shortfall[k] = bad_debt
     return out
+
+
+@cpu_kernel
+def _impact(ratio, remaining, volume):
+    """Walk one side of a book given as level prices relative to its best level: the
+    volume-weighted ratio of what ``volume`` gets (the rest, beyond the book, at the
+    deepest ratio; 1 for an empty side)."""
+    left = volume
+    total = 0.0
+    deepest = 1.0
+    for j in range(ratio.size):
+        if left <= 0.0:
+            break
+        size = remaining[j]
+        if not (size > 0.0) or ratio[j] != ratio[j]:
+            continue
+        take = min(size, left)
+        remaining[j] = size - take
+        total += take * ratio[j]
+        left -= take
+        deepest = ratio[j]
+    total += left * deepest
+    return total / volume
+
+
+@cpu_kernel
+def liquidity_shortfall_cpu(balance, position, entry, iso_margin, isolated, exclude, m, price_shocks, bid_ratio,
+                            bid_size, ask_ratio, ask_size, booked, out):
+    """The bad debt of the accounts liquidated under each price shock (one column of the
+    second axis: ``m`` carries its haircuts and vols), their positions closed at the prices
+    the books give (SPEC section 3, ``liquidity_shortfall``): per instrument the forced
+    sells and buys meet at the scenario's mark and the rest walks the book; a level's
+    price relative to the best level, times the mark, is what it pays, so that depth
+    without limit at the best level gives the mark (and ``shortfall``) back. ``*_ratio``:
+    level price / best level price (I, L); instruments without a book close at the mark
+    (options at their model value). An account is liquidated when any of its parts is."""
+    n_acc, n_inst = position.shape
+    n_assets = balance.shape[1]
+    beta, kind, underlying, mark = m.beta, m.kind, m.underlying, m.mark
+    asset_w = np.empty(n_assets)
+    mark_w = np.empty(n_inst)
+    liquidated = np.zeros(n_acc, dtype=np.bool_)
+    sells = np.empty(n_inst)
+    buys = np.empty(n_inst)
+    fill_sell = np.empty(n_inst)
+    fill_buy = np.empty(n_inst)
+    for j in range(price_shocks.size):
+        s0 = price_shocks[j]
+        for s in range(n_assets):
+            asset_w[s] = beta[s] * s0
+        for i in range(n_inst):
+            mark_w[i] = beta[underlying[i]] * s0
+        sells[:] = 0.0
+        buys[:] = 0.0
+        for a in range(n_acc):
+            liquidated[a] = False
+            if exclude[a]:
+                continue
+            c, r = part_margin(a, -1, 1.0, 0.0, asset_w, mark_w, balance, position, entry, iso_margin, isolated, m)
+            gone = c < r
+            if isolated[a]:
+                for i in range(n_inst):
+                    if position[a, i] != 0.0 and not gone:
+                        c, r = part_margin(a, i, 1.0, 0.0, asset_w, mark_w, balance, position, entry, iso_margin,
+                                           isolated, m)
+                        gone = c < r
+            if not gone:
+                continue
+            liquidated[a] = True
+            for i in range(n_inst):
+                q = position[a, i]
+                if q > 0.0:
+                    sells[i] += q
+                elif q < 0.0:
+                    buys[i] -= q
+        for i in range(n_inst):
+            fill_sell[i] = 1.0
+            fill_buy[i] = 1.0
+            if not booked[i]:
+                continue
+            matched = min(sells[i], buys[i])
+            net = sells[i] - buys[i]
+            if net > 0.0:
+                fill_sell[i] = (matched + net * _impact(bid_ratio[i], bid_size[i].copy(), net)) / sells[i]
+            elif net < 0.0:
+                fill_buy[i] = (matched - net * _impact(ask_ratio[i], ask_size[i].copy(), -net)) / buys[i]
+        total = 0.0
+        for a in range(n_acc):
+            if not liquidated[a]:
+                continue
+            value = 0.0
+            for s in range(n_assets):
+                b = balance[a, s]
+                if b != 0.0:
+                    value += b * m.price[s] * (1.0 + asset_w[s])
+            for i in range(n_inst):
+                q = position[a, i]
+                u = underlying[i]
+                coin = m.price[u] * (1.0 + asset_w[u])
+                if q != 0.0:
+                    mark_now = mark[i] * (1.0 + mark_w[i]) * (fill_sell[i] if q > 0.0 else fill_buy[i])
+                    if kind[i] == LINEAR:
+                        value += q * (mark_now - entry[a, i])
+                    elif kind[i] == INVERSE:
+                        value += q * (1.0 / entry[a, i] - 1.0 / mark_now) * coin
+                    else:
+                        value += q * black76_price(coin, m.strike[i], m.years[i], m.vol[i], m.is_call[i], 0.0)
+                if isolated[a] and iso_margin[a, i] != 0.0:
+                    value += iso_margin[a, i] * (coin if kind[i] == INVERSE else 1.0)
+            if value < 0.0:
+                total -= value
+        out[j] = total
+    return out

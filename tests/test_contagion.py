@@ -2,6 +2,7 @@
 single-instrument cascade where the two must agree."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from conftest import MARKET_SPEC
 from contagion_reference import contagion_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from liquidation_reference import black76, margin_parts
 
 from gpu_risk import cascade
 from gpu_risk.contagion import contagion, reference_instruments
@@ -241,3 +243,88 @@ def test_the_command_writes_what_the_api_computes_and_the_report_shows_it(tmp_pa
     for name in ("final_price", "liquidated_notional", "accounts_liquidated", "shortfall"):
         np.testing.assert_array_equal(got[name].values, want[name].values, err_msg=name)
     assert got.sizes["time"] == 3 and "Portfolio contagion" in (tmp_path / "r.html").read_text()  # 06, 12, 18 h
+
+
+def _shortfall_reference(book, positions, market, s0, vol_shift):
+    """Plain loops: accounts liquidated (any part C < R) under the scenario, their positions
+    closed at the mark times the relative price the book gives (sells and buys meeting at
+    the mark first), their bad debt summed."""
+    books, accounts, mkt = reference_inputs(book, positions, market)
+    mkt = dict(mkt, vol=np.maximum(mkt["vol"] + vol_shift, 0.0))
+    f = np.array([1 + b * s0 for b in mkt["beta"]])
+    g = np.array([f[u] for u in mkt["underlying"]])
+    gone = [any(c < r for c, r in margin_parts(acc, mkt, f, g)) for acc in accounts]
+    ratio = {}
+    for i, (bp, bq, ap, aq) in books.items():
+        sold = sum(acc["position"][i] for acc, x in zip(accounts, gone) if x and acc["position"][i] > 0)
+        bought = sum(-acc["position"][i] for acc, x in zip(accounts, gone) if x and acc["position"][i] < 0)
+        net = sold - bought
+        prices, sizes = (bp, bq) if net > 0 else (ap, aq)
+        left, total, deepest = abs(net), 0.0, 1.0
+        for p, q in zip(prices / prices[0], sizes):
+            if left <= 0:
+                break
+            if q > 0 and not math.isnan(p):
+                take = min(q, left)
+                total, left, deepest = total + take * p, left - take, p
+        walked = (total + left * deepest) / abs(net) if net else 1.0
+        matched = min(sold, bought)
+        ratio[i] = ((matched + net * walked) / sold if net > 0 else 1.0,
+                    (matched - net * walked) / bought if net < 0 else 1.0)
+    bad = 0.0
+    for acc, x in zip(accounts, gone):
+        if not x:
+            continue
+        value = sum(b * mkt["price"][s] * f[s] for s, b in enumerate(acc["balance"]))
+        for i, q in enumerate(acc["position"]):
+            u = mkt["underlying"][i]
+            coin = mkt["price"][u] * f[u]
+            if q != 0:
+                r = ratio.get(i, (1.0, 1.0))[0 if q > 0 else 1]
+                mark = mkt["mark"][i] * g[i] * r
+                if mkt["kind"][i] == "linear":
+                    value += q * (mark - acc["entry"][i])
+                elif mkt["kind"][i] == "inverse":
+                    value += q * (1 / acc["entry"][i] - 1 / mark) * coin
+                else:
+                    value += q * black76(coin, mkt["strike"][i], mkt["years"][i], mkt["vol"][i], mkt["call"][i])
+            if acc["isolated"] and acc["iso_margin"][i]:
+                value += acc["iso_margin"][i] * (coin if mkt["kind"][i] == "inverse" else 1.0)
+        bad += max(0.0, -value)
+    return bad
+
+
+PRICE_SHOCKS = [-0.3, -0.15, -0.05, 0.0, 0.05, 0.15, 0.3]
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_liquidity_shortfall_matches_plain_loops_and_is_never_below_the_shortfall(seed):
+    from gpu_risk import stress_surface
+
+    rng = np.random.default_rng(seed)
+    market = market_from_dict(SPEC)
+    book = make_books(rng, thin=0.3)
+    positions = make_accounts(rng, market, n=30)
+    out = stress_surface(positions, market, PRICE_SHOCKS, vol_shocks=[-0.1, 0.0, 0.2], book=book)
+    for j, s0 in enumerate(PRICE_SHOCKS):
+        for k, shift in enumerate([-0.1, 0.0, 0.2]):
+            want = _shortfall_reference(book, positions, market, s0, shift)
+            np.testing.assert_allclose(float(out.liquidity_shortfall[j, k]), want, rtol=1e-9, atol=1e-6)
+    assert (out.liquidity_shortfall >= out.shortfall * (1 - 1e-12)).all()
+
+
+def test_liquidity_shortfall_is_the_shortfall_with_unlimited_depth_and_above_it_when_thin():
+    from gpu_risk import stress_surface
+
+    rng = np.random.default_rng(4)
+    market = market_from_dict(SPEC)
+    positions = long_only_cross(make_accounts(rng, market, n=60))  # every forced flow one-sided: sells
+    deep = make_books(np.random.default_rng(5), thin=1e9)
+    thin = make_books(np.random.default_rng(5), thin=0.05)
+    a = stress_surface(positions, market, PRICE_SHOCKS, haircut_shocks=[0.0, 0.1], book=deep)
+    np.testing.assert_allclose(a.liquidity_shortfall.values, a.shortfall.values, rtol=1e-12)
+    b = stress_surface(positions, market, PRICE_SHOCKS, haircut_shocks=[0.0, 0.1], book=thin)
+    assert (b.liquidity_shortfall >= b.shortfall * (1 - 1e-12)).all()
+    assert float((b.liquidity_shortfall - b.shortfall).max()) > 0
+    assert "liquidity_shortfall" not in stress_surface(positions, market, PRICE_SHOCKS, haircut_shocks=[0.0])
