@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _common import machine, read_bandwidth
 from contagion_reference import contagion_reference
 from gpu_risk.kernels.pricing import black76_price
+from test_contagion import reference_inputs
 
 from gpu_risk import cascade, contagion, liquidation, open_book, open_market, open_positions
 from gpu_risk.contagion import reference_instruments
@@ -163,21 +164,11 @@ def main() -> None:
     k_seconds, small = timed(lambda: contagion(perps, sample, market, when, [-0.05, 0.05], validate=False))
     names = list(market.instrument.values.astype(str))
     m = market_arrays(market)
-    books = {}
-    for name in perps.children:
-        ds = perps[name].to_dataset()
-        row = int(np.searchsorted(ds.time.values, when[0], side="right")) - 1
-        books[names.index(name)] = tuple(np.asarray(ds[v].values[row], float)
-                                         for v in ("bid_price", "bid_size", "ask_price", "ask_size"))
-    code = {0: "linear", 1: "inverse", 2: "option"}
+    at_time = xr.DataTree.from_dict({  # each book's last snapshot at or before the time
+        f"/{n}": perps[n].to_dataset().isel(time=[int(np.searchsorted(perps[n].time.values, when[0], "right")) - 1])
+        for n in perps.children})
+    books, accounts, mkt = reference_inputs(at_time, sample, market)  # the tests' own conversion
     booked_mask = np.array([i in books for i in range(len(names))])
-    mkt = {"price": m.price, "haircut": m.haircut, "beta": m.beta, "kind": [code[int(k)] for k in m.kind],
-           "underlying": list(m.underlying), "mark": m.mark, "strike": m.strike, "years": m.years, "vol": m.vol,
-           "call": list(m.is_call), "floor": m.floor, "mmr": m.mmr, "amount": m.amount,
-           "reference": reference_instruments(market, sample, booked_mask)}
-    accounts = [{"balance": sample.balance.values[a], "position": sample.position.values[a],
-                 "entry": sample.entry_price.values[a], "iso_margin": sample.isolated_margin.values[a],
-                 "isolated": sample.margin_mode.values[a] == "isolated"} for a in range(sample.sizes["account"])]
     r_seconds, found = timed(lambda: [contagion_reference(books, accounts, mkt, s0) for s0 in (-0.05, 0.05)])
     agree = np.allclose(small.final_price.values[:, 0, 0], found[0][0], equal_nan=True)
     print(f"brute-force simulator, {args.sample} accounts, 2 contagions: {r_seconds:.2f} s against the kernel's "

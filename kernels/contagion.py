@@ -44,32 +44,26 @@ FIELDS = ("final_price", "liquidated_notional", "accounts_liquidated", "rounds",
 
 
 @cpu_kernel
-def _walk(level_price, remaining, factor, volume, start_price):
-    """Walk one moved side: consume ``volume`` from the best remaining level down; returns
-    (new price, volume-weighted price of what traded on the book, exhausted)."""
+def _consume(levels, remaining, volume, scale, fallback):
+    """Walk one side from its best remaining level: consume ``volume`` (depth is never
+    replenished). Returns (the volume-weighted value of what it got, with the part beyond
+    the book at the deepest value; the deepest value traded, ``fallback`` if none;
+    whether the book ran out). A level's value is ``levels[j] * scale``."""
     left = volume
-    cost = 0.0
-    price = start_price
-    traded = 0.0
-    for j in range(level_price.size):
+    total = 0.0
+    deepest = fallback
+    for j in range(levels.size):
         if left <= 0.0:
             break
         size = remaining[j]
-        if not (size > 0.0) or level_price[j] != level_price[j]:
+        if not (size > 0.0) or levels[j] != levels[j]:
             continue
         take = min(size, left)
         remaining[j] = size - take
-        p = level_price[j] * factor
-        cost += take * p
-        traded += take
+        deepest = levels[j] * scale
+        total += take * deepest
         left -= take
-        price = p
-    exhausted = left > 0.0
-    if exhausted and traded > 0.0:
-        cost += left * price  # the rest at the deepest price: nothing deeper is visible
-    elif exhausted:
-        cost += left * start_price
-    return price, cost / volume, exhausted
+    return (total + left * deepest) / volume, deepest, left > 0.0
 
 
 @cpu_kernel
@@ -173,11 +167,11 @@ def contagion_cpu(bid_price, bid_size, ask_price, ask_size, mid, booked, referen
                 matched = min(sells[i], buys[i])
                 net = sells[i] - buys[i]
                 if net > 0.0:
-                    new, vwap, gone = _walk(bid_price[i], bids[i], factor[i], net, before)
+                    vwap, new, gone = _consume(bid_price[i], bids[i], net, factor[i], before)
                     fill_sell[i] = (matched * before + net * vwap) / sells[i]
                     fill_buy[i] = before
                 elif net < 0.0:
-                    new, vwap, gone = _walk(ask_price[i], asks[i], factor[i], -net, before)
+                    vwap, new, gone = _consume(ask_price[i], asks[i], -net, factor[i], before)
                     fill_buy[i] = (matched * before - net * vwap) / buys[i]
                     fill_sell[i] = before
                 else:
@@ -243,29 +237,6 @@ def contagion_cpu(bid_price, bid_size, ask_price, ask_size, mid, booked, referen
 
 
 @cpu_kernel
-def _impact(ratio, remaining, volume):
-    """Walk one side of a book given as level prices relative to its best level: the
-    volume-weighted ratio of what ``volume`` gets (the rest, beyond the book, at the
-    deepest ratio; 1 for an empty side)."""
-    left = volume
-    total = 0.0
-    deepest = 1.0
-    for j in range(ratio.size):
-        if left <= 0.0:
-            break
-        size = remaining[j]
-        if not (size > 0.0) or ratio[j] != ratio[j]:
-            continue
-        take = min(size, left)
-        remaining[j] = size - take
-        total += take * ratio[j]
-        left -= take
-        deepest = ratio[j]
-    total += left * deepest
-    return total / volume
-
-
-@cpu_kernel
 def liquidity_shortfall_cpu(balance, position, entry, iso_margin, isolated, exclude, m, price_shocks, bid_ratio,
                             bid_size, ask_ratio, ask_size, booked, out):
     """The bad debt of the accounts liquidated under each price shock (one column of the
@@ -323,9 +294,11 @@ def liquidity_shortfall_cpu(balance, position, entry, iso_margin, isolated, excl
             matched = min(sells[i], buys[i])
             net = sells[i] - buys[i]
             if net > 0.0:
-                fill_sell[i] = (matched + net * _impact(bid_ratio[i], bid_size[i].copy(), net)) / sells[i]
+                walked = _consume(bid_ratio[i], bid_size[i].copy(), net, 1.0, 1.0)[0]
+                fill_sell[i] = (matched + net * walked) / sells[i]
             elif net < 0.0:
-                fill_buy[i] = (matched - net * _impact(ask_ratio[i], ask_size[i].copy(), -net)) / buys[i]
+                walked = _consume(ask_ratio[i], ask_size[i].copy(), -net, 1.0, 1.0)[0]
+                fill_buy[i] = (matched - net * walked) / buys[i]
         total = 0.0
         for a in range(n_acc):
             if not liquidated[a]:
