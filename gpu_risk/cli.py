@@ -795,6 +795,16 @@ def main() -> None:
     debug = "--debug" in sys.argv[1:] or os.environ.get("GPU_RISK_DEBUG") == "1"
     sys.argv = [a for a in sys.argv if a != "--debug"]
     _DEBUG["on"] = debug
+    if not debug:  # Dask's and tornado's own log lines, one line each: no traceback on the way
+        make_record = logging.getLogRecordFactory()
+
+        def one_line_record(*args, **kwargs):
+            record = make_record(*args, **kwargs)
+            if record.name.startswith(("distributed", "tornado")):
+                record.exc_info, record.exc_text, record.stack_info = None, None, None
+            return record
+
+        logging.setLogRecordFactory(one_line_record)
     from .cluster import EXIT_WHEN_STUCK
 
     EXIT_WHEN_STUCK["on"] = True
