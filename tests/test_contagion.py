@@ -96,7 +96,7 @@ def reference_inputs(book, positions, market):
 SHOCKS = [-0.08, -0.03, -0.01, 0.01, 0.03, 0.08]
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.sampled_from([0.3, 1.0, 5.0]))
 def test_contagion_matches_the_brute_force_simulator(seed, thin):
     """Random multi-instrument portfolios (cross and isolated, long and short, stable and
@@ -143,7 +143,7 @@ def test_something_happens_in_the_random_cases():
     assert int(below.sum()) >= 3
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(st.integers(0, 2**32 - 1))
 def test_single_perpetual_accounts_with_stable_collateral_equal_the_cascade(seed):
     """Every account holds one perpetual and only USDT: contagion's final price is the
@@ -187,7 +187,7 @@ def long_only_cross(positions):
 DOWN = [-0.12, -0.08, -0.05, -0.03, -0.02, -0.01]
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.sampled_from([0.3, 1.0]))
 def test_long_only_cross_larger_down_shock_never_ends_higher(seed, thin):
     rng = np.random.default_rng(seed)
@@ -200,7 +200,7 @@ def test_long_only_cross_larger_down_shock_never_ends_higher(seed, thin):
         assert (np.diff(prices) >= 0).all(), (name, prices)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.sampled_from([0.3, 1.0]))
 def test_long_only_cross_contagion_never_ends_above_the_cascade(seed, thin):
     """Accounts on several perpetuals and coins as collateral: when one book's cascade
