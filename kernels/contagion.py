@@ -109,27 +109,20 @@ def contagion_cpu(bid_price, bid_size, ask_price, ask_size, mid, booked, referen
             wallet_value = np.zeros(n_acc)  # balances at full value, this round's prices
             liquidated_wallet = np.zeros(n_acc, dtype=np.bool_)
             for a in range(n_acc):
-                if not isolated[a]:
-                    if not alive[a]:
-                        continue
+                # the cross account, or an isolated account's wallet (part -1 is either)
+                if alive[a]:
                     c, r = part_margin(a, -1, 1.0, 0.0, asset_w, mark_w, balance, position, entry, iso_margin,
                                        isolated, m)
                     if c < r:
                         alive[a] = False
                         liquidated_wallet[a] = True
                         any_closed = True
-                        for i in range(n_inst):
-                            if open_pos[a, i]:
-                                open_pos[a, i] = False
-                                closed_by[a, i] = 1
-                else:
-                    if alive[a]:
-                        c, r = part_margin(a, -1, 1.0, 0.0, asset_w, mark_w, balance, position, entry, iso_margin,
-                                           isolated, m)
-                        if c < r:
-                            alive[a] = False
-                            liquidated_wallet[a] = True
-                            any_closed = True
+                        if not isolated[a]:  # a cross account closes every position
+                            for i in range(n_inst):
+                                if open_pos[a, i]:
+                                    open_pos[a, i] = False
+                                    closed_by[a, i] = 1
+                if isolated[a]:  # each isolated position alone
                     for i in range(n_inst):
                         if not open_pos[a, i]:
                             continue
