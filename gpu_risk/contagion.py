@@ -3,8 +3,8 @@ instrument's book at once. The rules are in ``kernels/contagion.py`` and
 docs/methodology.md ("Portfolio contagion"); this module selects each time's snapshots and
 hands the kernel plain arrays.
 
-This first version runs the numba kernel on the host, one snapshot time after another,
-without depth extrapolation.
+Positions backed by CuPy run the CUDA kernel (``contagion_gpu``), one snapshot time after
+another; otherwise the numba kernel runs the times side by side on the host's cores.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import xarray as xr
 
-from .backend import to_host
+from .backend import is_cupy, to_host
 from .cascade import _check_shocks, cascade_times
 from .errors import InputError
-from .kernels.contagion import FIELDS, contagion_cpu
+from .kernels import contagion as kernels
+from .kernels.contagion import FIELDS
 from .liquidation import market_arrays
 from .model import in_market_order
 from .schema import as_str
@@ -32,7 +33,7 @@ def reference_instruments(market: xr.Dataset, positions: xr.Dataset, booked: np.
     """For each asset, the booked perpetual on it with the most open interest (|q| x mark
     summed over accounts), whose book its price follows; -1 where none."""
     m = market_arrays(market)
-    quantity = np.abs(np.asarray(to_host(positions["position"].values), dtype=np.float64)).sum(axis=0)
+    quantity = np.abs(np.asarray(to_host(positions["position"].data), dtype=np.float64)).sum(axis=0)
     interest = np.where(m.kind == 0, quantity * m.mark, quantity)  # inverse: q is USD already
     out = np.full(m.price.size, -1, dtype=np.int64)
     for s in range(m.price.size):
@@ -83,12 +84,13 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
         books = {name: ensure_book(ds, instrument=name) for name, ds in books.items()}
     books = {name: without_flagged_rows(ds).load() for name, ds in books.items()}
     when = cascade_times(books, times)
+    on_gpu = is_cupy(positions["position"].data)
     pos = in_market_order(positions, market).load()
-    balance, position, entry, iso_margin = (np.ascontiguousarray(to_host(pos[v].values), np.float64)
+    balance, position, entry, iso_margin = (np.ascontiguousarray(to_host(pos[v].data), np.float64)
                                             for v in ("balance", "position", "entry_price", "isolated_margin"))
     isolated = np.ascontiguousarray(np.asarray(pos["margin_mode"].values) == "isolated", np.bool_)
-    if "qc_row_excluded" in positions:  # flagged accounts are left out: nothing to liquidate
-        excluded = np.asarray(to_host(positions["qc_row_excluded"].values), bool)
+    if "qc_row_excluded" in pos:  # flagged accounts are left out: nothing to liquidate
+        excluded = np.asarray(to_host(pos["qc_row_excluded"].data), bool)
         balance[excluded], position[excluded] = 0.0, 0.0
     m = market_arrays(market)
     levels = max(ds.sizes["level"] for ds in books.values()) if books else 1
@@ -117,13 +119,21 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
             np.nan_to_num(a, copy=False, nan=0.0)
         mids[:, t] = mid
         reference = reference_instruments(market, pos, booked)
+        args = (*arrays, mid, booked, reference, shocks, balance, position, entry, iso_margin, isolated, m)
+        if on_gpu:
+            cp = kernels.cupy_module()
+            block, lost = cp.empty((n_inst, shocks.size, len(FIELDS))), cp.empty(shocks.size)
+            kernels.contagion_gpu(*args, block, lost)
+            out[:, t], shortfall[t] = to_host(block), to_host(lost)
+            return
         block = np.empty((n_inst, shocks.size, len(FIELDS)))
-        contagion_cpu(*arrays, mid, booked, reference, shocks, balance, position, entry, iso_margin, isolated, m,
-                      block, shortfall[t])
+        kernels.contagion_cpu(*args, block, shortfall[t])
         out[:, t] = block
 
-    # the kernel releases the GIL: the times run side by side, one per core
-    with ThreadPoolExecutor(max(1, min(n_time, len(os.sched_getaffinity(0))))) as pool:
+    # the CPU kernel releases the GIL: the times run side by side, one per core (the GPU
+    # kernel's launches already fill the device: one time after another)
+    workers = 1 if on_gpu else max(1, min(n_time, len(os.sched_getaffinity(0))))
+    with ThreadPoolExecutor(workers) as pool:
         list(pool.map(one_time, range(n_time)))
     coords = {"instrument": names, "time": when, "initial_shock": shocks}
     dims = ("instrument", "time", "initial_shock")

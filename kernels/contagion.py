@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._compile import cpu_kernel
-from .liquidation import INVERSE, LINEAR, part_margin
+from ._compile import cpu_kernel, cuda_module, cupy_module
+from .liquidation import CUDA_OPTIONS, CUDA_SOURCE, INVERSE, LINEAR, device_market, part_margin
 from .pricing import black76_price
 
 FIELDS = ("final_price", "liquidated_notional", "accounts_liquidated", "rounds", "book_exhausted")
@@ -226,6 +226,346 @@ def contagion_cpu(bid_price, bid_size, ask_price, ask_size, mid, booked, referen
             out[i, k, 3] = rounds[i]
             out[i, k, 4] = exhausted[i]
         shortfall[k] = bad_debt
+    return out
+
+
+
+# ----------------------------------------------------------------------------- CUDA
+# The same rounds on the device. A contagion's rounds are sequential, so the parallelism is
+# within a round: one launch per step, each thread independent (one per shock x account, or
+# per shock x instrument), the host looping until every shock's round liquidates nothing.
+# Every sum runs in the CPU kernel's order (accounts ascending, then instruments), so the
+# two agree to the bit wherever the account model does (liquidation's CUDA ``part_margin``).
+# Account state per shock x account x instrument: 1 open, 2 closed in this round, 0 not
+# open (closed before, or never held).
+
+CONTAGION_CUDA_SOURCE = r"""
+__device__ void consume(const double* levels, double* remaining, int n_levels, double volume, double scale,
+                        double fallback, double* vwap, double* deepest_out, bool* gone) {
+    double left = volume, total = 0.0, deepest = fallback;
+    for (int j = 0; j < n_levels; ++j) {  // _consume in kernels/contagion.py
+        if (left <= 0.0) break;
+        double size = remaining[j];
+        if (!(size > 0.0) || levels[j] != levels[j]) continue;
+        double take = fmin(size, left);
+        remaining[j] = size - take;
+        deepest = levels[j] * scale;
+        total += take * deepest;
+        left -= take;
+    }
+    *vwap = (total + left * deepest) / volume;
+    *deepest_out = deepest;
+    *gone = left > 0.0;
+}
+
+// one thread per shock: the shocked prices, the books' remaining depth, the counters
+extern "C" __global__ void contagion_start(
+    const double* bid_size, const double* ask_size, const double* mid, const bool* booked,
+    const double* shocks, const double* beta, const long long* underlying, const double* mark,
+    int n_shocks, int n_assets, int n_inst, int levels,
+    double* price, double* asset_w, double* mark_w, double* bids, double* asks, double* out,
+    double* shortfall, int* active, int* any_closed)
+{
+    long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= n_shocks) return;
+    double s0 = shocks[k];
+    for (int s = 0; s < n_assets; ++s) asset_w[k * n_assets + s] = beta[s] * s0;
+    for (int i = 0; i < n_inst; ++i) {
+        double factor = 1.0 + beta[underlying[i]] * s0;
+        double p = booked[i] ? mid[i] * factor : CUDART_NAN;
+        price[k * n_inst + i] = p;
+        mark_w[k * n_inst + i] = booked[i] ? p / mark[i] - 1.0 : asset_w[k * n_assets + underlying[i]];
+        for (int j = 0; j < levels; ++j) {
+            bids[(k * n_inst + i) * levels + j] = bid_size[i * levels + j];
+            asks[(k * n_inst + i) * levels + j] = ask_size[i * levels + j];
+        }
+        for (int f = 1; f < 5; ++f) out[(i * n_shocks + k) * 5 + f] = 0.0;
+    }
+    shortfall[k] = 0.0;
+    active[k] = 1;
+    any_closed[k] = 0;
+}
+
+// one thread per shock x account: every position open
+extern "C" __global__ void contagion_open(
+    const double* position, int n_shocks, int n_acc, int n_inst, unsigned char* alive, unsigned char* state)
+{
+    long long x = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (x >= (long long)n_shocks * n_acc) return;
+    long long a = x % n_acc;
+    alive[x] = 1;
+    for (int i = 0; i < n_inst; ++i) state[x * n_inst + i] = position[a * n_inst + i] != 0.0 ? 1 : 0;
+}
+
+// one thread per shock x account: step 1, which parts are liquidated at this round's prices
+extern "C" __global__ void contagion_evaluate(
+    const double* balance, const double* position, const double* entry, const double* iso_margin,
+    const bool* isolated, const double* price, const double* haircut, const double* beta,
+    const long long* kind, const long long* underlying, const double* mark, const double* strike,
+    const double* years, const double* vol, const bool* is_call, const double* floor,
+    const double* mmr, const double* amount, int n_acc, int n_assets, int n_inst, int n_brackets,
+    int n_shocks, const double* asset_w_all, const double* mark_w_all, const int* active,
+    unsigned char* alive, unsigned char* state, double* wallet_value, unsigned char* wallet_gone,
+    int* any_closed)
+{
+    long long x = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (x >= (long long)n_shocks * n_acc) return;
+    long long k = x / n_acc, a = x % n_acc;
+    if (!active[k]) return;
+    Model m = {balance, position, entry, iso_margin, isolated, price, haircut, beta, kind, underlying,
+               mark, strike, years, vol, is_call, floor, mmr, amount, n_assets, n_inst, n_brackets};
+    const double* asset_w = asset_w_all + k * n_assets;
+    const double* mark_w = mark_w_all + k * n_inst;
+    unsigned char* st = state + x * n_inst;
+    bool closed = false, gone = false;
+    double c, r;
+    if (alive[x]) {  // the cross account, or an isolated account's wallet
+        part_margin(m, a, -1, 1.0, 0.0, asset_w, mark_w, &c, &r);
+        if (c < r) {
+            alive[x] = 0;
+            gone = closed = true;
+            if (!isolated[a]) for (int i = 0; i < n_inst; ++i) if (st[i] == 1) st[i] = 2;
+        }
+    }
+    if (isolated[a]) {
+        for (int i = 0; i < n_inst; ++i) {
+            if (st[i] != 1) continue;
+            part_margin(m, a, i, 1.0, 0.0, asset_w, mark_w, &c, &r);
+            if (c < r) { st[i] = 2; closed = true; }
+        }
+    }
+    double value = 0.0;
+    if (gone) for (int s = 0; s < n_assets; ++s) value += balance[a * n_assets + s] * price[s] * (1.0 + asset_w[s]);
+    wallet_value[x] = value;
+    wallet_gone[x] = gone ? 1 : 0;
+    if (closed) any_closed[k] = 1;
+}
+
+// one thread per shock x instrument: step 2, the round's forced flows through the book
+extern "C" __global__ void contagion_books(
+    const double* bid_price, const double* ask_price, const bool* booked, const double* position,
+    const double* beta, const long long* underlying, const double* mark, const double* shocks,
+    int n_shocks, int n_acc, int n_inst, int levels, const int* active, const int* any_closed,
+    const unsigned char* state, const double* mark_w, double* price, double* bids, double* asks,
+    double* fill_sell, double* fill_buy, double* out)
+{
+    long long x = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (x >= (long long)n_shocks * n_inst) return;
+    long long k = x / n_inst;
+    int i = (int)(x % n_inst);
+    if (!active[k] || !any_closed[k]) return;
+    double sells = 0.0, buys = 0.0;
+    for (long long a = 0; a < n_acc; ++a) {
+        if (state[(k * n_acc + a) * n_inst + i] != 2) continue;
+        double q = position[a * n_inst + i];
+        if (q > 0.0) sells += q; else buys -= q;
+    }
+    fill_sell[x] = CUDART_NAN;
+    fill_buy[x] = CUDART_NAN;
+    if (sells == 0.0 && buys == 0.0) return;
+    double* row = out + (i * n_shocks + k) * 5;
+    row[3] += 1.0;
+    double before = booked[i] ? price[x] : mark[i] * (1.0 + mark_w[x]);
+    if (!booked[i]) { fill_sell[x] = before; fill_buy[x] = before; return; }
+    double factor = 1.0 + beta[underlying[i]] * shocks[k];
+    double matched = fmin(sells, buys), net = sells - buys, vwap, fresh = before;
+    bool gone = false;
+    if (net > 0.0) {
+        consume(bid_price + i * levels, bids + x * levels, levels, net, factor, before, &vwap, &fresh, &gone);
+        fill_sell[x] = (matched * before + net * vwap) / sells;
+        fill_buy[x] = before;
+    } else if (net < 0.0) {
+        consume(ask_price + i * levels, asks + x * levels, levels, -net, factor, before, &vwap, &fresh, &gone);
+        fill_buy[x] = (matched * before - net * vwap) / buys;
+        fill_sell[x] = before;
+    } else {
+        fill_sell[x] = before;
+        fill_buy[x] = before;
+    }
+    if (gone) row[4] = 1.0;
+    price[x] = fresh;
+}
+
+__device__ double closed_value(const Model& m, int i, double q, double entry, double fill, double coin,
+                               double* notional) {
+    if (m.kind[i] == LINEAR) { *notional = fabs(q) * fill; return q * (fill - entry); }
+    if (m.kind[i] == INVERSE) { *notional = fabs(q); return q * (1.0 / entry - 1.0 / fill) * coin; }
+    double value = black76(coin, m.strike[i], m.years[i], m.vol[i], m.is_call[i]);
+    *notional = fabs(q) * value;
+    return q * value;
+}
+
+// one thread per shock x instrument: step 3a, notional and accounts of the positions closed
+extern "C" __global__ void contagion_positions(
+    const double* balance, const double* position, const double* entry, const double* iso_margin,
+    const bool* isolated, const double* price, const double* haircut, const double* beta,
+    const long long* kind, const long long* underlying, const double* mark, const double* strike,
+    const double* years, const double* vol, const bool* is_call, const double* floor,
+    const double* mmr, const double* amount, int n_acc, int n_assets, int n_inst, int n_brackets,
+    int n_shocks, const int* active, const int* any_closed, const unsigned char* state,
+    const double* asset_w, const double* fill_sell, const double* fill_buy, double* out)
+{
+    long long x = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (x >= (long long)n_shocks * n_inst) return;
+    long long k = x / n_inst;
+    int i = (int)(x % n_inst);
+    if (!active[k] || !any_closed[k]) return;
+    Model m = {balance, position, entry, iso_margin, isolated, price, haircut, beta, kind, underlying,
+               mark, strike, years, vol, is_call, floor, mmr, amount, n_assets, n_inst, n_brackets};
+    int u = (int)underlying[i];
+    double coin = price[u] * (1.0 + asset_w[k * n_assets + u]);
+    double* row = out + (i * n_shocks + k) * 5;
+    for (long long a = 0; a < n_acc; ++a) {
+        if (state[(k * n_acc + a) * n_inst + i] != 2) continue;
+        double q = position[a * n_inst + i], notional;
+        closed_value(m, i, q, entry[a * n_inst + i], q > 0.0 ? fill_sell[x] : fill_buy[x], coin, &notional);
+        row[1] += notional;
+        row[2] += 1.0;
+    }
+}
+
+// one thread per shock x account: step 3b, the bad debt of its parts liquidated this round
+// (debt: n_inst + 1 slots per account, the isolated positions then the wallet or cross
+// account, each the amount below zero), and its positions closed for good
+extern "C" __global__ void contagion_debts(
+    const double* balance, const double* position, const double* entry, const double* iso_margin,
+    const bool* isolated, const double* price, const double* haircut, const double* beta,
+    const long long* kind, const long long* underlying, const double* mark, const double* strike,
+    const double* years, const double* vol, const bool* is_call, const double* floor,
+    const double* mmr, const double* amount, int n_acc, int n_assets, int n_inst, int n_brackets,
+    int n_shocks, const int* active, const int* any_closed, unsigned char* state,
+    const double* wallet_value, const unsigned char* wallet_gone, const double* asset_w,
+    const double* fill_sell, const double* fill_buy, double* debt)
+{
+    long long x = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (x >= (long long)n_shocks * n_acc) return;
+    long long k = x / n_acc, a = x % n_acc;
+    if (!active[k] || !any_closed[k]) return;
+    Model m = {balance, position, entry, iso_margin, isolated, price, haircut, beta, kind, underlying,
+               mark, strike, years, vol, is_call, floor, mmr, amount, n_assets, n_inst, n_brackets};
+    double* mine = debt + x * (n_inst + 1);
+    unsigned char* st = state + x * n_inst;
+    double part_value = wallet_value[x];
+    bool counted = wallet_gone[x] && !isolated[a];
+    for (int i = 0; i < n_inst; ++i) {
+        mine[i] = 0.0;
+        if (st[i] != 2) continue;
+        double q = position[a * n_inst + i], notional;
+        int u = (int)underlying[i];
+        double coin = price[u] * (1.0 + asset_w[k * n_assets + u]);
+        long long cell = k * n_inst + i;
+        double pnl = closed_value(m, i, q, entry[a * n_inst + i], q > 0.0 ? fill_sell[cell] : fill_buy[cell],
+                                  coin, &notional);
+        if (isolated[a]) {
+            double value = iso_margin[a * n_inst + i] * (kind[i] == INVERSE ? coin : 1.0) + pnl;
+            if (value < 0.0) mine[i] = -value;
+        } else {
+            part_value += pnl;
+            counted = true;
+        }
+        st[i] = 0;
+    }
+    mine[n_inst] = (counted || (isolated[a] && wallet_gone[x])) && part_value < 0.0 ? -part_value : 0.0;
+}
+
+// one thread per shock: step 4, the bad debt added in account order, then marks and asset
+// prices follow the books; a shock whose round liquidated nothing is done
+extern "C" __global__ void contagion_follow(
+    const double* mid, const bool* booked, const long long* reference, const long long* underlying,
+    const double* mark, int n_shocks, int n_acc, int n_assets, int n_inst, const double* debt,
+    const double* price, double* asset_w, double* mark_w, double* shortfall, int* active, int* any_closed)
+{
+    long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= n_shocks || !active[k]) return;
+    if (!any_closed[k]) { active[k] = 0; return; }
+    any_closed[k] = 0;
+    double total = shortfall[k];
+    const double* d = debt + k * n_acc * (n_inst + 1);
+    for (long long j = 0; j < (long long)n_acc * (n_inst + 1); ++j) total += d[j];
+    shortfall[k] = total;
+    for (int i = 0; i < n_inst; ++i) if (booked[i]) mark_w[k * n_inst + i] = price[k * n_inst + i] / mark[i] - 1.0;
+    for (int s = 0; s < n_assets; ++s) {
+        long long ref = reference[s];
+        if (ref >= 0) asset_w[k * n_assets + s] = price[k * n_inst + ref] / mid[ref] - 1.0;
+    }
+    for (int i = 0; i < n_inst; ++i) if (!booked[i]) mark_w[k * n_inst + i] = asset_w[k * n_assets + underlying[i]];
+}
+
+// one thread per shock x instrument: the final prices
+extern "C" __global__ void contagion_finish(
+    const bool* booked, const double* mark, int n_shocks, int n_inst, const double* price,
+    const double* mark_w, double* out)
+{
+    long long x = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (x >= (long long)n_shocks * n_inst) return;
+    long long k = x / n_inst;
+    int i = (int)(x % n_inst);
+    out[(i * n_shocks + k) * 5] = booked[i] ? price[x] : mark[i] * (1.0 + mark_w[x]);
+}
+"""
+
+
+def contagion_gpu(bid_price, bid_size, ask_price, ask_size, mid, booked, reference, shocks, balance, position,
+                  entry, iso_margin, isolated, m, out, shortfall):
+    """CuPy: ``contagion_cpu``'s contract on the device (inputs anywhere, copied over;
+    ``out`` (I, K, 5) and ``shortfall`` (K,) CuPy arrays). Each round is a few launches
+    over shocks x accounts and shocks x instruments; the host loops until every shock's
+    round liquidates nothing (a flag per shock read back each round)."""
+    cp = cupy_module()
+    n_acc, n_inst = position.shape
+    n_assets = balance.shape[1]
+    n_shocks = int(np.size(shocks))
+    levels = bid_price.shape[1]
+    f64 = lambda x: cp.ascontiguousarray(cp.asarray(x, dtype=cp.float64))  # noqa: E731
+    flags = lambda x: cp.ascontiguousarray(cp.asarray(x, dtype=cp.bool_).ravel())  # noqa: E731
+    dm = device_market(cp, m)
+    bid_p, bid_s, ask_p, ask_s, mid_d, shocks_d = (f64(a) for a in (bid_price, bid_size, ask_price, ask_size,
+                                                                     mid, shocks))
+    booked_d, isolated_d = flags(booked), flags(isolated)
+    reference_d = cp.ascontiguousarray(cp.asarray(reference, dtype=cp.int64))
+    accounts = [f64(balance), f64(position), f64(entry), f64(iso_margin), isolated_d]
+    model = (*accounts, *dm, np.int32(n_acc), np.int32(n_assets), np.int32(n_inst), np.int32(m.floor.shape[1]))
+    price = cp.empty((n_shocks, n_inst))
+    asset_w = cp.empty((n_shocks, n_assets))
+    mark_w = cp.empty((n_shocks, n_inst))
+    bids = cp.empty((n_shocks, n_inst, levels))
+    asks = cp.empty((n_shocks, n_inst, levels))
+    fill_sell = cp.empty((n_shocks, n_inst))
+    fill_buy = cp.empty((n_shocks, n_inst))
+    active = cp.zeros(n_shocks, dtype=cp.int32)
+    any_closed = cp.zeros(n_shocks, dtype=cp.int32)
+    alive = cp.empty((n_shocks, n_acc), dtype=cp.uint8)
+    state = cp.empty((n_shocks, n_acc, n_inst), dtype=cp.uint8)
+    wallet_value = cp.empty((n_shocks, n_acc))
+    wallet_gone = cp.empty((n_shocks, n_acc), dtype=cp.uint8)
+    debt = cp.zeros((n_shocks, n_acc, n_inst + 1))
+    module = cuda_module(CUDA_SOURCE + CONTAGION_CUDA_SOURCE, CUDA_OPTIONS)
+    threads = 128
+
+    def launch(name, count, args):
+        module.get_function(name)(((count + threads - 1) // threads,), (threads,), args)
+
+    sizes = (np.int32(n_shocks), np.int32(n_acc), np.int32(n_assets), np.int32(n_inst))
+    launch("contagion_start", n_shocks, (bid_s, ask_s, mid_d, booked_d, shocks_d, dm.beta, dm.underlying, dm.mark,
+                                         np.int32(n_shocks), np.int32(n_assets), np.int32(n_inst), np.int32(levels),
+                                         price, asset_w, mark_w, bids, asks, out, shortfall, active, any_closed))
+    launch("contagion_open", n_shocks * n_acc, (accounts[1], np.int32(n_shocks), np.int32(n_acc), np.int32(n_inst),
+                                                alive, state))
+    while bool(active.any()):
+        launch("contagion_evaluate", n_shocks * n_acc, (*model, np.int32(n_shocks), asset_w, mark_w, active, alive,
+                                                        state, wallet_value, wallet_gone, any_closed))
+        launch("contagion_books", n_shocks * n_inst, (bid_p, ask_p, booked_d, accounts[1], dm.beta, dm.underlying,
+                                                      dm.mark, shocks_d, np.int32(n_shocks), np.int32(n_acc),
+                                                      np.int32(n_inst), np.int32(levels), active, any_closed, state,
+                                                      mark_w, price, bids, asks, fill_sell, fill_buy, out))
+        launch("contagion_positions", n_shocks * n_inst, (*model, np.int32(n_shocks), active, any_closed, state,
+                                                          asset_w, fill_sell, fill_buy, out))
+        launch("contagion_debts", n_shocks * n_acc, (*model, np.int32(n_shocks), active, any_closed, state,
+                                                     wallet_value, wallet_gone, asset_w, fill_sell, fill_buy, debt))
+        launch("contagion_follow", n_shocks, (mid_d, booked_d, reference_d, dm.underlying, dm.mark, *sizes, debt,
+                                              price, asset_w, mark_w, shortfall, active, any_closed))
+    launch("contagion_finish", n_shocks * n_inst, (booked_d, dm.mark, np.int32(n_shocks), np.int32(n_inst), price,
+                                                   mark_w, out))
     return out
 
 

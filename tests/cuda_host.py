@@ -132,7 +132,7 @@ class HostCupy:
     """Enough of CuPy for the kernel wrappers, on NumPy."""
 
     RawModule = HostModule
-    float64, int64, bool_ = np.float64, np.int64, np.bool_
+    float64, int64, int32, uint8, bool_ = np.float64, np.int64, np.int32, np.uint8, np.bool_
 
     def __getattr__(self, name):
         attr = getattr(np, name)
@@ -149,10 +149,10 @@ class HostCupy:
 @contextlib.contextmanager
 def cuda_on_host(monkeypatch):
     """Within: the ``*_gpu`` kernel wrappers run their CUDA source on the host."""
-    from gpu_risk.kernels import _compile, cascade, imbalance, liquidation, stress
+    from gpu_risk.kernels import _compile, cascade, contagion, imbalance, liquidation, stress
 
     fake = HostCupy()
-    for module in (_compile, cascade, imbalance, liquidation, stress):
+    for module in (_compile, cascade, contagion, imbalance, liquidation, stress):
         if hasattr(module, "cupy_module"):
             monkeypatch.setattr(module, "cupy_module", lambda: fake)
     monkeypatch.setattr(_compile, "_CUDA_MODULES", {})  # modules compiled for the host, not a device

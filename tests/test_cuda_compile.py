@@ -7,7 +7,7 @@ import types
 from pathlib import Path
 
 import pytest
-from gpu_risk.kernels import cascade, imbalance, liquidation, stress
+from gpu_risk.kernels import cascade, contagion, imbalance, liquidation, stress
 
 
 def nvcc():
@@ -22,8 +22,14 @@ def nvcc():
                                             (cascade, ["cascade_gpu"]),
                                             (types.SimpleNamespace(
                                                 CUDA_SOURCE=liquidation.CUDA_SOURCE + stress.STRESS_CUDA_SOURCE,
-                                                CUDA_OPTIONS=liquidation.CUDA_OPTIONS), ["stress_gpu"])],
-                         ids=["imbalance", "liquidation", "cascade", "stress"])
+                                                CUDA_OPTIONS=liquidation.CUDA_OPTIONS), ["stress_gpu"]),
+                                            (types.SimpleNamespace(
+                                                CUDA_SOURCE=liquidation.CUDA_SOURCE + contagion.CONTAGION_CUDA_SOURCE,
+                                                CUDA_OPTIONS=liquidation.CUDA_OPTIONS),
+                                             ["contagion_start", "contagion_open", "contagion_evaluate",
+                                              "contagion_books", "contagion_positions", "contagion_debts",
+                                              "contagion_follow", "contagion_finish"])],
+                         ids=["imbalance", "liquidation", "cascade", "stress", "contagion"])
 def test_cuda_source_compiles(module, kernels):
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "kernel.cu"

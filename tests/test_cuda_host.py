@@ -112,3 +112,38 @@ def test_imbalance_kernel(monkeypatch):
             imbalance_block_gpu(bid, ask, bid_size, ask_size, *prev, has_prev, bucket, bands, gpu)
         np.testing.assert_allclose(gpu, cpu, rtol=1e-12, atol=1e-12, equal_nan=True)
         assert (cpu[:, -1] == 0).any()  # empty buckets carried forward
+
+
+def test_contagion_kernel(monkeypatch):
+    """The CUDA contagion (a few launches per round) against the numba kernel through the
+    public function, on the contagion tests' random portfolios: thin books that run out,
+    cross and isolated accounts, duplicated accounts (ties)."""
+    import xarray as xr
+    from test_contagion import SHOCKS, SPEC, make_accounts, make_books
+
+    from gpu_risk import contagion as api
+    from gpu_risk.kernels import contagion as kernels
+    from gpu_risk.store import market_from_dict
+
+    market = market_from_dict(SPEC)
+    rng = np.random.default_rng(23)
+    cases = []
+    for thin in (0.3, 1.0, 5.0):
+        positions = make_accounts(rng, market, n=30)
+        twice = positions.isel(account=[0, 1, 2]).assign_coords(account=[100, 101, 102])
+        cases.append((make_books(rng, thin=thin), xr.concat([positions, twice], "account")))
+    expected = [api(book, positions, market, book["BTCUSDT"].time.values, SHOCKS) for book, positions in cases]
+    with cuda_on_host(monkeypatch) as fake:
+        def on_device(*args):  # the CPU kernel's place, the device kernel's work
+            block, lost = fake.empty(args[-2].shape), fake.empty(args[-1].shape)
+            kernels.contagion_gpu(*args[:-2], block, lost)
+            args[-2][...], args[-1][...] = block, lost
+        monkeypatch.setattr(kernels, "contagion_cpu", on_device)
+        got = [api(book, positions, market, book["BTCUSDT"].time.values, SHOCKS) for book, positions in cases]
+    for ours, theirs in zip(got, expected):
+        for name in ("final_price", "accounts_liquidated", "rounds", "book_exhausted"):
+            np.testing.assert_array_equal(ours[name].values, theirs[name].values, err_msg=name)
+        for name in ("liquidated_notional", "shortfall"):
+            np.testing.assert_allclose(ours[name].values, theirs[name].values, rtol=1e-12, atol=1e-9, err_msg=name)
+    assert sum(int(e.book_exhausted.sum()) for e in expected) > 0 and max(int(e.rounds.max()) for e in expected) >= 2
+    assert max(float(e.shortfall.max()) for e in expected) > 0
