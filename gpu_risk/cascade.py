@@ -19,6 +19,7 @@ import xarray as xr
 
 from .backend import dispatch, is_cupy, to_host
 from .errors import InputError
+from .depth import POWER, check_depth_extrapolation, depth_parameters, describe
 from .kernels.cascade import FIELDS, cascade_cpu, cascade_gpu
 from .model import notional_at_price
 from .schema import as_str
@@ -52,7 +53,7 @@ def position_tables(quantity: np.ndarray, liquidation_price: np.ndarray, notiona
     return tables[0], tables[1]
 
 
-def _block(bid_price, bid_size, ask_price, ask_size, long_table, short_table, *, shocks, extrapolation):
+def _block(bid_price, bid_size, ask_price, ask_size, long_table, short_table, *, shocks, extrapolation, exponent):
     """One block of times: (T, S, 4) packed results on the host."""
     n_times = bid_price.shape[0]
     gpu = is_cupy(bid_price)
@@ -68,7 +69,7 @@ def _block(bid_price, bid_size, ask_price, ask_size, long_table, short_table, *,
             np.ascontiguousarray(long_table[0, :-1]), np.ascontiguousarray(long_table[1]),
             np.ascontiguousarray(long_table[2]), np.ascontiguousarray(short_table[0, :-1]),
             np.ascontiguousarray(short_table[1]), np.ascontiguousarray(short_table[2]),
-            extrapolation, out)
+            extrapolation, exponent, out)
     return out.get() if gpu else out  # results are small next to the book: back to the host
 
 
@@ -112,7 +113,7 @@ def _check_shocks(initial_shocks) -> np.ndarray:
 
 def cascade(book: xr.DataTree | xr.Dataset, positions: xr.Dataset, market: xr.Dataset, times,
             initial_shocks: Sequence[float], *, liquidation: xr.Dataset | None = None,
-            depth_extrapolation: float | None = None, instruments: Iterable[str] | None = None,
+            depth_extrapolation: float | str | None = None, instruments: Iterable[str] | None = None,
             time_block: int = TIME_BLOCK, validate: bool = True, allow_lookahead: bool = False) -> xr.Dataset:
     """Liquidation cascades per instrument x time x initial shock (SPEC section 4).
 
@@ -131,8 +132,11 @@ def cascade(book: xr.DataTree | xr.Dataset, positions: xr.Dataset, market: xr.Da
     liquidation : a computed :func:`gpu_risk.liquidation` result to reuse (its
         ``liquidation_price``); computed here otherwise.
     depth_extrapolation : None (SPEC: the cascade stops at the deepest level when the book
-        is exhausted) or a relative price distance x > 0: beyond the deepest level, every
-        further x times the moved mid holds as much size as the whole visible side.
+        is exhausted); a relative price distance x > 0 (flat: beyond the deepest level,
+        every further x times the moved mid holds as much size as the whole visible side);
+        or ``"power"`` (cumulative size ~ distance from the mid ** gamma through the deepest
+        visible level, gamma from the market's ``depth_exponent``, see
+        :func:`gpu_risk.fit_depth_profile`).
     instruments : subset of the book's instruments (default: all; each must be a
         perpetual in the market).
     allow_lookahead : positions or a market dated after the last evaluation time's day
@@ -148,9 +152,7 @@ def cascade(book: xr.DataTree | xr.Dataset, positions: xr.Dataset, market: xr.Da
         market = ensure_market(market)
         positions = ensure_positions(positions, market)
     shocks = _check_shocks(initial_shocks)
-    if depth_extrapolation is not None and not (np.isfinite(depth_extrapolation) and depth_extrapolation > 0):
-        raise ValueError(f"depth_extrapolation must be None or a positive number, not {depth_extrapolation!r}")
-    extrapolation = float("nan") if depth_extrapolation is None else float(depth_extrapolation)
+    check_depth_extrapolation(depth_extrapolation)
     if isinstance(book, xr.Dataset):
         book = xr.DataTree.from_dict({f"/{book.attrs.get('instrument', 'book')}": book})
     names = sorted(instruments if instruments is not None else book.children)
@@ -167,6 +169,7 @@ def cascade(book: xr.DataTree | xr.Dataset, positions: xr.Dataset, market: xr.Da
     if validate:
         books = {name: ensure_book(ds, instrument=name) for name, ds in books.items()}
     books = {name: without_flagged_rows(ds) for name, ds in books.items()}
+    depth = depth_parameters(depth_extrapolation, market, names)
     when = cascade_times(books, times)
     dates = dates_used(when, positions, market, allow_lookahead=allow_lookahead)
 
@@ -203,7 +206,8 @@ def cascade(book: xr.DataTree | xr.Dataset, positions: xr.Dataset, market: xr.Da
         long_table, short_table = position_tables(quantity[:, i], liq_price[:, i], notional[:, i])
         tables = [da.from_array(tb, chunks=tb.shape) for tb in (long_table, short_table)]
         out = da.blockwise(_block, "tsf", arrays[0], "tl", arrays[1], "tl", arrays[2], "tl", arrays[3], "tl",
-                           tables[0], "ab", tables[1], "cd", shocks=shocks, extrapolation=extrapolation,
+                           tables[0], "ab", tables[1], "cd", shocks=shocks, extrapolation=depth[name][0],
+                           exponent=depth[name][1],
                            new_axes={"s": shocks.size, "f": len(FIELDS)}, concatenate=True,
                            dtype=np.float64, meta=np.empty((0, 0, 0)))
         packed.append(out)
@@ -244,7 +248,9 @@ def cascade(book: xr.DataTree | xr.Dataset, positions: xr.Dataset, market: xr.Da
     )
     out["initial_shock"].attrs.update(units="1", long_name="initial relative move s0 of every book price")
     out["time"].attrs["long_name"] = "evaluation time (UTC)"
-    out.attrs["depth_extrapolation"] = "none" if depth_extrapolation is None else float(depth_extrapolation)
+    out.attrs["depth_extrapolation"] = describe(depth_extrapolation)
+    if describe(depth_extrapolation) == POWER:
+        out.attrs["depth_exponent"] = [depth[name][1] for name in names]
     out.attrs.update(dates)
     return out if lazy else out.compute()
 

@@ -18,6 +18,7 @@ import xarray as xr
 
 from .backend import is_cupy, to_host
 from .cascade import _check_shocks, cascade_times
+from .depth import POWER, depth_parameters, describe
 from .errors import InputError
 from .kernels import contagion as kernels
 from .kernels.contagion import FIELDS
@@ -44,7 +45,8 @@ def reference_instruments(market: xr.Dataset, positions: xr.Dataset, booked: np.
 
 
 def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, times,
-              initial_shocks: Sequence[float], *, validate: bool = True) -> xr.Dataset:
+              initial_shocks: Sequence[float], *, depth_extrapolation: float | str | None = None,
+              validate: bool = True) -> xr.Dataset:
     """Portfolio contagion per instrument x time x common shock (SPEC section 5).
 
     Parameters
@@ -56,6 +58,9 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
         at each time every book is its last snapshot at or before it.
     initial_shocks : common moves s0 (non-zero, > -1): every asset price moves by
         ``1 + beta s0``.
+    depth_extrapolation : where a book runs out: None (the rest trades at the deepest
+        level), a flat step x > 0 or ``"power"`` (the market's fitted ``depth_exponent``),
+        the models of :func:`gpu_risk.cascade`.
 
     Returns a Dataset with dims (instrument, time, initial_shock): ``final_price`` [quote
     currency], ``liquidated_notional`` [USD], ``accounts_liquidated`` [1], ``rounds`` [1],
@@ -79,6 +84,9 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
             raise InputError("book instrument not in the market", instrument=name, variable="instrument")
         if kinds[name] == "option":
             raise InputError("options have no book to walk", instrument=name)
+    depth = depth_parameters(depth_extrapolation, market, list(book.children))
+    depth_step = np.array([depth.get(name, (np.nan, np.nan))[0] for name in names])
+    depth_exponent = np.array([depth.get(name, (np.nan, np.nan))[1] for name in names])
     books = {name: book[name].to_dataset() for name in book.children}
     if validate:
         books = {name: ensure_book(ds, instrument=name) for name, ds in books.items()}
@@ -119,7 +127,8 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
             np.nan_to_num(a, copy=False, nan=0.0)
         mids[:, t] = mid
         reference = reference_instruments(market, pos, booked)
-        args = (*arrays, mid, booked, reference, shocks, balance, position, entry, iso_margin, isolated, m)
+        args = (*arrays, mid, booked, reference, depth_step, depth_exponent, shocks, balance, position, entry,
+                iso_margin, isolated, m)
         if on_gpu:
             cp = kernels.cupy_module()
             block, lost = cp.empty((n_inst, shocks.size, len(FIELDS))), cp.empty(shocks.size)
@@ -146,6 +155,9 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
                        {"units": "quote currency", "long_name": "mid of the snapshot used (unshocked; NaN: no book)"})
     ds["amplification"] = ((ds.final_price / ds.mid_price - 1) / ds.initial_shock).assign_attrs(
         units="1", long_name="(final_price / mid - 1) / initial_shock")
+    ds.attrs["depth_extrapolation"] = describe(depth_extrapolation)
+    if describe(depth_extrapolation) == POWER:
+        ds.attrs["depth_exponent"] = [float(g) for g in depth_exponent]
     ds["shortfall"] = (("time", "initial_shock"), shortfall,
                        {"units": "USD", "long_name": "bad debt of the liquidated accounts at the prices their "
                                                      "orders got"})

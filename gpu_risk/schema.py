@@ -57,6 +57,8 @@ MARKET_INSTRUMENT_VARS: dict[str, Var] = {
     "expiry": Var(("instrument",), "M", "UTC", "option expiry; NaT for perpetuals", required=False),
     "call_put": Var(("instrument",), "UT", "1", "call or put; empty for perpetuals", required=False),
     "implied_vol": Var(("instrument",), "f", "1/sqrt(year)", "Black-76 implied volatility", required=False),
+    "depth_exponent": Var(("instrument",), "f", "1", "gamma of the power depth model (cumulative size ~ "
+                          "distance ** gamma beyond the visible levels); NaN: not fitted", required=False),
 }
 MARKET_BRACKET_VARS: dict[str, Var] = {
     "notional_floor": Var(("instrument", "bracket"), "f", "USD", "lower notional bound of the bracket"),

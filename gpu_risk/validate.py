@@ -363,6 +363,14 @@ def validate_market(ds: xr.Dataset, *, store: str | None = None) -> xr.Dataset:
         bad("mark price is NaN, infinite, <= 0 or above 1e15", "mark_price", i, instruments,
             instrument=instruments[i], count=int(wrong.sum()))
 
+    if "depth_exponent" in ds:  # the power depth model's gamma: NaN (not fitted) or in (0, 10]
+        gamma = ds["depth_exponent"].values.astype(float)
+        wrong = ~np.isnan(gamma) & ~((gamma > 0) & (gamma <= 10))
+        if wrong.any():
+            i = int(np.argmax(wrong))
+            bad("depth_exponent must be NaN (not fitted) or in (0, 10]", "depth_exponent", i, instruments,
+                instrument=instruments[i], count=int(wrong.sum()))
+
     options = kind == "option"
     if options.any():
         for name in ("strike", "expiry", "call_put", "implied_vol"):

@@ -21,10 +21,17 @@ Table layout (built by ``gpu_risk.cascade``), for each side:
 
 Output ``out[t, s, :]`` = (final price, liquidated notional, rounds, book exhausted 0/1).
 
-``extrapolation`` (relative, > 0; NaN = none): beyond the deepest visible level every
-further ``extrapolation x moved mid`` of price holds as much size as the whole visible side,
-i.e. a volume ``V`` beyond the visible depth ``D`` moves the price to
-``deepest + side * (V - D) / D * extrapolation * moved_mid`` (floored at 0 for sells).
+Depth beyond the visible levels (at most one of the two; NaN = none, the cascade stops at
+the deepest level). With ``D`` the visible side's size, ``P_L`` its deepest level (moved),
+``M`` the moved mid and ``V > D`` the volume traded:
+
+* ``extrapolation`` (flat, relative step x > 0): every further ``x M`` of price holds ``D``
+  again, so the price is ``P_L + side (V - D) / D x M``;
+* ``exponent`` (power, gamma > 0, fitted by ``gpu_risk.fit_depth_profile``): the cumulative
+  size grows as the distance from the mid to the power gamma, through the deepest visible
+  level, so the price is ``M + (P_L - M) (V / D)^(1 / gamma)``.
+
+Either is floored at 0 for sells.
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ def _triggered(keys, query):
 
 @cpu_kernel
 def _one_cascade(level_price, level_size, factor, side, start_price, keys, qty_cum, notional_cum,
-                 extrapolation, out):
+                 extrapolation, exponent, out):
     """The fixed point of one cascade; writes (price, notional, rounds, exhausted) to ``out``."""
     levels = level_price.size
     p = start_price
@@ -81,11 +88,14 @@ def _one_cascade(level_price, level_size, factor, side, start_price, keys, qty_c
             p = deepest  # the level whose cumulative depth first reaches the volume sold
             continue
         exhausted = 1.0
-        if not extrapolation > 0.0 or depth == 0.0:
+        if not (extrapolation > 0.0 or exponent > 0.0) or depth == 0.0:
             if deepest == deepest:
                 p = deepest
             break
-        p = deepest + side * ((volume - depth) / depth * extrapolation * start_price)
+        if exponent > 0.0:
+            p = start_price + (deepest - start_price) * (volume / depth) ** (1.0 / exponent)
+        else:
+            p = deepest + side * ((volume - depth) / depth * extrapolation * start_price)
         if p < 0.0:
             p = 0.0
     out[0] = p
@@ -96,7 +106,7 @@ def _one_cascade(level_price, level_size, factor, side, start_price, keys, qty_c
 
 @cpu_kernel
 def cascade_cpu(bid_price, bid_size, ask_price, ask_size, shocks, long_keys, long_qty_cum,
-                long_notional_cum, short_keys, short_qty_cum, short_notional_cum, extrapolation, out):
+                long_notional_cum, short_keys, short_qty_cum, short_notional_cum, extrapolation, exponent, out):
     """numba: every (snapshot, shock) of a block. Book arrays (T, L); shocks (S,); out (T, S, 4).
 
     Prices in quote currency, sizes in contract units (base units; USD for inverse), the
@@ -116,10 +126,10 @@ def cascade_cpu(bid_price, bid_size, ask_price, ask_size, shocks, long_keys, lon
                 row[3] = 0.0
             elif s0 < 0.0:
                 _one_cascade(bid_price[t], bid_size[t], factor, -1.0, mid * factor, long_keys,
-                             long_qty_cum, long_notional_cum, extrapolation, row)
+                             long_qty_cum, long_notional_cum, extrapolation, exponent, row)
             else:
                 _one_cascade(ask_price[t], ask_size[t], factor, 1.0, mid * factor, short_keys,
-                             short_qty_cum, short_notional_cum, extrapolation, row)
+                             short_qty_cum, short_notional_cum, extrapolation, exponent, row)
     return out
 
 
@@ -143,7 +153,7 @@ extern "C" __global__ void cascade_gpu(
     const double* __restrict__ long_notional_cum, long long n_long,
     const double* __restrict__ short_keys, const double* __restrict__ short_qty_cum,
     const double* __restrict__ short_notional_cum, long long n_short,
-    double extrapolation, int n_times, int levels, int n_shocks, double* __restrict__ out)
+    double extrapolation, double exponent, int n_times, int levels, int n_shocks, double* __restrict__ out)
 {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)n_times * n_shocks) return;
@@ -178,11 +188,12 @@ extern "C" __global__ void cascade_gpu(
         }
         if (depth >= volume) { p = deepest; continue; }
         exhausted = 1.0;
-        if (!(extrapolation > 0.0) || depth == 0.0) {
+        if (!(extrapolation > 0.0 || exponent > 0.0) || depth == 0.0) {
             if (deepest == deepest) p = deepest;
             break;
         }
-        p = deepest + side * ((volume - depth) / depth * extrapolation * start);
+        if (exponent > 0.0) p = start + (deepest - start) * pow(volume / depth, 1.0 / exponent);
+        else p = deepest + side * ((volume - depth) / depth * extrapolation * start);
         if (p < 0.0) p = 0.0;
     }
     row[0] = p; row[1] = notional_cum[closed]; row[2] = (double)rounds; row[3] = exhausted;
@@ -194,7 +205,7 @@ CUDA_OPTIONS = ("--fmad=false",)
 
 
 def cascade_gpu(bid_price, bid_size, ask_price, ask_size, shocks, long_keys, long_qty_cum,
-                long_notional_cum, short_keys, short_qty_cum, short_notional_cum, extrapolation, out):
+                long_notional_cum, short_keys, short_qty_cum, short_notional_cum, extrapolation, exponent, out):
     """CuPy: the same block on the device (book arrays and ``out`` are CuPy arrays; the
     position tables may be NumPy, they are copied over)."""
     cp = cupy_module()
@@ -208,5 +219,5 @@ def cascade_gpu(bid_price, bid_size, ask_price, ask_size, shocks, long_keys, lon
     kernel = cuda_module(CUDA_SOURCE, CUDA_OPTIONS).get_function("cascade_gpu")
     kernel(((total + threads - 1) // threads,), (threads,),
            (*book, shocks_d, lk, lq, ln, np.int64(lk.size), sk, sq, sn, np.int64(sk.size),
-            np.float64(extrapolation), np.int32(n_times), np.int32(levels), np.int32(shocks_d.size), out))
+            np.float64(extrapolation), np.float64(exponent), np.int32(n_times), np.int32(levels), np.int32(shocks_d.size), out))
     return out

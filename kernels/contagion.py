@@ -44,11 +44,40 @@ FIELDS = ("final_price", "liquidated_notional", "accounts_liquidated", "rounds",
 
 
 @cpu_kernel
-def _consume(levels, remaining, volume, scale, fallback):
+def _beyond_price(e, side, start, visible, last, step, exponent):
+    """The depth model's price once ``e`` has traded beyond the visible side (size
+    ``visible``, deepest level ``last``, moved mid ``start``): flat ``last + side e /
+    visible step start``; power ``start + (last - start) ((visible + e) / visible)^(1 /
+    gamma)`` (kernels/cascade.py, the same models). Not floored."""
+    if exponent > 0.0:
+        return start + (last - start) * ((visible + e) / visible) ** (1.0 / exponent)
+    return last + side * e / visible * step * start
+
+
+@cpu_kernel
+def _beyond_cost(e, side, start, visible, last, step, exponent):
+    """The integral of ``_beyond_price`` floored at 0 from 0 to ``e``: what the first ``e``
+    traded beyond the visible side got in all."""
+    if side < 0.0:  # sells: the price reaches 0 at e_zero and stays there
+        if exponent > 0.0:
+            e_zero = visible * ((start / (start - last)) ** exponent - 1.0) if start > last else np.inf
+        else:
+            e_zero = last * visible / (step * start)
+        e = min(e, e_zero)
+    if exponent > 0.0:
+        a = 1.0 / exponent
+        return start * e + (last - start) * visible / (a + 1.0) * (((visible + e) / visible) ** (a + 1.0) - 1.0)
+    return last * e + side * step * start * e * e / (2.0 * visible)
+
+
+@cpu_kernel
+def _consume(levels, remaining, volume, scale, fallback, side, start, visible, last, step, exponent, beyond):
     """Walk one side from its best remaining level: consume ``volume`` (depth is never
-    replenished). Returns (the volume-weighted value of what it got, with the part beyond
-    the book at the deepest value; the deepest value traded, ``fallback`` if none;
-    whether the book ran out). A level's value is ``levels[j] * scale``."""
+    replenished). Returns (the volume-weighted value of what it got; the deepest value
+    traded, ``fallback`` if none; whether the visible book ran out; the volume traded
+    beyond it so far). A level's value is ``levels[j] * scale``. Beyond the visible levels
+    the depth model (``step`` flat or ``exponent`` power, NaN: none) fills the rest, with
+    ``beyond`` traded there before; without one, the rest gets the deepest value."""
     left = volume
     total = 0.0
     deepest = fallback
@@ -63,19 +92,47 @@ def _consume(levels, remaining, volume, scale, fallback):
         deepest = levels[j] * scale
         total += take * deepest
         left -= take
-    return (total + left * deepest) / volume, deepest, left > 0.0
+    gone = left > 0.0
+    if gone and visible > 0.0 and (step > 0.0 or exponent > 0.0):
+        after = beyond + left
+        total += (_beyond_cost(after, side, start, visible, last, step, exponent)
+                  - _beyond_cost(beyond, side, start, visible, last, step, exponent))
+        deepest = max(_beyond_price(after, side, start, visible, last, step, exponent), 0.0)
+        beyond = after
+        left = 0.0
+    return (total + left * deepest) / volume, deepest, gone, beyond
 
 
 @cpu_kernel
-def contagion_cpu(bid_price, bid_size, ask_price, ask_size, mid, booked, reference, shocks, balance, position,
-                  entry, iso_margin, isolated, m, out, shortfall):
+def visible_sides(price, size, visible, last):
+    """Per instrument row: the visible side's size (levels with a price and size > 0) and
+    its deepest such level's price (NaN: none)."""
+    for i in range(price.shape[0]):
+        visible[i] = 0.0
+        last[i] = np.nan
+        for j in range(price.shape[1]):
+            if size[i, j] > 0.0 and price[i, j] == price[i, j]:
+                visible[i] += size[i, j]
+                last[i] = price[i, j]
+
+
+@cpu_kernel
+def contagion_cpu(bid_price, bid_size, ask_price, ask_size, mid, booked, reference, depth_step, depth_exponent,
+                  shocks, balance, position, entry, iso_margin, isolated, m, out, shortfall):
     """numba: every shock of one snapshot time. Books (I, L) (rows of instruments without a
     book are ignored: ``booked`` False); mid (I,); reference (S,) the booked instrument an
-    asset's price follows (-1: none); shocks (K,); accounts as for ``liquidation_cpu``; out
-    (I, K, 5) and shortfall (K,) are written."""
+    asset's price follows (-1: none); depth_step, depth_exponent (I,) the depth model beyond
+    the visible levels (flat step or power gamma; NaN: none); shocks (K,); accounts as for
+    ``liquidation_cpu``; out (I, K, 5) and shortfall (K,) are written."""
     n_acc, n_inst = position.shape
     n_assets = balance.shape[1]
     beta, kind, underlying, mark = m.beta, m.kind, m.underlying, m.mark
+    visible_bid = np.empty(n_inst)
+    last_bid = np.empty(n_inst)
+    visible_ask = np.empty(n_inst)
+    last_ask = np.empty(n_inst)
+    visible_sides(bid_price, bid_size, visible_bid, last_bid)
+    visible_sides(ask_price, ask_size, visible_ask, last_ask)
     for k in range(shocks.size):
         s0 = shocks[k]
         asset_w = np.empty(n_assets)
@@ -90,6 +147,8 @@ def contagion_cpu(bid_price, bid_size, ask_price, ask_size, mid, booked, referen
             mark_w[i] = price[i] / mark[i] - 1.0 if booked[i] else asset_w[underlying[i]]
         bids = bid_size.copy()
         asks = ask_size.copy()
+        beyond_bid = np.zeros(n_inst)  # traded beyond each visible side so far
+        beyond_ask = np.zeros(n_inst)
         alive = np.ones(n_acc, dtype=np.bool_)  # cross account, or an isolated account's wallet
         open_pos = position != 0.0
         closed_by = np.zeros((n_acc, n_inst), dtype=np.int8)  # 1: closed in the round being settled
@@ -159,12 +218,17 @@ def contagion_cpu(bid_price, bid_size, ask_price, ask_size, mid, booked, referen
                     continue
                 matched = min(sells[i], buys[i])
                 net = sells[i] - buys[i]
+                start = mid[i] * factor[i]
                 if net > 0.0:
-                    vwap, new, gone = _consume(bid_price[i], bids[i], net, factor[i], before)
+                    vwap, new, gone, beyond_bid[i] = _consume(
+                        bid_price[i], bids[i], net, factor[i], before, -1.0, start, visible_bid[i],
+                        last_bid[i] * factor[i], depth_step[i], depth_exponent[i], beyond_bid[i])
                     fill_sell[i] = (matched * before + net * vwap) / sells[i]
                     fill_buy[i] = before
                 elif net < 0.0:
-                    vwap, new, gone = _consume(ask_price[i], asks[i], -net, factor[i], before)
+                    vwap, new, gone, beyond_ask[i] = _consume(
+                        ask_price[i], asks[i], -net, factor[i], before, 1.0, start, visible_ask[i],
+                        last_ask[i] * factor[i], depth_step[i], depth_exponent[i], beyond_ask[i])
                     fill_buy[i] = (matched * before - net * vwap) / buys[i]
                     fill_sell[i] = before
                 else:
@@ -240,8 +304,30 @@ def contagion_cpu(bid_price, bid_size, ask_price, ask_size, mid, booked, referen
 # open (closed before, or never held).
 
 CONTAGION_CUDA_SOURCE = r"""
+__device__ double beyond_price(double e, double side, double start, double visible, double last, double step,
+                               double exponent) {
+    if (exponent > 0.0) return start + (last - start) * pow((visible + e) / visible, 1.0 / exponent);
+    return last + side * e / visible * step * start;
+}
+
+__device__ double beyond_cost(double e, double side, double start, double visible, double last, double step,
+                              double exponent) {
+    if (side < 0.0) {
+        double e_zero;
+        if (exponent > 0.0) e_zero = start > last ? visible * (pow(start / (start - last), exponent) - 1.0) : CUDART_INF;
+        else e_zero = last * visible / (step * start);
+        e = fmin(e, e_zero);
+    }
+    if (exponent > 0.0) {
+        double a = 1.0 / exponent;
+        return start * e + (last - start) * visible / (a + 1.0) * (pow((visible + e) / visible, a + 1.0) - 1.0);
+    }
+    return last * e + side * step * start * e * e / (2.0 * visible);
+}
+
 __device__ void consume(const double* levels, double* remaining, int n_levels, double volume, double scale,
-                        double fallback, double* vwap, double* deepest_out, bool* gone) {
+                        double fallback, double side, double start, double visible, double last, double step,
+                        double exponent, double* beyond, double* vwap, double* deepest_out, bool* gone) {
     double left = volume, total = 0.0, deepest = fallback;
     for (int j = 0; j < n_levels; ++j) {  // _consume in kernels/contagion.py
         if (left <= 0.0) break;
@@ -253,9 +339,17 @@ __device__ void consume(const double* levels, double* remaining, int n_levels, d
         total += take * deepest;
         left -= take;
     }
+    *gone = left > 0.0;
+    if (left > 0.0 && visible > 0.0 && (step > 0.0 || exponent > 0.0)) {
+        double after = *beyond + left;
+        total += beyond_cost(after, side, start, visible, last, step, exponent)
+                 - beyond_cost(*beyond, side, start, visible, last, step, exponent);
+        deepest = fmax(beyond_price(after, side, start, visible, last, step, exponent), 0.0);
+        *beyond = after;
+        left = 0.0;
+    }
     *vwap = (total + left * deepest) / volume;
     *deepest_out = deepest;
-    *gone = left > 0.0;
 }
 
 // one thread per shock: the shocked prices, the books' remaining depth, the counters
@@ -263,8 +357,8 @@ extern "C" __global__ void contagion_start(
     const double* bid_size, const double* ask_size, const double* mid, const bool* booked,
     const double* shocks, const double* beta, const long long* underlying, const double* mark,
     int n_shocks, int n_assets, int n_inst, int levels,
-    double* price, double* asset_w, double* mark_w, double* bids, double* asks, double* out,
-    double* shortfall, int* active, int* any_closed)
+    double* price, double* asset_w, double* mark_w, double* bids, double* asks, double* beyond_bid,
+    double* beyond_ask, double* out, double* shortfall, int* active, int* any_closed)
 {
     long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (k >= n_shocks) return;
@@ -275,6 +369,8 @@ extern "C" __global__ void contagion_start(
         double p = booked[i] ? mid[i] * factor : CUDART_NAN;
         price[k * n_inst + i] = p;
         mark_w[k * n_inst + i] = booked[i] ? p / mark[i] - 1.0 : asset_w[k * n_assets + underlying[i]];
+        beyond_bid[k * n_inst + i] = 0.0;
+        beyond_ask[k * n_inst + i] = 0.0;
         for (int j = 0; j < levels; ++j) {
             bids[(k * n_inst + i) * levels + j] = bid_size[i * levels + j];
             asks[(k * n_inst + i) * levels + j] = ask_size[i * levels + j];
@@ -345,9 +441,11 @@ extern "C" __global__ void contagion_evaluate(
 extern "C" __global__ void contagion_books(
     const double* bid_price, const double* ask_price, const bool* booked, const double* position,
     const double* beta, const long long* underlying, const double* mark, const double* shocks,
+    const double* mid, const double* depth_step, const double* depth_exponent, const double* visible_bid,
+    const double* last_bid, const double* visible_ask, const double* last_ask,
     int n_shocks, int n_acc, int n_inst, int levels, const int* active, const int* any_closed,
     const unsigned char* state, const double* mark_w, double* price, double* bids, double* asks,
-    double* fill_sell, double* fill_buy, double* out)
+    double* beyond_bid, double* beyond_ask, double* fill_sell, double* fill_buy, double* out)
 {
     long long x = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (x >= (long long)n_shocks * n_inst) return;
@@ -370,12 +468,15 @@ extern "C" __global__ void contagion_books(
     double factor = 1.0 + beta[underlying[i]] * shocks[k];
     double matched = fmin(sells, buys), net = sells - buys, vwap, fresh = before;
     bool gone = false;
+    double start = mid[i] * factor;
     if (net > 0.0) {
-        consume(bid_price + i * levels, bids + x * levels, levels, net, factor, before, &vwap, &fresh, &gone);
+        consume(bid_price + i * levels, bids + x * levels, levels, net, factor, before, -1.0, start, visible_bid[i],
+                last_bid[i] * factor, depth_step[i], depth_exponent[i], beyond_bid + x, &vwap, &fresh, &gone);
         fill_sell[x] = (matched * before + net * vwap) / sells;
         fill_buy[x] = before;
     } else if (net < 0.0) {
-        consume(ask_price + i * levels, asks + x * levels, levels, -net, factor, before, &vwap, &fresh, &gone);
+        consume(ask_price + i * levels, asks + x * levels, levels, -net, factor, before, 1.0, start, visible_ask[i],
+                last_ask[i] * factor, depth_step[i], depth_exponent[i], beyond_ask + x, &vwap, &fresh, &gone);
         fill_buy[x] = (matched * before - net * vwap) / buys;
         fill_sell[x] = before;
     } else {
@@ -505,8 +606,8 @@ extern "C" __global__ void contagion_finish(
 """
 
 
-def contagion_gpu(bid_price, bid_size, ask_price, ask_size, mid, booked, reference, shocks, balance, position,
-                  entry, iso_margin, isolated, m, out, shortfall):
+def contagion_gpu(bid_price, bid_size, ask_price, ask_size, mid, booked, reference, depth_step, depth_exponent,
+                  shocks, balance, position, entry, iso_margin, isolated, m, out, shortfall):
     """CuPy: ``contagion_cpu``'s contract on the device (inputs anywhere, copied over;
     ``out`` (I, K, 5) and ``shortfall`` (K,) CuPy arrays). Each round is a few launches
     over shocks x accounts and shocks x instruments; the host loops until every shock's
@@ -522,6 +623,13 @@ def contagion_gpu(bid_price, bid_size, ask_price, ask_size, mid, booked, referen
     bid_p, bid_s, ask_p, ask_s, mid_d, shocks_d = (f64(a) for a in (bid_price, bid_size, ask_price, ask_size,
                                                                      mid, shocks))
     booked_d, isolated_d = flags(booked), flags(isolated)
+    host = lambda x: np.ascontiguousarray(x.get() if hasattr(x, "get") else x, dtype=np.float64)  # noqa: E731
+    sides = []
+    for prices, sizes in ((bid_price, bid_size), (ask_price, ask_size)):
+        visible, last = np.empty(n_inst), np.empty(n_inst)
+        visible_sides(host(prices), host(sizes), visible, last)
+        sides += [f64(visible), f64(last)]
+    step_d, exponent_d = f64(depth_step), f64(depth_exponent)
     reference_d = cp.ascontiguousarray(cp.asarray(reference, dtype=cp.int64))
     accounts = [f64(balance), f64(position), f64(entry), f64(iso_margin), isolated_d]
     model = (*accounts, *dm, np.int32(n_acc), np.int32(n_assets), np.int32(n_inst), np.int32(m.floor.shape[1]))
@@ -531,6 +639,8 @@ def contagion_gpu(bid_price, bid_size, ask_price, ask_size, mid, booked, referen
     bids = cp.empty((n_shocks, n_inst, levels))
     asks = cp.empty((n_shocks, n_inst, levels))
     fill_sell = cp.empty((n_shocks, n_inst))
+    beyond_bid = cp.empty((n_shocks, n_inst))
+    beyond_ask = cp.empty((n_shocks, n_inst))
     fill_buy = cp.empty((n_shocks, n_inst))
     active = cp.zeros(n_shocks, dtype=cp.int32)
     any_closed = cp.zeros(n_shocks, dtype=cp.int32)
@@ -548,16 +658,18 @@ def contagion_gpu(bid_price, bid_size, ask_price, ask_size, mid, booked, referen
     sizes = (np.int32(n_shocks), np.int32(n_acc), np.int32(n_assets), np.int32(n_inst))
     launch("contagion_start", n_shocks, (bid_s, ask_s, mid_d, booked_d, shocks_d, dm.beta, dm.underlying, dm.mark,
                                          np.int32(n_shocks), np.int32(n_assets), np.int32(n_inst), np.int32(levels),
-                                         price, asset_w, mark_w, bids, asks, out, shortfall, active, any_closed))
+                                         price, asset_w, mark_w, bids, asks, beyond_bid, beyond_ask, out, shortfall,
+                                         active, any_closed))
     launch("contagion_open", n_shocks * n_acc, (accounts[1], np.int32(n_shocks), np.int32(n_acc), np.int32(n_inst),
                                                 alive, state))
     while bool(active.any()):
         launch("contagion_evaluate", n_shocks * n_acc, (*model, np.int32(n_shocks), asset_w, mark_w, active, alive,
                                                         state, wallet_value, wallet_gone, any_closed))
         launch("contagion_books", n_shocks * n_inst, (bid_p, ask_p, booked_d, accounts[1], dm.beta, dm.underlying,
-                                                      dm.mark, shocks_d, np.int32(n_shocks), np.int32(n_acc),
-                                                      np.int32(n_inst), np.int32(levels), active, any_closed, state,
-                                                      mark_w, price, bids, asks, fill_sell, fill_buy, out))
+                                                      dm.mark, shocks_d, mid_d, step_d, exponent_d, *sides,
+                                                      np.int32(n_shocks), np.int32(n_acc), np.int32(n_inst),
+                                                      np.int32(levels), active, any_closed, state, mark_w, price,
+                                                      bids, asks, beyond_bid, beyond_ask, fill_sell, fill_buy, out))
         launch("contagion_positions", n_shocks * n_inst, (*model, np.int32(n_shocks), active, any_closed, state,
                                                           asset_w, fill_sell, fill_buy, out))
         launch("contagion_debts", n_shocks * n_acc, (*model, np.int32(n_shocks), active, any_closed, state,
@@ -627,10 +739,12 @@ def liquidity_shortfall_cpu(balance, position, entry, iso_margin, isolated, excl
             matched = min(sells[i], buys[i])
             net = sells[i] - buys[i]
             if net > 0.0:
-                walked = _consume(bid_ratio[i], bid_size[i].copy(), net, 1.0, 1.0)[0]
+                walked = _consume(bid_ratio[i], bid_size[i].copy(), net, 1.0, 1.0, -1.0, 1.0, 0.0, np.nan, np.nan,
+                                  np.nan, 0.0)[0]
                 fill_sell[i] = (matched + net * walked) / sells[i]
             elif net < 0.0:
-                walked = _consume(ask_ratio[i], ask_size[i].copy(), -net, 1.0, 1.0)[0]
+                walked = _consume(ask_ratio[i], ask_size[i].copy(), -net, 1.0, 1.0, 1.0, 1.0, 0.0, np.nan, np.nan,
+                                  np.nan, 0.0)[0]
                 fill_buy[i] = (matched - net * walked) / buys[i]
         total = 0.0
         for a in range(n_acc):

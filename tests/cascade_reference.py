@@ -12,8 +12,9 @@ import math
 
 
 def brute_force_cascade(bid_price, bid_size, ask_price, ask_size, s0, quantity, liquidation_price,
-                        notional, extrapolation=None):
-    """One cascade. Returns (final_price, liquidated_notional, rounds, book_exhausted, closed),
+                        notional, extrapolation=None, exponent=None):
+    """One cascade (``extrapolation``: the flat depth model's step; ``exponent``: the power
+    model's gamma, as docs/methodology.md defines them). Returns (final_price, liquidated_notional, rounds, book_exhausted, closed),
     ``closed`` the indices of the positions closed."""
     mid = 0.5 * (bid_price[0] + ask_price[0])
     if math.isnan(mid):
@@ -59,12 +60,17 @@ def brute_force_cascade(bid_price, bid_size, ask_price, ask_size, s0, quantity, 
             p = moved[deepest_traded]
             continue
         exhausted = True
-        if extrapolation is None or visible == 0:
+        if (extrapolation is None and exponent is None) or visible == 0:
             if nonempty:
                 p = moved[nonempty[-1]]
             break
         beyond += volume
-        step = beyond / visible * extrapolation * start
-        p = moved[nonempty[-1]] - step if selling else moved[nonempty[-1]] + step
+        last = moved[nonempty[-1]]
+        if exponent is not None:  # cumulative size ~ distance ** gamma through the deepest level
+            distance = abs(last - start) * ((visible + beyond) / visible) ** (1 / exponent)
+            p = start - distance if selling else start + distance
+        else:
+            step = beyond / visible * extrapolation * start
+            p = last - step if selling else last + step
         p = max(p, 0.0)
     return p, total, rounds, exhausted, closed

@@ -9,12 +9,31 @@ import numpy as np
 from liquidation_reference import black76, margin_parts
 
 
-def contagion_reference(books, accounts, mkt, s0):
+def beyond_fill(model, side, start, visible, last, e0, e1, slices=20_000):
+    """What trading from ``e0`` to ``e1`` beyond the visible side got in all, summed slice
+    by slice at each slice's middle, and the price at ``e1``; the models as
+    docs/methodology.md states them ("flat", step) or ("power", gamma), prices floored at 0."""
+    kind, value = model
+
+    def price(e):
+        if kind == "flat":
+            p = last + side * e / visible * value * start
+        else:
+            p = start + side * abs(last - start) * ((visible + e) / visible) ** (1 / value)
+        return max(p, 0.0)
+
+    width = (e1 - e0) / slices
+    return sum(price(e0 + (n + 0.5) * width) for n in range(slices)) * width, price(e1)
+
+
+def contagion_reference(books, accounts, mkt, s0, depth=None):
     """``books``: {instrument index: (bid_price, bid_size, ask_price, ask_size)} unshocked
     level arrays; ``accounts``: dicts (balance, position, entry, iso_margin, isolated);
-    ``mkt``: the dict of liquidation_reference plus beta (S,), reference (S,) (-1: none).
-    Returns per instrument lists (final_price, notional, accounts, rounds, exhausted) and
-    the shortfall."""
+    ``mkt``: the dict of liquidation_reference plus beta (S,), reference (S,) (-1: none);
+    ``depth``: {instrument index: ("flat", step) or ("power", gamma)} beyond the visible
+    levels (default: none). Returns per instrument lists (final_price, notional, accounts,
+    rounds, exhausted) and the shortfall."""
+    depth = depth or {}
     n_inst = len(mkt["kind"])
     beta = mkt["beta"]
     u = mkt["underlying"]
@@ -23,6 +42,7 @@ def contagion_reference(books, accounts, mkt, s0):
     mid = {i: 0.5 * (b[0][0] + b[2][0]) for i, b in books.items()}
     price = {i: mid[i] * factor[i] for i in books}
     remaining = {i: (list(b[1]), list(b[3])) for i, b in books.items()}
+    beyond = {i: [0.0, 0.0] for i in books}  # traded beyond each visible side so far
 
     def mark_factor():
         out = np.empty(n_inst)
@@ -94,7 +114,17 @@ def contagion_reference(books, accounts, mkt, s0):
                 last = levels[j]
             if left > 0:
                 exhausted[i] = True
-                cost += left * last
+                sizes = [q for p, q in zip(books[i][0 if side == 0 else 2], books[i][1 if side == 0 else 3])
+                         if q > 0 and not math.isnan(p)]
+                deepest = [p for p, q in zip(levels, books[i][1 if side == 0 else 3]) if q > 0 and not math.isnan(p)]
+                if i in depth and sizes:
+                    e0 = beyond[i][side]
+                    got, last = beyond_fill(depth[i], -1.0 if side == 0 else 1.0, mid[i] * factor[i], sum(sizes),
+                                            deepest[-1], e0, e0 + left)
+                    beyond[i][side] = e0 + left
+                    cost += got
+                else:
+                    cost += left * last
             vwap = cost / abs(net) if net != 0 else before
             price[i] = last
             if net > 0:

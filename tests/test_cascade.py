@@ -47,44 +47,49 @@ def random_case(rng, n_times=3):
     return books, quantity, lp
 
 
-def run_kernel(books, quantity, lp, shocks, backend="cpu", extrapolation=None):
+def run_kernel(books, quantity, lp, shocks, backend="cpu", extrapolation=None, exponent=None):
     notional = np.abs(quantity) * lp
     long_t, short_t = position_tables(quantity, lp, notional)
     args = [long_t[0, :-1], long_t[1], long_t[2], short_t[0, :-1], short_t[1], short_t[2]]
     x = np.nan if extrapolation is None else extrapolation
+    g = np.nan if exponent is None else exponent
     arrays = [books[k] for k in ("bid_price", "bid_size", "ask_price", "ask_size")]
     if backend == "gpu":
         import cupy as cp
         from gpu_risk.kernels.cascade import cascade_gpu
 
         out = cp.empty((arrays[0].shape[0], shocks.size, 4))
-        return cascade_gpu(*(cp.asarray(a) for a in arrays), shocks, *args, x, out).get()
+        return cascade_gpu(*(cp.asarray(a) for a in arrays), shocks, *args, x, g, out).get()
     out = np.empty((arrays[0].shape[0], shocks.size, 4))
-    return cascade_cpu(*arrays, shocks, *args, x, out)
+    return cascade_cpu(*arrays, shocks, *args, x, g, out)
 
 
-def check_against_reference(books, quantity, lp, shocks, out, extrapolation=None):
+def check_against_reference(books, quantity, lp, shocks, out, extrapolation=None, exponent=None):
     for t in range(out.shape[0]):
         for s, s0 in enumerate(shocks):
             price, total, rounds, exhausted, closed = brute_force_cascade(
                 books["bid_price"][t], books["bid_size"][t], books["ask_price"][t], books["ask_size"][t], s0,
-                quantity, lp, np.abs(quantity) * lp, extrapolation)
+                quantity, lp, np.abs(quantity) * lp, extrapolation, exponent)
             got = out[t, s]
             where = f"t={t} s0={s0}"
-            assert got[0] == price or (np.isnan(got[0]) and np.isnan(price)), where
+            if exponent is None:
+                assert got[0] == price or (np.isnan(got[0]) and np.isnan(price)), where
+            else:  # a power: the same formula, in another order of operations
+                np.testing.assert_allclose(got[0], price, rtol=1e-13, err_msg=where)
             np.testing.assert_allclose(got[1], total, rtol=1e-12, atol=0, err_msg=where)
             assert got[2] == rounds, where
             assert bool(got[3]) == exhausted, where
 
 
-@pytest.mark.parametrize("extrapolation", [None, 0.25], ids=["stop", "extrapolate"])
-def test_kernel_matches_brute_force_on_random_books(backend, extrapolation):
+@pytest.mark.parametrize("extrapolation,exponent", [(None, None), (0.25, None), (None, 0.7), (None, 1.8)],
+                         ids=["stop", "flat", "power-0.7", "power-1.8"])
+def test_kernel_matches_brute_force_on_random_books(backend, extrapolation, exponent):
     rng = np.random.default_rng(7)
     seen = {"exhausted": 0, "no_trigger": 0, "multi_round": 0}
     for _ in range(300):
         books, quantity, lp = random_case(rng)
-        out = run_kernel(books, quantity, lp, SHOCKS, backend, extrapolation)
-        check_against_reference(books, quantity, lp, SHOCKS, out, extrapolation)
+        out = run_kernel(books, quantity, lp, SHOCKS, backend, extrapolation, exponent)
+        check_against_reference(books, quantity, lp, SHOCKS, out, extrapolation, exponent)
         seen["exhausted"] += int(out[..., 3].sum())
         seen["no_trigger"] += int((out[..., 2] == 0).sum())
         seen["multi_round"] += int((out[..., 2] >= 2).sum())

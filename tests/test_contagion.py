@@ -123,6 +123,74 @@ def test_contagion_matches_the_brute_force_simulator(seed, thin):
                                    atol=1e-6)
 
 
+
+def depth_market(model):
+    """The test market with the power model's gamma on every perpetual."""
+    spec = copy.deepcopy(SPEC)
+    for name in PERPS:
+        spec["instruments"][name]["depth_exponent"] = model[1] if model[0] == "power" else None
+    return market_from_dict(spec)
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([("flat", 0.002), ("flat", 0.02), ("power", 0.8),
+                                                   ("power", 1.6)]))
+def test_depth_models_match_the_simulator(seed, model):
+    """Thin books that run out, with depth beyond the visible levels: the kernel's closed
+    forms against the simulator's slice-by-slice sums of the documented models."""
+    rng = np.random.default_rng(seed)
+    market = depth_market(model)
+    book = make_books(rng, thin=0.3)
+    positions = make_accounts(rng, market, n=30)
+    out = contagion(book, positions, market, book["BTCUSDT"].time.values, SHOCKS,
+                    depth_extrapolation=model[1] if model[0] == "flat" else "power")
+    assert out.attrs["depth_extrapolation"] == ("power" if model[0] == "power" else str(model[1]))
+    books, accounts, mkt = reference_inputs(book, positions, market)
+    for k, s0 in enumerate(SHOCKS):
+        final, notional, liquidated, rounds, exhausted, shortfall = contagion_reference(
+            books, accounts, mkt, s0, depth={i: model for i in books})
+        cell = out.isel(time=0, initial_shock=k)
+        np.testing.assert_allclose(cell.final_price.values, final, rtol=1e-12)
+        np.testing.assert_allclose(cell.liquidated_notional.values, notional, rtol=1e-7, atol=1e-6)
+        np.testing.assert_array_equal(cell.accounts_liquidated.values, liquidated)
+        np.testing.assert_array_equal(cell.rounds.values, rounds)
+        np.testing.assert_array_equal(cell.book_exhausted.values, exhausted)
+        np.testing.assert_allclose(float(out.shortfall.isel(time=0, initial_shock=k)), shortfall, rtol=1e-7,
+                                   atol=1e-4)
+
+
+def test_depth_models_move_prices_past_the_book_and_equal_the_cascade():
+    """Single-perpetual accounts with stable collateral: with either depth model contagion
+    ends where the single-instrument cascade does, beyond the visible levels; the power
+    model with more depth (larger gamma) ends nearer the mid."""
+    rng = np.random.default_rng(3)
+    spec = copy.deepcopy(SPEC)
+    spec["assets"]["ETH"]["beta"] = 1.0
+    book = make_books(rng, thin=0.3)
+    positions = make_accounts(rng, market_from_dict(spec), n=40, single=True, stable_only=True)
+    when = book["BTCUSDT"].time.values
+    ends = {}
+    for setting, gamma in ((0.002, None), ("power", 0.8), ("power", 1.6)):
+        for name in PERPS:
+            spec["instruments"][name]["depth_exponent"] = gamma
+        market = market_from_dict(spec)
+        ours = contagion(book, positions, market, when, SHOCKS, depth_extrapolation=setting).sel(
+            instrument=list(PERPS))
+        theirs = cascade(book, positions, market, when, SHOCKS, depth_extrapolation=setting).sel(
+            instrument=list(PERPS))
+        np.testing.assert_allclose(ours.final_price.values, theirs.final_price.values, rtol=1e-13)
+        np.testing.assert_array_equal(ours.book_exhausted.values, theirs.book_exhausted.values)
+        ends[gamma] = ours
+    out = ends[None]
+    deepest = {name: (float(book[name].bid_price[0, -1]), float(book[name].ask_price[0, -1])) for name in PERPS}
+    beyond = [bool(out.book_exhausted.sel(instrument=n, initial_shock=s).item()) and (
+        out.final_price.sel(instrument=n, initial_shock=s).item() < deepest[n][0] * (1 + s) - 1e-9 if s < 0 else
+        out.final_price.sel(instrument=n, initial_shock=s).item() > deepest[n][1] * (1 + s) + 1e-9)
+        for n in PERPS for s in SHOCKS]
+    assert any(beyond)
+    moved = lambda ds: np.abs(ds.final_price / ds.mid_price - 1).values  # noqa: E731
+    assert (moved(ends[1.6]) <= moved(ends[0.8]) + 1e-12).all() and (moved(ends[1.6]) < moved(ends[0.8])).any()
+
 def test_something_happens_in_the_random_cases():
     """The simulator comparison is not vacuous: accounts are liquidated, books run out and
     instruments pull each other (an account closed on one book closes its other positions)."""

@@ -73,16 +73,17 @@ def test_cascade_kernel(monkeypatch):
     from gpu_risk.cascade import position_tables
 
     rng = np.random.default_rng(11)
-    for extrapolation in (None, 0.25):
-        for _ in range(60):
+    for extrapolation, exponent in ((None, None), (0.25, None), (None, 1.3)):
+        for _ in range(40):
             books, quantity, lp = random_case(rng)
-            cpu = run_kernel(books, quantity, lp, SHOCKS, "cpu", extrapolation)
+            cpu = run_kernel(books, quantity, lp, SHOCKS, "cpu", extrapolation, exponent)
             with cuda_on_host(monkeypatch):
                 long_t, short_t = position_tables(quantity, lp, np.abs(quantity) * lp)
                 out = np.empty_like(cpu)
                 cascade_gpu(*(books[k] for k in ("bid_price", "bid_size", "ask_price", "ask_size")), SHOCKS,
                             long_t[0, :-1], long_t[1], long_t[2], short_t[0, :-1], short_t[1], short_t[2],
-                            np.nan if extrapolation is None else extrapolation, out)
+                            np.nan if extrapolation is None else extrapolation,
+                            np.nan if exponent is None else exponent, out)
             np.testing.assert_array_equal(out, cpu)
 
 
@@ -117,29 +118,34 @@ def test_imbalance_kernel(monkeypatch):
 def test_contagion_kernel(monkeypatch):
     """The CUDA contagion (a few launches per round) against the numba kernel through the
     public function, on the contagion tests' random portfolios: thin books that run out,
-    cross and isolated accounts, duplicated accounts (ties)."""
+    cross and isolated accounts, duplicated accounts (ties), no depth model, the flat one
+    and the power one."""
     import xarray as xr
-    from test_contagion import SHOCKS, SPEC, make_accounts, make_books
+    from test_contagion import SHOCKS, depth_market, make_accounts, make_books
 
     from gpu_risk import contagion as api
     from gpu_risk.kernels import contagion as kernels
-    from gpu_risk.store import market_from_dict
 
-    market = market_from_dict(SPEC)
     rng = np.random.default_rng(23)
     cases = []
-    for thin in (0.3, 1.0, 5.0):
+    for thin, setting in ((0.3, None), (1.0, None), (5.0, None), (0.3, 0.002), (0.3, "power")):
+        market = depth_market(("power", 1.3) if setting == "power" else ("flat", setting))
         positions = make_accounts(rng, market, n=30)
         twice = positions.isel(account=[0, 1, 2]).assign_coords(account=[100, 101, 102])
-        cases.append((make_books(rng, thin=thin), xr.concat([positions, twice], "account")))
-    expected = [api(book, positions, market, book["BTCUSDT"].time.values, SHOCKS) for book, positions in cases]
+        cases.append((make_books(rng, thin=thin), xr.concat([positions, twice], "account"), market, setting))
+
+    def run_all():
+        return [api(book, positions, market, book["BTCUSDT"].time.values, SHOCKS, depth_extrapolation=setting)
+                for book, positions, market, setting in cases]
+
+    expected = run_all()
     with cuda_on_host(monkeypatch) as fake:
         def on_device(*args):  # the CPU kernel's place, the device kernel's work
             block, lost = fake.empty(args[-2].shape), fake.empty(args[-1].shape)
             kernels.contagion_gpu(*args[:-2], block, lost)
             args[-2][...], args[-1][...] = block, lost
         monkeypatch.setattr(kernels, "contagion_cpu", on_device)
-        got = [api(book, positions, market, book["BTCUSDT"].time.values, SHOCKS) for book, positions in cases]
+        got = run_all()
     for ours, theirs in zip(got, expected):
         for name in ("final_price", "accounts_liquidated", "rounds", "book_exhausted"):
             np.testing.assert_array_equal(ours[name].values, theirs[name].values, err_msg=name)

@@ -51,7 +51,8 @@ def market_dates(path: PathLike) -> list[str]:
     return complete_days(path)
 
 
-_NUMBERS = {"assets": ("price", "haircut", "beta"), "instruments": ("mark_price", "strike", "implied_vol")}
+_NUMBERS = {"assets": ("price", "haircut", "beta"), "instruments": ("mark_price", "strike", "implied_vol",
+                                                                    "depth_exponent")}
 
 
 def _check_spec_shape(spec: Any, source: str | None) -> None:
@@ -136,6 +137,8 @@ def market_from_dict(spec: dict, *, source: str | None = None) -> xr.Dataset:
                  for e in get(instruments, inst_names, "expiry", None)], dtype="datetime64[ns]")),
             "call_put": ("instrument", np.array(get(instruments, inst_names, "call_put", ""), dtype=str)),
             "implied_vol": ("instrument", np.array(get(instruments, inst_names, "implied_vol", np.nan), dtype=float)),
+            "depth_exponent": ("instrument", np.array(get(instruments, inst_names, "depth_exponent", np.nan),
+                                                      dtype=float)),
             "notional_floor": (("instrument", "bracket"), floor),
             "mmr": (("instrument", "bracket"), mmr),
             "maintenance_amount": (("instrument", "bracket"), amount),
