@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -10,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from . import store
 from .backend import to_backend
 from .cascade import cascade
+from .depth import check_depth_extrapolation
 from .families import DayContext, Family, register_family
 from .imbalance import imbalance_grid
 from .liquidation import liquidation
@@ -28,6 +31,9 @@ class StressConfig(BaseModel):
     span_scan_range: float | dict[str, float] = 0.15
     span_vol_range: float = 0.10
     keep_account_surfaces: bool = False  # accounts x grid is large: by default keep the worst ratio
+    # also value the closing of the accounts liquidated at the prices the day's last book
+    # snapshot gives (liquidity_shortfall; needs the book store)
+    liquidity_shortfall: bool = False
 
     @model_validator(mode="after")
     def _one_second_axis(self):
@@ -86,7 +92,10 @@ class CascadeConfig(BaseModel):
     # the visible levels of a crypto book span basis points: without extrapolation every
     # cascade stops at the deepest level. 0.002: each further 0.2 % of price holds the
     # visible side's size again (see docs/methodology.md, "Liquidation cascades")
-    depth_extrapolation: float | None = 0.002
+    # "power": the depth profile fitted on deep books (the market's depth_exponent)
+    depth_extrapolation: float | Literal["power"] | None = 0.002
+
+    _depth_model = field_validator("depth_extrapolation", mode="before")(check_depth_extrapolation)
 
 
 class ContagionConfig(BaseModel):
@@ -95,19 +104,27 @@ class ContagionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     every: str = "15min"
     initial_shocks: list[float] = [-0.2, -0.1, -0.05, -0.03, -0.01, 0.01, 0.03, 0.05, 0.1, 0.2]
+    depth_extrapolation: float | Literal["power"] | None = 0.002  # as the cascade's
+
+    _depth_model = field_validator("depth_extrapolation", mode="before")(check_depth_extrapolation)
+
+
+def _perpetuals(ctx: DayContext) -> xr.DataTree:
+    """The day's books of the perpetuals (options have none)."""
+    book, market = ctx.inputs["book"], ctx.inputs["market"]
+    kinds = dict(zip(market["instrument"].values.astype(str), market["kind"].values.astype(str)))
+    return xr.DataTree.from_dict({f"/{n}": book[n].to_dataset() for n in book.children
+                                  if kinds.get(n) in ("linear", "inverse")})
 
 
 def day_contagion(ctx: DayContext) -> xr.Dataset:
-    """The day's contagion through every perpetual's book at once (options have none)."""
+    """The day's contagion through every perpetual's book at once."""
     from .contagion import contagion  # noqa: PLC0415
 
-    book, market = ctx.inputs["book"], ctx.inputs["market"]
-    kinds = dict(zip(market["instrument"].values.astype(str), market["kind"].values.astype(str)))
-    perpetuals = xr.DataTree.from_dict({f"/{n}": book[n].to_dataset() for n in book.children
-                                        if kinds.get(n) in ("linear", "inverse")})
     c = ctx.settings
     assert isinstance(c, ContagionConfig)
-    return contagion(perpetuals, ctx.inputs["positions"], market, c.every, c.initial_shocks, validate=False)
+    return contagion(_perpetuals(ctx), ctx.inputs["positions"], ctx.inputs["market"], c.every, c.initial_shocks,
+                     depth_extrapolation=c.depth_extrapolation, validate=False)
 
 
 def day_summary(ctx: DayContext) -> dict[str, xr.Dataset]:
@@ -148,7 +165,7 @@ def day_stress(ctx: DayContext) -> xr.Dataset:
     surface = stress_surface(ctx.inputs["positions"], ctx.inputs["market"], c.price_shocks,
                              vol_shocks=c.vol_shocks, haircut_shocks=c.haircut_shocks,
                              span_scan_range=c.span_scan_range, span_vol_range=c.span_vol_range,
-                             validate=False)
+                             validate=False, book=_perpetuals(ctx) if c.liquidity_shortfall else None)
     if not c.keep_account_surfaces:
         surface = surface.drop_vars("collateral_ratio")
     return surface
@@ -185,7 +202,8 @@ register_family(Family("imbalance", needs=("book",), compute=day_imbalance_grid,
 register_family(Family("liquidation", needs=("positions", "market"), compute=day_liquidation,
                        chunks={"account": 262_144}, report=_section("liquidation_section")))
 register_family(Family("stress", needs=("positions", "market"), compute=day_stress, settings=StressConfig,
-                       chunks={"account": 262_144}, report=_section("stress_section")))
+                       chunks={"account": 262_144}, report=_section("stress_section"),
+                       more_needs=lambda c: ("book",) if getattr(c, "liquidity_shortfall", False) else ()))
 register_family(Family("cascade", needs=("book", "positions", "market"), compute=day_cascade,
                        settings=CascadeConfig, uses=("liquidation",),
                        chunks={"instrument": 1, "time": 4096}, report=_section("cascade_section")))

@@ -438,6 +438,8 @@ def stress(
     haircut_shocks: str | None = typer.Option(None, help="haircuts added, instead of vol shocks (same syntax)"),
     keep_account_surfaces: bool = typer.Option(False, "--keep-account-surfaces",
                                                help="store every account's surface (large)"),
+    book: Path | None = typer.Option(None, help="a book store: also price the shortfall by each day's last "
+                                                "snapshot (liquidity_shortfall)"),
     report: Path | None = REPORT, backend: BackendChoice = BACKEND, scheduler: str = SCHEDULER,
     memory_limit: str | None = MEMORY, on_bad_rows: BadRows = BAD_ROWS, as_json: bool = JSON,
     dashboard: bool = DASHBOARD,
@@ -448,8 +450,9 @@ def stress(
     settings = {"price_shocks": _parsed(_floats, price_shocks, "--price-shocks"),
                 "vol_shocks": _parsed(_floats, vol_shocks, "--vol-shocks"),
                 "haircut_shocks": _parsed(_floats, haircut_shocks, "--haircut-shocks"),
-                "keep_account_surfaces": keep_account_surfaces or None}
-    _family("stress", settings, book=None, positions=positions, market=market, out=out, start=start,
+                "keep_account_surfaces": keep_account_surfaces or None,
+                "liquidity_shortfall": True if book is not None else None}
+    _family("stress", settings, book=book, positions=positions, market=market, out=out, start=start,
             end=end, report=report, backend=backend, scheduler=scheduler, memory_limit=memory_limit,
             on_bad_rows=on_bad_rows, as_json=as_json, performance_report=performance_report, redo=redo,
             dashboard=dashboard)
@@ -464,7 +467,8 @@ def cascade(
     initial_shocks: str | None = typer.Option(None, help="initial price moves: " + SHOCK_SYNTAX,
                                               show_default=_shown(CascadeConfig, "initial_shocks")),
     depth_extrapolation: str | None = typer.Option(
-        None, help="relative price distance per visible depth beyond the book, or none to stop there",
+        None, help="beyond the visible levels: a relative price distance per visible depth (flat), power (the "
+                   "market's fitted depth_exponent), or none to stop there",
         show_default=_shown(CascadeConfig, "depth_extrapolation")),
     report: Path | None = REPORT, backend: BackendChoice = BACKEND, scheduler: str = SCHEDULER,
     memory_limit: str | None = MEMORY, on_bad_rows: BadRows = BAD_ROWS, as_json: bool = JSON,
@@ -491,6 +495,10 @@ def contagion(
                                      show_default=_shown(ContagionConfig, "every")),
     initial_shocks: str | None = typer.Option(None, help="common price moves (x beta): " + SHOCK_SYNTAX,
                                               show_default=_shown(ContagionConfig, "initial_shocks")),
+    depth_extrapolation: str | None = typer.Option(
+        None, help="beyond the visible levels: a relative price distance per visible depth (flat), power (the "
+                   "market's fitted depth_exponent), or none (the rest trades at the deepest level)",
+        show_default=_shown(ContagionConfig, "depth_extrapolation")),
     report: Path | None = REPORT, backend: BackendChoice = BACKEND, scheduler: str = SCHEDULER,
     memory_limit: str | None = MEMORY, on_bad_rows: BadRows = BAD_ROWS, as_json: bool = JSON,
     dashboard: bool = DASHBOARD,
@@ -499,7 +507,9 @@ def contagion(
 ):
     """Portfolio contagion: liquidations across every book at once, per instrument x time x shock."""
     settings = {"every": every, "initial_shocks": _parsed(_floats, initial_shocks, "--initial-shocks")}
-    _family("contagion", settings, book=book, positions=positions, market=market, out=out, start=start, end=end,
+    if depth_extrapolation is not None:
+        settings["depth_extrapolation"] = None if depth_extrapolation.lower() == "none" else depth_extrapolation
+    _family("contagion", settings, keep_none=("depth_extrapolation",), book=book, positions=positions, market=market, out=out, start=start, end=end,
             report=report, backend=backend, scheduler=scheduler, memory_limit=memory_limit,
             on_bad_rows=on_bad_rows, as_json=as_json, performance_report=performance_report, redo=redo,
             dashboard=dashboard)
@@ -726,6 +736,37 @@ def validate(
     if "book" in checked:
         rows = ", ".join(f"{name} {n:,}" for name, n in checked["book"].items())
         _say(f"[green]valid[/green] book {escape(str(book))}: snapshots {rows}")
+
+
+@app.command("fit-depth")
+def fit_depth(
+    book: Path = typer.Argument(..., exists=True, file_okay=False, help="a book store of deep books (many levels)"),
+    visible_levels: int = typer.Option(10, help="levels the stores that will use the fit keep"),
+    snapshots: int = typer.Option(500, help="snapshots per instrument, spread evenly"),
+    as_json: bool = JSON,
+):
+    """Fit the power depth model (cumulative size ~ distance ** gamma beyond the visible
+    levels) per instrument; put depth_exponent in the market data to use it."""
+    from . import store
+    from .depth import fit_depth_profile
+
+    try:
+        fit = fit_depth_profile(store.open_book(book), visible_levels=visible_levels, snapshots=snapshots)
+    except (InputError, SchemaError, ValueError) as exc:
+        _fail(exc)
+    rows = [{"instrument": str(name), **{k: (float(fit[k].sel(instrument=name)) if fit[k].dtype.kind == "f"
+                                             else int(fit[k].sel(instrument=name))) for k in fit.data_vars}}
+            for name in fit.instrument.values]
+    if as_json:
+        print(json.dumps({"model": "power", "visible_levels": visible_levels, "instruments": rows}))
+        return
+    for row in rows:
+        console.print(f"{row['instrument']}: depth_exponent {row['depth_exponent']:.3f} (bid "
+                      f"{row['depth_exponent_bid']:.3f}, ask {row['depth_exponent_ask']:.3f}; quartiles "
+                      f"{row['depth_exponent_q25']:.3f}-{row['depth_exponent_q75']:.3f}; {row['rows']} side-snapshots "
+                      f"of {row['levels']} levels, deepest {100 * row['max_distance']:.2f} % from the mid)",
+                      soft_wrap=True)
+    console.print("market data: instruments: {NAME: {..., depth_exponent: GAMMA}}; then depth_extrapolation: power")
 
 
 @app.command()

@@ -46,7 +46,7 @@ def reference_instruments(market: xr.Dataset, positions: xr.Dataset, booked: np.
 
 def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, times,
               initial_shocks: Sequence[float], *, depth_extrapolation: float | str | None = None,
-              validate: bool = True) -> xr.Dataset:
+              pull: bool = False, validate: bool = True) -> xr.Dataset:
     """Portfolio contagion per instrument x time x common shock (SPEC section 5).
 
     Parameters
@@ -61,6 +61,12 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
     depth_extrapolation : where a book runs out: None (the rest trades at the deepest
         level), a flat step x > 0 or ``"power"`` (the market's fitted ``depth_exponent``),
         the models of :func:`gpu_risk.cascade`.
+    pull : also ``pull`` (source, instrument, time, initial_shock) [1]: which instruments
+        pull which. For each booked source j, the contagion runs again with j's book taken
+        away (j's price then follows its underlying, moved by the others' books), and
+        ``pull[j, i] = (final_price_i - final_price_i without j's book) / (mid_i s0)``: the
+        part of i's amplification that j's book brings (NaN where either has no book). One
+        more contagion per booked instrument.
 
     Returns a Dataset with dims (instrument, time, initial_shock): ``final_price`` [quote
     currency], ``liquidated_notional`` [USD], ``accounts_liquidated`` [1], ``rounds`` [1],
@@ -106,6 +112,18 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
     out = np.full((n_inst, n_time, shocks.size, len(FIELDS)), np.nan)
     shortfall = np.full((n_time, shocks.size), np.nan)
     mids = np.full((n_inst, n_time), np.nan)
+    pulls = np.full((n_inst, n_inst, n_time, shocks.size), np.nan) if pull else None
+    def run(args: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """One time's kernel: (out (I, K, 5), shortfall (K,)) on the host."""
+        if on_gpu:
+            cp = kernels.cupy_module()
+            block, lost = cp.empty((n_inst, shocks.size, len(FIELDS))), cp.empty(shocks.size)
+            kernels.contagion_gpu(*args, block, lost)
+            return to_host(block), to_host(lost)
+        block, lost = np.empty((n_inst, shocks.size, len(FIELDS))), np.empty(shocks.size)
+        kernels.contagion_cpu(*args, block, lost)
+        return block, lost
+
     def one_time(t: int) -> None:
         arrays = [np.full((n_inst, levels), np.nan) for _ in BOOK]
         mid = np.full(n_inst, np.nan)
@@ -129,15 +147,17 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
         reference = reference_instruments(market, pos, booked)
         args = (*arrays, mid, booked, reference, depth_step, depth_exponent, shocks, balance, position, entry,
                 iso_margin, isolated, m)
-        if on_gpu:
-            cp = kernels.cupy_module()
-            block, lost = cp.empty((n_inst, shocks.size, len(FIELDS))), cp.empty(shocks.size)
-            kernels.contagion_gpu(*args, block, lost)
-            out[:, t], shortfall[t] = to_host(block), to_host(lost)
-            return
-        block = np.empty((n_inst, shocks.size, len(FIELDS)))
-        kernels.contagion_cpu(*args, block, shortfall[t])
+        block, shortfall[t] = run(args)
         out[:, t] = block
+        if pull:
+            for j in np.flatnonzero(booked):
+                without = booked.copy()
+                without[j] = False
+                args_j = list(args)
+                args_j[5], args_j[6] = without, reference_instruments(market, pos, without)
+                other = run(tuple(args_j))[0]
+                pulls[j, :, t] = np.where(without[:, None], (block[..., 0] - other[..., 0]) / (mid[:, None] * shocks),
+                                          np.nan)
 
     # the CPU kernel releases the GIL: the times run side by side, one per core (the GPU
     # kernel's launches already fill the device: one time after another)
@@ -155,6 +175,11 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
                        {"units": "quote currency", "long_name": "mid of the snapshot used (unshocked; NaN: no book)"})
     ds["amplification"] = ((ds.final_price / ds.mid_price - 1) / ds.initial_shock).assign_attrs(
         units="1", long_name="(final_price / mid - 1) / initial_shock")
+    if pull:
+        ds["pull"] = (("source", "instrument", "time", "initial_shock"), pulls,
+                      {"units": "1", "long_name": "part of the instrument's amplification that the source's book "
+                                                  "brings (contagion with and without the source's book)"})
+        ds = ds.assign_coords(source=("source", names))
     ds.attrs["depth_extrapolation"] = describe(depth_extrapolation)
     if describe(depth_extrapolation) == POWER:
         ds.attrs["depth_exponent"] = [float(g) for g in depth_exponent]

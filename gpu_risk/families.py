@@ -62,6 +62,8 @@ class Family:
     report: ``report(results: xr.DataTree, days: list[str]) -> str``, an HTML section of
         the report over the complete days, or None.
     groups: the result groups it writes (default: its name).
+    more_needs: ``more_needs(settings) -> tuple``: input stores it also reads under some of
+        its settings (the stress family reads the book for its liquidity shortfall).
     """
 
     name: str
@@ -72,6 +74,12 @@ class Family:
     uses: tuple[str, ...] = ()
     report: Callable[[xr.DataTree, list[str]], str] | None = None
     groups: tuple[str, ...] = ()
+    more_needs: Callable[[Any], tuple[str, ...]] | None = None
+
+    def needs_with(self, settings) -> tuple[str, ...]:
+        """The input stores it reads with these settings."""
+        extra = self.more_needs(settings) if self.more_needs is not None else ()
+        return self.needs + tuple(k for k in extra if k not in self.needs)
 
     def __post_init__(self):
         if not self.name.isidentifier():

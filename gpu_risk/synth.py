@@ -100,6 +100,14 @@ BRACKETS = {
                              [.01, .025, .05, .1, .125, .25, .5]),
 }
 
+# The power depth model's gamma (cumulative size ~ distance from the mid ** gamma beyond 10
+# visible levels), fitted by `gpu-risk fit-depth` on the shared Binance captures of
+# 2024-08-08 with 1,000 levels a side (docs/methodology.md, "Depth beyond the visible
+# levels"): BTCUSDT (USD-M) 1.283, BTCUSD_PERP (COIN-M) 1.148, ETHUSDT (USD-M) 1.500.
+# Instruments without a deep capture take the smallest of them (the least depth).
+DEPTH_EXPONENTS = {"BTCUSDT": 1.283, "BTCUSD_PERP": 1.148, "ETHUSDT": 1.500}
+DEPTH_EXPONENT_OTHERS = min(DEPTH_EXPONENTS.values())
+
 
 def catalog(n_instruments: int) -> list[Instrument]:
     """The first ``n`` instruments of the catalogue, extended with synthetic altcoins."""
@@ -287,7 +295,8 @@ def market_for_day(instruments: list[Instrument], options: list[dict], closes, d
     for inst in instruments:
         spec_instruments[inst.name] = {"kind": inst.kind, "underlying": inst.underlying,
                                        "mark_price": assets[inst.underlying]["price"],
-                                       "brackets": BRACKETS[inst.brackets]}
+                                       "brackets": BRACKETS[inst.brackets],
+                                       "depth_exponent": DEPTH_EXPONENTS.get(inst.name, DEPTH_EXPONENT_OTHERS)}
     as_of = pd.Timestamp(day) + pd.Timedelta(days=1)  # the close of the day
     for o in options:
         years = max((o["expiry"] - as_of).total_seconds(), 0.0) / (365.25 * 86_400)

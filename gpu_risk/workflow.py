@@ -126,7 +126,8 @@ class WorkflowConfig(BaseModel):
     @model_validator(mode="after")
     def _stores_for_families(self):
         for family in self.families:
-            missing = [k for k in get_family(family).needs if getattr(self.stores, k) is None]
+            missing = [k for k in get_family(family).needs_with(self.family_settings(family))
+                       if getattr(self.stores, k) is None]
             if missing:
                 raise ValueError(f"family {family!r} needs the {' and '.join(missing)} store(s)")
         return self
@@ -204,7 +205,7 @@ def family_fingerprint(cfg: WorkflowConfig, family: str, date: str,
         "settings": settings.model_dump(mode="json") if isinstance(settings, BaseModel) else None,
         "on_bad_rows": cfg.on_bad_rows,
         "inputs": {need: _input_identity(cfg, need, family, date, book_days, identity)
-                   for need in get_family(family).needs},
+                   for need in get_family(family).needs_with(cfg.family_settings(family))},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -245,7 +246,7 @@ def open_day(cfg: WorkflowConfig, date: str, backend: str,
     """The day's inputs the families need, opened and validated once (lazily where large).
     ``book_days``: the book store's complete days per instrument, listed once per run (a
     store of years and many instruments would otherwise be listed again every day)."""
-    needs = {k for f in cfg.families for k in get_family(f).needs}
+    needs = {k for f in cfg.families for k in get_family(f).needs_with(cfg.family_settings(f))}
     inputs: dict = {}
     if "positions" in needs:
         market = store.open_market(cfg.store_path("market"), date)
@@ -299,7 +300,7 @@ def compute_day(cfg: WorkflowConfig, date: str, backend: str, inputs: dict | Non
         # what made them: every input is opened for the as-of date itself (never a later one)
         for ds in out.values():
             ds.attrs.update(date=date, workflow=cfg.name,
-                            **{f"{need}_date": date for need in family.needs})
+                            **{f"{need}_date": date for need in family.needs_with(cfg.family_settings(family.name))})
         results.update(out)
     return results
 

@@ -418,3 +418,35 @@ def test_gpu_matches_cpu():
             np.testing.assert_array_equal(gpu[name].values, cpu[name].values, err_msg=name)
         for name in ("liquidated_notional", "shortfall"):
             np.testing.assert_allclose(gpu[name].values, cpu[name].values, rtol=1e-12, atol=1e-9, err_msg=name)
+
+
+def test_pull_is_the_difference_the_source_book_makes():
+    """``pull[j, i]``: i's final move with every book minus without j's book (the public
+    function on a book without node j), per unit of shock; zero between instruments that
+    share no account or asset, and not zero somewhere for cross accounts on several books."""
+    rng = np.random.default_rng(0)
+    market = market_from_dict(SPEC)
+    book = make_books(rng, thin=0.3)
+    positions = make_accounts(rng, market, n=40)
+    when = book["BTCUSDT"].time.values
+    full = contagion(book, positions, market, when, SHOCKS, pull=True, depth_extrapolation=0.002)
+    for j in PERPS:
+        rest = xr.DataTree.from_dict({f"/{n}": book[n].to_dataset() for n in PERPS if n != j})
+        without = contagion(rest, positions, market, when, SHOCKS, depth_extrapolation=0.002)
+        for i in PERPS:
+            if i == j:
+                assert full.pull.sel(source=j, instrument=i).isnull().all()
+                continue
+            want = ((full.final_price.sel(instrument=i) - without.final_price.sel(instrument=i))
+                    / (full.mid_price.sel(instrument=i) * full.initial_shock))
+            np.testing.assert_array_equal(full.pull.sel(source=j, instrument=i).values, want.values)
+    off = full.pull.sel(source=list(PERPS), instrument=list(PERPS))
+    assert float(np.abs(off).max()) > 0.01
+    # one perpetual each against USDT: ETH's book and BTC's books never touch each other's
+    # accounts (the inverse BTCUSD_PERP is valued in BTC, whose price follows a BTC book, so
+    # the two BTC books may pull each other)
+    single = make_accounts(rng, market, n=40, single=True, stable_only=True)
+    alone = contagion(book, single, market, when, SHOCKS, pull=True, depth_extrapolation=0.002).pull
+    btc = ["BTCUSDT", "BTCUSD_PERP"]
+    assert (alone.sel(source="ETHUSDT", instrument=btc) == 0).all()
+    assert (alone.sel(source=btc, instrument="ETHUSDT") == 0).all()
