@@ -105,6 +105,7 @@ class ContagionConfig(BaseModel):
     every: str = "15min"
     initial_shocks: list[float] = [-0.2, -0.1, -0.05, -0.03, -0.01, 0.01, 0.03, 0.05, 0.1, 0.2]
     depth_extrapolation: float | Literal["power"] | None = 0.002  # as the cascade's
+    pull: bool = False  # which instruments pull which (one more contagion per booked instrument)
 
     _depth_model = field_validator("depth_extrapolation", mode="before")(check_depth_extrapolation)
 
@@ -124,7 +125,7 @@ def day_contagion(ctx: DayContext) -> xr.Dataset:
     c = ctx.settings
     assert isinstance(c, ContagionConfig)
     return contagion(_perpetuals(ctx), ctx.inputs["positions"], ctx.inputs["market"], c.every, c.initial_shocks,
-                     depth_extrapolation=c.depth_extrapolation, validate=False)
+                     depth_extrapolation=c.depth_extrapolation, pull=c.pull, validate=False)
 
 
 def day_summary(ctx: DayContext) -> dict[str, xr.Dataset]:

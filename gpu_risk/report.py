@@ -497,6 +497,15 @@ def stress_section(results: xr.DataTree, days: list[str]) -> str:
     parts.append(f"<p><b>Worst scenario</b>: price shock {ws:+.0%}, {second.replace('_', ' ')} {wv:+.2f}: "
                  f"shortfall {float(st['shortfall'].max()):,.0f} USD, "
                  f"{int(st['accounts_liquidated'].sel({'price_shock': ws, second: wv})):,} accounts liquidated.</p>")
+    if "liquidity_shortfall" in st:
+        cell = {"price_shock": ws, second: wv}
+        at_mark, by_book = float(st["shortfall"].sel(cell)), float(st["liquidity_shortfall"].sel(cell))
+        parts.append(f"<p><b>Priced by the book</b>: closing the accounts liquidated in that scenario through the "
+                     f"day's last book snapshot instead of at the mark: {by_book:,.0f} USD "
+                     f"({by_book / at_mark:.2f}x the shortfall at the mark); over the grid, the book adds up to "
+                     f"{float((st['liquidity_shortfall'] - st['shortfall']).max()):,.0f} USD "
+                     "(docs/methodology.md, \"Shortfall priced by the book\").</p>" if at_mark > 0 else
+                     f"<p><b>Priced by the book</b>: {by_book:,.0f} USD in that scenario.</p>")
     if len(stress_days) > 1:
         prev = results[stress_days[-2]]["stress"].to_dataset().load()
         if prev["shortfall"].shape == st["shortfall"].shape:
@@ -548,6 +557,17 @@ def contagion_section(results: xr.DataTree, days: list[str]) -> str:
             rows.append(row)
     if rows:
         parts.append(_table(pd.DataFrame(rows).set_index(["instrument", "shock"])))
+    if "pull" in co:
+        down = shocks[shocks < 0]
+        s0 = down[np.argmin(np.abs(down + 0.05))] if down.size else shocks[np.argmin(np.abs(shocks))]
+        matrix = co.pull.sel(initial_shock=s0, source=names, instrument=names).median("time").to_pandas()
+        matrix.index.name, matrix.columns.name = "source book", "instrument"
+        parts.append(f"<h3>Which instruments pull which, at a {100 * s0:+g} % shock</h3><p>Each cell: the part of "
+                     "the column instrument's amplification that the row instrument's book brings (the contagion "
+                     "with every book, minus the contagion with the row's book taken away, per unit of shock; "
+                     "median over the times). 0: the two share no liquidated account or asset; blank: the row "
+                     "itself.</p>")
+        parts.append(_table(matrix.round(4)))
     fig, ax = plt.subplots(figsize=(7, 3.2))
     ax.plot(shocks * 100, co.shortfall.median("time").values, marker="o", ms=3, label="median")
     ax.plot(shocks * 100, co.shortfall.max("time").values, marker="o", ms=3, label="worst time")
@@ -572,13 +592,19 @@ def cascade_section(results: xr.DataTree, days: list[str]) -> str:
              f"<p>At {ca.sizes['time']:,} times, every book moved by each of {shocks.size} initial shocks; "
              "forced sales of the positions whose liquidation price the price reaches walk the moved "
              "book, wave after wave, until a wave closes nothing. Amplification = final move / initial "
-             f"shock (1: nobody liquidated). Depth beyond the visible levels: {html.escape(str(extrapolation))} "
-             "(see docs/methodology.md).</p>"]
+             f"shock (1: nobody liquidated). Depth beyond the visible levels: {html.escape(str(extrapolation))}"
+             + (" (cumulative size ~ distance from the mid ** gamma, gamma fitted on deep books: "
+                + ", ".join(f"{html.escape(str(n))} {g:.2f}" for n, g in zip(ca.instrument.values,
+                                                                             np.atleast_1d(ca.attrs["depth_exponent"])))
+                + ")" if str(extrapolation) == "power" and "depth_exponent" in ca.attrs else "")
+             + " (see docs/methodology.md).</p>"]
     names = [str(i) for i in ca.instrument.values]
     valid = ca.amplification.notnull()
     exhausted_share = float(ca.book_exhausted.where(valid).mean()) if bool(valid.any()) else 0.0
     depth_note = ("<p class='meta'><b>Depth assumption:</b> "
-                  + (f"beyond the visible levels each further {100 * float(extrapolation):g} % of price holds "
+                  + ("beyond the visible levels the cumulative size grows as the distance from the mid to the "
+                     "power gamma fitted on deep books (depth_extrapolation power)" if str(extrapolation) == "power"
+                     else f"beyond the visible levels each further {100 * float(extrapolation):g} % of price holds "
                      "the visible side's size again (depth_extrapolation "
                      f"{html.escape(str(extrapolation))})" if str(extrapolation) != "none"
                      else "none: a cascade stops at the deepest visible level")
