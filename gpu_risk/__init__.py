@@ -7,6 +7,7 @@ Public API (SPEC): ``open_book``, ``open_positions``, ``open_market`` and the wr
 
 from .cascade import cascade
 from .contagion import contagion
+from .depth import fit_depth_profile
 from .errors import InputError, SchemaError
 from .imbalance import imbalance_grid
 from .leverage import leverage_day
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "cascade",
     "contagion",
+    "fit_depth_profile",
     "InputError",
     "imbalance_grid",
     "leverage_day",

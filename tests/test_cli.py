@@ -73,6 +73,37 @@ def test_family_commands_write_what_the_api_computes(tiny_dataset, tmp_path):
     assert bad.returncode == 2 and "needs the market store" in " ".join(bad.stderr.split())
 
 
+
+def test_stress_with_a_book_and_contagion_with_the_power_model(tiny_dataset, tmp_path):
+    """`gpu-risk stress --book` adds the liquidity shortfall of the day's last book snapshot,
+    `gpu-risk contagion --depth-extrapolation power` walks into the fitted depth model: each
+    equals the public function on the same inputs."""
+    import xarray as xr
+
+    from gpu_risk import contagion, store, stress_surface
+
+    d = tiny_dataset
+    day = d["days"][0]
+    common = ["--start", day, "--end", day, "--scheduler", "sync", "--backend", "cpu", "--json"]
+    cli("stress", "--book", d["book"], "--positions", d["positions"], "--market", d["market"],
+        "--price-shocks=-0.3:0.3:7", "--haircut-shocks", "0,0.1", "--out", tmp_path / "s.zarr", *common)
+    cli("contagion", "--book", d["book"], "--positions", d["positions"], "--market", d["market"], "--every", "6h",
+        "--initial-shocks=-0.1,0.05", "--depth-extrapolation", "power", "--out", tmp_path / "c.zarr", *common)
+    mkt = store.open_market(d["market"], day)
+    pos = store.open_positions(d["positions"], day, market=mkt)
+    book = store.open_book(d["book"], start=day, end=day)
+    perps = xr.DataTree.from_dict({f"/{n}": book[n].to_dataset() for n in book.children
+                                   if str(mkt.kind.sel(instrument=n).values) != "option"})
+    got = store.open_results(tmp_path / "s.zarr")[day]["stress"].to_dataset().load()
+    want = stress_surface(pos, mkt, [-0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3], haircut_shocks=[0, 0.1],
+                          book=perps).compute()
+    xr.testing.assert_allclose(got.liquidity_shortfall, want.liquidity_shortfall, rtol=1e-12)
+    assert float(got.liquidity_shortfall.max()) > 0
+    got = store.open_results(tmp_path / "c.zarr")[day]["contagion"].to_dataset().load()
+    want = contagion(perps, pos, mkt, "6h", [-0.1, 0.05], depth_extrapolation="power")
+    assert got.attrs["depth_extrapolation"] == "power"
+    xr.testing.assert_identical(got.final_price.drop_attrs(), want.final_price.drop_attrs())
+
 def test_run_overrides_stores_dates_and_families_and_synth_refuses_other_settings(tmp_path):
     """`gpu-risk run workflows/overnight.yaml` on another dataset, one day, one family, from
     the command line alone; `synth` into a directory made with other settings is refused."""
