@@ -18,8 +18,8 @@ import pandas as pd
 import xarray as xr
 
 from .backend import dispatch, is_cupy, to_host
-from .errors import InputError
 from .depth import POWER, check_depth_extrapolation, depth_parameters, describe
+from .errors import InputError
 from .kernels.cascade import FIELDS, cascade_cpu, cascade_gpu
 from .model import notional_at_price
 from .schema import as_str

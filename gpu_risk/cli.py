@@ -509,7 +509,8 @@ def contagion(
     settings = {"every": every, "initial_shocks": _parsed(_floats, initial_shocks, "--initial-shocks")}
     if depth_extrapolation is not None:
         settings["depth_extrapolation"] = None if depth_extrapolation.lower() == "none" else depth_extrapolation
-    _family("contagion", settings, keep_none=("depth_extrapolation",), book=book, positions=positions, market=market, out=out, start=start, end=end,
+    _family("contagion", settings, keep_none=("depth_extrapolation",), book=book, positions=positions,
+            market=market, out=out, start=start, end=end,
             report=report, backend=backend, scheduler=scheduler, memory_limit=memory_limit,
             on_bad_rows=on_bad_rows, as_json=as_json, performance_report=performance_report, redo=redo,
             dashboard=dashboard)

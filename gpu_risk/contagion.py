@@ -112,7 +112,7 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
     out = np.full((n_inst, n_time, shocks.size, len(FIELDS)), np.nan)
     shortfall = np.full((n_time, shocks.size), np.nan)
     mids = np.full((n_inst, n_time), np.nan)
-    pulls = np.full((n_inst, n_inst, n_time, shocks.size), np.nan) if pull else None
+    pulls = np.full((n_inst, n_inst, n_time, shocks.size) if pull else (0, 0, 0, 0), np.nan)
     def run(args: tuple) -> tuple[np.ndarray, np.ndarray]:
         """One time's kernel: (out (I, K, 5), shortfall (K,)) on the host."""
         if on_gpu:

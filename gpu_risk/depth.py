@@ -52,7 +52,7 @@ def depth_parameters(depth_extrapolation, market: xr.Dataset, names: Iterable[st
     model = check_depth_extrapolation(depth_extrapolation)
     names = list(names)
     if model is None:
-        return {name: (np.nan, np.nan) for name in names}
+        return dict.fromkeys(names, (np.nan, np.nan))
     if model != POWER:
         return {name: (float(model), np.nan) for name in names}
     if "depth_exponent" not in market:
@@ -126,8 +126,9 @@ def fit_depth_profile(book: xr.DataTree | xr.Dataset, *, visible_levels: int = V
     names = sorted(book.children)
     if not names:
         raise InputError("the book has no instrument")
-    rows = {"depth_exponent": [], "depth_exponent_bid": [], "depth_exponent_ask": [], "depth_exponent_q25": [],
-            "depth_exponent_q75": [], "rows": [], "levels": [], "max_distance": []}
+    fields = ("depth_exponent", "depth_exponent_bid", "depth_exponent_ask", "depth_exponent_q25",
+              "depth_exponent_q75", "rows", "levels", "max_distance")
+    rows: dict[str, list[float]] = {name: [] for name in fields}
     for name in names:
         ds = book[name].to_dataset()
         levels = ds.sizes.get("level", 0)

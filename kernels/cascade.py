@@ -219,5 +219,6 @@ def cascade_gpu(bid_price, bid_size, ask_price, ask_size, shocks, long_keys, lon
     kernel = cuda_module(CUDA_SOURCE, CUDA_OPTIONS).get_function("cascade_gpu")
     kernel(((total + threads - 1) // threads,), (threads,),
            (*book, shocks_d, lk, lq, ln, np.int64(lk.size), sk, sq, sn, np.int64(sk.size),
-            np.float64(extrapolation), np.float64(exponent), np.int32(n_times), np.int32(levels), np.int32(shocks_d.size), out))
+            np.float64(extrapolation), np.float64(exponent), np.int32(n_times), np.int32(levels),
+            np.int32(shocks_d.size), out))
     return out

@@ -314,7 +314,8 @@ __device__ double beyond_cost(double e, double side, double start, double visibl
                               double exponent) {
     if (side < 0.0) {
         double e_zero;
-        if (exponent > 0.0) e_zero = start > last ? visible * (pow(start / (start - last), exponent) - 1.0) : CUDART_INF;
+        if (exponent > 0.0)
+            e_zero = start > last ? visible * (pow(start / (start - last), exponent) - 1.0) : CUDART_INF;
         else e_zero = last * visible / (step * start);
         e = fmin(e, e_zero);
     }

@@ -14,8 +14,9 @@ import math
 def brute_force_cascade(bid_price, bid_size, ask_price, ask_size, s0, quantity, liquidation_price,
                         notional, extrapolation=None, exponent=None):
     """One cascade (``extrapolation``: the flat depth model's step; ``exponent``: the power
-    model's gamma, as docs/methodology.md defines them). Returns (final_price, liquidated_notional, rounds, book_exhausted, closed),
-    ``closed`` the indices of the positions closed."""
+    model's gamma, as docs/methodology.md defines them). Returns (final_price,
+    liquidated_notional, rounds, book_exhausted, closed), ``closed`` the indices of the
+    positions closed."""
     mid = 0.5 * (bid_price[0] + ask_price[0])
     if math.isnan(mid):
         return math.nan, math.nan, 0, False, []

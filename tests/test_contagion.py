@@ -148,7 +148,7 @@ def test_depth_models_match_the_simulator(seed, model):
     books, accounts, mkt = reference_inputs(book, positions, market)
     for k, s0 in enumerate(SHOCKS):
         final, notional, liquidated, rounds, exhausted, shortfall = contagion_reference(
-            books, accounts, mkt, s0, depth={i: model for i in books})
+            books, accounts, mkt, s0, depth=dict.fromkeys(books, model))
         cell = out.isel(time=0, initial_shock=k)
         np.testing.assert_allclose(cell.final_price.values, final, rtol=1e-12)
         np.testing.assert_allclose(cell.liquidated_notional.values, notional, rtol=1e-7, atol=1e-6)

@@ -121,10 +121,10 @@ def test_contagion_kernel(monkeypatch):
     cross and isolated accounts, duplicated accounts (ties), no depth model, the flat one
     and the power one."""
     import xarray as xr
+    from gpu_risk.kernels import contagion as kernels
     from test_contagion import SHOCKS, depth_market, make_accounts, make_books
 
     from gpu_risk import contagion as api
-    from gpu_risk.kernels import contagion as kernels
 
     rng = np.random.default_rng(23)
     cases = []
