@@ -45,8 +45,9 @@ def reference_instruments(market: xr.Dataset, positions: xr.Dataset, booked: np.
 
 
 def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, times,
-              initial_shocks: Sequence[float], *, depth_extrapolation: float | str | None = None,
-              pull: bool = False, validate: bool = True) -> xr.Dataset:
+              initial_shocks: Sequence[float], *, liquidation: xr.Dataset | None = None,
+              depth_extrapolation: float | str | None = None, pull: bool = False,
+              validate: bool = True) -> xr.Dataset:
     """Portfolio contagion per instrument x time x common shock (SPEC section 5).
 
     Parameters
@@ -58,6 +59,9 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
         at each time every book is its last snapshot at or before it.
     initial_shocks : common moves s0 (non-zero, > -1): every asset price moves by
         ``1 + beta s0``.
+    liquidation : accepted as in :func:`gpu_risk.cascade` (SPEC's signature), and checked to
+        be for the same accounts; contagion needs no liquidation price (each round
+        evaluates every account's C and R at that round's prices), so nothing else is read.
     depth_extrapolation : where a book runs out: None (the rest trades at the deepest
         level), a flat step x > 0 or ``"power"`` (the market's fitted ``depth_exponent``),
         the models of :func:`gpu_risk.cascade`.
@@ -83,6 +87,9 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
         market = ensure_market(market)
         positions = ensure_positions(positions, market)
     shocks = _check_shocks(initial_shocks)
+    if liquidation is not None and not np.array_equal(np.asarray(liquidation["account"].values),
+                                                      np.asarray(positions["account"].values)):
+        raise InputError("liquidation result and positions have different accounts", variable="account")
     names = list(as_str(market["instrument"].values))
     kinds = dict(zip(names, as_str(market["kind"].values)))
     for name in book.children:

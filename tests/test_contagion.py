@@ -15,6 +15,7 @@ from liquidation_reference import black76, margin_parts
 
 from gpu_risk import cascade
 from gpu_risk.contagion import contagion, reference_instruments
+from gpu_risk.errors import InputError
 from gpu_risk.liquidation import market_arrays
 from gpu_risk.store import market_from_dict
 
@@ -450,3 +451,20 @@ def test_pull_is_the_difference_the_source_book_makes():
     btc = ["BTCUSDT", "BTCUSD_PERP"]
     assert (alone.sel(source="ETHUSDT", instrument=btc) == 0).all()
     assert (alone.sel(source=btc, instrument="ETHUSDT") == 0).all()
+
+
+def test_a_liquidation_result_is_accepted_and_must_match_the_accounts():
+    """SPEC's signature takes ``liquidation=``: the same result with it, and an error naming
+    the accounts when it is for other accounts."""
+    from gpu_risk import liquidation
+
+    rng = np.random.default_rng(4)
+    market = market_from_dict(SPEC)
+    book = make_books(rng)
+    positions = make_accounts(rng, market, n=20)
+    when = book["BTCUSDT"].time.values
+    liq = liquidation(positions, market).compute()
+    xr.testing.assert_identical(contagion(book, positions, market, when, SHOCKS, liquidation=liq),
+                                contagion(book, positions, market, when, SHOCKS))
+    with pytest.raises(InputError, match="different accounts"):
+        contagion(book, positions, market, when, SHOCKS, liquidation=liq.isel(account=slice(1, None)))
