@@ -206,7 +206,8 @@ def main() -> None:
                "--positions", str(data / "positions.zarr"), "--market", str(data / "market.zarr"),
                "--out", f"{tmp}/r.zarr",
                "--start", day, "--end", day, "--every", args.every,
-               "--initial-shocks=" + ",".join(f"{s:g}" for s in SHOCKS), "--json"]
+               "--initial-shocks=" + ",".join(f"{s:g}" for s in SHOCKS), "--depth-extrapolation", "none",
+               "--json"]
         e_seconds, done = timed(lambda: subprocess.run(cmd, capture_output=True, text=True))
         if done.returncode not in (0, 3):
             raise SystemExit(done.stderr[-2000:])
