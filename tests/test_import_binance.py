@@ -369,3 +369,26 @@ def test_lines_the_scan_cannot_read_are_named_by_python(tmp_path):
             f.writelines(lines[:k] + [broken] + lines[k + 1:])
         with pytest.raises(InputError, match=f"line {k + 1}"):
             import_binance([bad], 10, tmp_path / f"{abs(hash(broken))}.zarr")
+
+
+def test_a_book_state_saved_as_json_lists_still_continues(tmp_path):
+    """Stores written before the book state was kept as base64 hold it as JSON lists of
+    [price, quantity]: the next file continues from either form, exactly."""
+    from gpu_risk.importers.binance import STATE_ATTR, _decode_levels
+
+    files = paths("spot_btc")
+    together = import_binance(files, 5, tmp_path / "together.zarr", chunk_rows=1000)
+    import_binance(files[:1], 5, tmp_path / "old.zarr", chunk_rows=1000)
+    node = store.zarr.open_group(str(tmp_path / "old.zarr"), path=together["instrument"], mode="r+")
+    saved = dict(node.attrs)[STATE_ATTR]
+    assert saved["levels_encoding"] == "float64-le-base64" and len(_decode_levels(saved, "bids")) > 100
+    old = {k: v for k, v in saved.items() if k != "levels_encoding"}
+    old.update(bids=_decode_levels(saved, "bids").tolist(), asks=_decode_levels(saved, "asks").tolist())
+    node.attrs[STATE_ATTR] = old
+    second = import_binance(files[1:], 5, tmp_path / "old.zarr", chunk_rows=1000)
+    assert second["gaps"] == 0
+    import xarray as xr
+
+    a = store.open_book(tmp_path / "together.zarr")[together["instrument"]].to_dataset().load()
+    b = store.open_book(tmp_path / "old.zarr")[together["instrument"]].to_dataset().load()
+    xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())

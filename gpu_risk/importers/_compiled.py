@@ -204,14 +204,13 @@ class SortedBook:
             self.reserve(len(levels))
             book_load(*self.parts(), side, levels[:, 0].copy(), levels[:, 1].copy())
 
-    def levels(self) -> tuple[list, list]:
-        """Every level, best first: ([[price, qty], ...] bids, asks)."""
+    def levels(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every level, best first: (bids, asks), each (n, 2) of (price, quantity)."""
         out = []
         for side in (0, 1):
             book_compact(*self.parts(), side)
             n, sign = int(self.count[side]), 1.0 - 2.0 * side
-            out.append([[float(sign * k), float(q)] for k, q in zip(self.keys[side, :n][::-1],
-                                                                      self.qty[side, :n][::-1])])
+            out.append(np.stack([sign * self.keys[side, :n][::-1], self.qty[side, :n][::-1]], axis=1))
         return out[0], out[1]
 
 
