@@ -116,6 +116,118 @@ def visible_sides(price, size, visible, last):
                 last[i] = price[i, j]
 
 
+# An account whose C - R moves with one mark alone (a cross account holding one linear
+# perpetual, its balances in assets whose price never moves: beta 0 and no book) is
+# liquidated exactly when that mark passes a threshold, as in the single-instrument cascade:
+# such accounts sit in per-instrument tables sorted by threshold, and each round walks a
+# pointer instead of evaluating them. Decisions stay those of the direct evaluation: only
+# thresholds farther than SURE (relative) from the mark are taken as decided; nearer ones
+# are evaluated with ``part_margin`` like every other account.
+SURE = 1e-8
+
+
+@cpu_kernel
+def _mark_threshold(k_const, q, entry_price, i, floor, mmr, amount):
+    """The mark m at which ``k_const + q (m - e) - MM(|q| m) = 0`` (C = R of a cross account
+    holding q of linear instrument i, its balances worth k_const at full value less
+    haircuts); NaN where no bracket holds the root. Longs are liquidated below it, shorts
+    above it (C - R is monotone in m for mmr < 1 and a continuous MM)."""
+    n_brackets = floor.shape[1]
+    for b in range(n_brackets):
+        f = floor[i, b]
+        if f != f:
+            break
+        root = (q * entry_price - k_const - amount[i, b]) / (q - abs(q) * mmr[i, b])
+        notional = abs(q) * root
+        upper = floor[i, b + 1] if b + 1 < n_brackets else np.inf
+        if notional >= f and not (notional >= upper):
+            return root
+    return np.nan
+
+
+@cpu_kernel
+def _continuous_brackets(floor, mmr, amount, ok):
+    """Per instrument: MM continuous at every bracket floor (to 1e-9 relative) and mmr < 1,
+    the conditions under which a single position's C - R is monotone in its mark."""
+    for i in range(floor.shape[0]):
+        ok[i] = True
+        for b in range(floor.shape[1]):
+            f = floor[i, b]
+            if f != f:
+                break
+            if not mmr[i, b] < 1.0:
+                ok[i] = False
+            if b > 0:
+                below = f * mmr[i, b - 1] - amount[i, b - 1]
+                above = f * mmr[i, b] - amount[i, b]
+                if abs(above - below) > 1e-9 * max(abs(above), abs(below), 1.0):
+                    ok[i] = False
+
+
+@cpu_kernel
+def mark_tables(balance, position, entry, isolated, reference, m, general, table_account, table_threshold,
+                table_start):
+    """Split the accounts: those whose C - R follows one mark (see SURE) go into tables
+    sorted by threshold, per instrument and side (group 2 i: longs, threshold descending;
+    2 i + 1: shorts, ascending; ``table_start`` (2 I + 1) the offsets); the others are
+    listed in ``general``. Returns the number of general accounts."""
+    n_acc, n_inst = position.shape
+    n_assets = balance.shape[1]
+    ok = np.empty(n_inst, dtype=np.bool_)
+    _continuous_brackets(m.floor, m.mmr, m.amount, ok)
+    constant = np.empty(n_assets, dtype=np.bool_)
+    for s in range(n_assets):
+        constant[s] = m.beta[s] == 0.0 and reference[s] < 0
+    group = np.full(n_acc, -1, dtype=np.int64)
+    key = np.zeros(n_acc)
+    threshold = np.zeros(n_acc)
+    n_general = 0
+    for a in range(n_acc):
+        held = -1
+        count = 0
+        for i in range(n_inst):
+            if position[a, i] != 0.0:
+                held = i
+                count += 1
+        simple = not isolated[a] and count == 1 and m.kind[held] == LINEAR and ok[held]
+        k_const = 0.0
+        if simple:
+            for s in range(n_assets):
+                b = balance[a, s]
+                if b != 0.0:
+                    if not constant[s]:
+                        simple = False
+                        break
+                    k_const += b * m.price[s] * (1.0 - m.haircut[s]) if b > 0.0 else b * m.price[s]
+        if simple:
+            q = position[a, held]
+            t = _mark_threshold(k_const, q, entry[a, held], held, m.floor, m.mmr, m.amount)
+            if t == t:
+                group[a] = 2 * held + (0 if q > 0.0 else 1)
+                threshold[a] = t
+                key[a] = -t if q > 0.0 else t
+                continue
+        general[n_general] = a
+        n_general += 1
+    order = np.argsort(key, kind="mergesort")
+    counts = np.zeros(2 * n_inst + 1, dtype=np.int64)
+    for a in range(n_acc):
+        if group[a] >= 0:
+            counts[group[a] + 1] += 1
+    for g in range(2 * n_inst):
+        table_start[g + 1] = table_start[g] + counts[g + 1]
+    table_start[0] = 0
+    fill = table_start[:-1].copy()
+    for j in range(n_acc):
+        a = order[j]
+        g = group[a]
+        if g >= 0:
+            table_account[fill[g]] = a
+            table_threshold[fill[g]] = threshold[a]
+            fill[g] += 1
+    return n_general
+
+
 @cpu_kernel
 def contagion_cpu(bid_price, bid_size, ask_price, ask_size, mid, booked, reference, depth_step, depth_exponent,
                   shocks, balance, position, entry, iso_margin, isolated, m, out, shortfall):
@@ -133,6 +245,15 @@ def contagion_cpu(bid_price, bid_size, ask_price, ask_size, mid, booked, referen
     last_ask = np.empty(n_inst)
     visible_sides(bid_price, bid_size, visible_bid, last_bid)
     visible_sides(ask_price, ask_size, visible_ask, last_ask)
+    general = np.empty(n_acc, dtype=np.int64)
+    table_account = np.empty(n_acc, dtype=np.int64)
+    table_threshold = np.empty(n_acc)
+    table_start = np.zeros(2 * n_inst + 1, dtype=np.int64)
+    n_general = mark_tables(balance, position, entry, isolated, reference, m, general, table_account,
+                            table_threshold, table_start)
+    table_member = np.ones(n_acc, dtype=np.bool_)
+    for x in range(n_general):
+        table_member[general[x]] = False
     for k in range(shocks.size):
         s0 = shocks[k]
         asset_w = np.empty(n_assets)
@@ -152,6 +273,12 @@ def contagion_cpu(bid_price, bid_size, ask_price, ask_size, mid, booked, referen
         alive = np.ones(n_acc, dtype=np.bool_)  # cross account, or an isolated account's wallet
         open_pos = position != 0.0
         closed_by = np.zeros((n_acc, n_inst), dtype=np.int8)  # 1: closed in the round being settled
+        wallet_value = np.zeros(n_acc)  # balances at full value, the prices of the round liquidated
+        liquidated_wallet = np.zeros(n_acc, dtype=np.bool_)
+        closed = np.empty(n_acc, dtype=np.int64)  # the accounts with something closed this round
+        pointer = table_start[:-1].copy()  # per table: thresholds before it are liquidated
+        lowest = np.full(n_inst, np.inf)  # the lowest and highest marks so far
+        highest = np.full(n_inst, -np.inf)
         notional = np.zeros(n_inst)
         accounts = np.zeros(n_inst)
         rounds = np.zeros(n_inst)
@@ -164,10 +291,10 @@ def contagion_cpu(bid_price, bid_size, ask_price, ask_size, mid, booked, referen
         while True:
             sells[:] = 0.0
             buys[:] = 0.0
-            any_closed = False
-            wallet_value = np.zeros(n_acc)  # balances at full value, this round's prices
-            liquidated_wallet = np.zeros(n_acc, dtype=np.bool_)
-            for a in range(n_acc):
+            n_closed = 0
+            for x in range(n_general):
+                a = general[x]
+                touched = False
                 # the cross account, or an isolated account's wallet (part -1 is either)
                 if alive[a]:
                     c, r = part_margin(a, -1, 1.0, 0.0, asset_w, mark_w, balance, position, entry, iso_margin,
@@ -175,7 +302,7 @@ def contagion_cpu(bid_price, bid_size, ask_price, ask_size, mid, booked, referen
                     if c < r:
                         alive[a] = False
                         liquidated_wallet[a] = True
-                        any_closed = True
+                        touched = True
                         if not isolated[a]:  # a cross account closes every position
                             for i in range(n_inst):
                                 if open_pos[a, i]:
@@ -190,13 +317,56 @@ def contagion_cpu(bid_price, bid_size, ask_price, ask_size, mid, booked, referen
                         if c < r:
                             open_pos[a, i] = False
                             closed_by[a, i] = 1
-                            any_closed = True
-                if liquidated_wallet[a]:
-                    for s in range(n_assets):
-                        wallet_value[a] += balance[a, s] * m.price[s] * (1.0 + asset_w[s])
-            if not any_closed:
+                            touched = True
+                if touched:
+                    closed[n_closed] = a
+                    n_closed += 1
+            # the accounts that follow one mark: the tables' pointers, and an evaluation
+            # only for thresholds within SURE of the mark
+            for i in range(n_inst):
+                now = mark[i] * (1.0 + mark_w[i])
+                lowest[i] = min(lowest[i], now)
+                highest[i] = max(highest[i], now)
+                for side in range(2):
+                    g = 2 * i + side
+                    j = pointer[g]
+                    end = table_start[g + 1]
+                    while j < end and (table_threshold[j] > lowest[i] * (1.0 + SURE) if side == 0
+                                       else table_threshold[j] < highest[i] * (1.0 - SURE)):
+                        a = table_account[j]
+                        if alive[a]:
+                            alive[a] = False
+                            closed[n_closed] = a
+                            n_closed += 1
+                        j += 1
+                    pointer[g] = j
+                    while j < end and (table_threshold[j] > now * (1.0 - SURE) if side == 0
+                                       else table_threshold[j] < now * (1.0 + SURE)):
+                        a = table_account[j]
+                        if alive[a]:
+                            c, r = part_margin(a, -1, 1.0, 0.0, asset_w, mark_w, balance, position, entry,
+                                               iso_margin, isolated, m)
+                            if c < r:
+                                alive[a] = False
+                                closed[n_closed] = a
+                                n_closed += 1
+                        j += 1
+            if n_closed == 0:
                 break
-            for a in range(n_acc):
+            order = np.sort(closed[:n_closed])  # settled in account order, as a plain loop would
+            for x in range(n_closed):
+                a = order[x]
+                if table_member[a]:  # liquidated from a table: the whole account, its one position
+                    liquidated_wallet[a] = True
+                    for i in range(n_inst):
+                        if open_pos[a, i]:
+                            open_pos[a, i] = False
+                            closed_by[a, i] = 1
+                if liquidated_wallet[a]:
+                    value = 0.0
+                    for s in range(n_assets):
+                        value += balance[a, s] * m.price[s] * (1.0 + asset_w[s])
+                    wallet_value[a] = value
                 for i in range(n_inst):
                     if closed_by[a, i]:
                         q = position[a, i]
@@ -239,7 +409,8 @@ def contagion_cpu(bid_price, bid_size, ask_price, ask_size, mid, booked, referen
                     exhausted[i] = 1.0
                 price[i] = new
             # what each closed position got; the bad debt of the parts liquidated
-            for a in range(n_acc):
+            for x in range(n_closed):
+                a = order[x]
                 part_value = wallet_value[a]
                 counted = liquidated_wallet[a] and not isolated[a]
                 for i in range(n_inst):
@@ -272,6 +443,8 @@ def contagion_cpu(bid_price, bid_size, ask_price, ask_size, mid, booked, referen
                 if counted or (isolated[a] and liquidated_wallet[a]):
                     if part_value < 0.0:
                         bad_debt -= part_value
+                wallet_value[a] = 0.0
+                liquidated_wallet[a] = False
             # marks and asset prices follow the books
             for i in range(n_inst):
                 if booked[i]:

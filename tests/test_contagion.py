@@ -192,6 +192,32 @@ def test_depth_models_move_prices_past_the_book_and_equal_the_cascade():
     moved = lambda ds: np.abs(ds.final_price / ds.mid_price - 1).values  # noqa: E731
     assert (moved(ends[1.6]) <= moved(ends[0.8]) + 1e-12).all() and (moved(ends[1.6]) < moved(ends[0.8])).any()
 
+
+@settings(max_examples=6, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([None, 0.002]))
+def test_accounts_that_follow_one_mark_match_the_simulator(seed, setting):
+    """Cross accounts holding one linear perpetual against USDT are liquidated from sorted
+    tables of thresholds (the others evaluated directly): every cell equals the simulator,
+    with accounts duplicated (equal thresholds)."""
+    rng = np.random.default_rng(seed)
+    market = market_from_dict(SPEC)
+    book = make_books(rng, thin=float(rng.choice([0.3, 1.0])))
+    positions = make_accounts(rng, market, n=60, single=True, stable_only=True)
+    positions = xr.concat([positions, positions.isel(account=slice(0, 10)).assign_coords(
+        account=np.arange(1000, 1010))], "account")
+    out = contagion(book, positions, market, book["BTCUSDT"].time.values, SHOCKS, depth_extrapolation=setting)
+    books, accounts, mkt = reference_inputs(book, positions, market)
+    depth = {i: ("flat", setting) for i in books} if setting else None
+    for k, s0 in enumerate(SHOCKS):
+        final, notional, liquidated, rounds, exhausted, shortfall = contagion_reference(books, accounts, mkt, s0,
+                                                                                        depth=depth)
+        cell = out.isel(time=0, initial_shock=k)
+        np.testing.assert_allclose(cell.final_price.values, final, rtol=1e-12)
+        np.testing.assert_array_equal(cell.accounts_liquidated.values, liquidated)
+        np.testing.assert_array_equal(cell.rounds.values, rounds)
+        np.testing.assert_allclose(float(out.shortfall.isel(time=0, initial_shock=k)), shortfall, rtol=1e-7,
+                                   atol=1e-4)
+
 def test_something_happens_in_the_random_cases():
     """The simulator comparison is not vacuous: accounts are liquidated, books run out and
     instruments pull each other (an account closed on one book closes its other positions)."""

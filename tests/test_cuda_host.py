@@ -128,9 +128,12 @@ def test_contagion_kernel(monkeypatch):
 
     rng = np.random.default_rng(23)
     cases = []
-    for thin, setting in ((0.3, None), (1.0, None), (5.0, None), (0.3, 0.002), (0.3, "power")):
+    for thin, setting, single in ((0.3, None, False), (1.0, None, False), (5.0, None, False),
+                                  (0.3, 0.002, False), (0.3, "power", False), (0.3, 0.002, True), (1.0, None, True)):
         market = depth_market(("power", 1.3) if setting == "power" else ("flat", setting))
-        positions = make_accounts(rng, market, n=30)
+        # single: mostly accounts that follow one mark (the CPU kernel's sorted tables, the
+        # device's direct evaluation)
+        positions = make_accounts(rng, market, n=200 if single else 30, single=single, stable_only=single)
         twice = positions.isel(account=[0, 1, 2]).assign_coords(account=[100, 101, 102])
         cases.append((make_books(rng, thin=thin), xr.concat([positions, twice], "account"), market, setting))
 
