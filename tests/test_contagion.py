@@ -207,7 +207,7 @@ def test_accounts_that_follow_one_mark_match_the_simulator(seed, setting):
         account=np.arange(1000, 1010))], "account")
     out = contagion(book, positions, market, book["BTCUSDT"].time.values, SHOCKS, depth_extrapolation=setting)
     books, accounts, mkt = reference_inputs(book, positions, market)
-    depth = {i: ("flat", setting) for i in books} if setting else None
+    depth = dict.fromkeys(books, ("flat", setting)) if setting else None
     for k, s0 in enumerate(SHOCKS):
         final, notional, liquidated, rounds, exhausted, shortfall = contagion_reference(books, accounts, mkt, s0,
                                                                                         depth=depth)
