@@ -392,3 +392,21 @@ def test_a_book_state_saved_as_json_lists_still_continues(tmp_path):
     a = store.open_book(tmp_path / "together.zarr")[together["instrument"]].to_dataset().load()
     b = store.open_book(tmp_path / "old.zarr")[together["instrument"]].to_dataset().load()
     xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
+
+
+def test_days_spooled_to_disk_give_the_store_days_held_in_memory(tmp_path, monkeypatch):
+    """A day larger than the one-pass limit is spooled to disk chunk by chunk and written by
+    the region writer: the same store, array by array, as a day held in memory."""
+    from gpu_risk.importers import _spool
+
+    files = paths("coinm_btc")
+    held = import_binance(files, 5, tmp_path / "memory.zarr", chunk_rows=4096)
+    monkeypatch.setattr(_spool, "WHOLE_DAY_BYTES", 200_000)  # a few chunks: spilled, then the region writer
+    spilled = import_binance(files, 5, tmp_path / "disk.zarr", chunk_rows=4096)
+    assert held["snapshots"] == spilled["snapshots"] > 4096 * 2
+    import xarray as xr
+
+    for day in held["days"]:
+        a = store.open_day_dataset(tmp_path / "memory.zarr", f"{held['instrument']}/{day}").load()
+        b = store.open_day_dataset(tmp_path / "disk.zarr", f"{held['instrument']}/{day}").load()
+        xr.testing.assert_identical(a, b)

@@ -14,6 +14,7 @@ killed import loses nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import tempfile
@@ -93,20 +94,49 @@ class DaySpool:
 
     def _start_day(self):
         self.times: list[np.ndarray] = []
-        self.files: list[Path] = []
+        self.files: list = []  # the day's chunks: dicts of arrays in memory, or spooled .npz paths
+        self.memory_bytes = 0
         self.buf = np.empty((4, self.chunk_rows, self.levels))
         self.buf_extra = {name: np.empty(self.chunk_rows) for name in self.optional}
         self.buf_time = np.empty(self.chunk_rows, dtype=np.int64)
         self.n = 0
 
     def _flush(self):
+        """The buffer's rows to the day's chunks: kept in memory while the day fits the
+        one-pass write (WHOLE_DAY_BYTES, which holds it whole anyway), spooled to disk
+        beyond, so memory stays bounded for any day."""
         if self.n:
-            path = self.dir / f"chunk{len(self.files)}.npz"
-            np.savez(path, book=self.buf[:, : self.n],
-                     **{k: v[: self.n] for k, v in self.buf_extra.items()})
-            self.files.append(path)
+            chunk = {"book": self.buf[:, : self.n].copy(), **{k: v[: self.n].copy() for k, v in self.buf_extra.items()}}
+            self.memory_bytes += chunk["book"].nbytes
+            if self.memory_bytes > WHOLE_DAY_BYTES:
+                for i, held in enumerate(self.files):
+                    if isinstance(held, dict):
+                        self.files[i] = self._spill(held, i)
+                self.files.append(self._spill(chunk, len(self.files)))
+            else:
+                self.files.append(chunk)
             self.times.append(self.buf_time[: self.n].copy())
             self.n = 0
+
+    def _spill(self, chunk: dict, i: int) -> Path:
+        path = self.dir / f"chunk{i}.npz"
+        np.savez(path, **chunk)
+        return path
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _read(held):
+        """A chunk's arrays by name, held in memory or spooled."""
+        if isinstance(held, dict):
+            yield held
+        else:
+            with np.load(held) as data:
+                yield data
+
+    @staticmethod
+    def _drop(held) -> None:
+        if not isinstance(held, dict):
+            held.unlink()
 
     def _write_day(self):
         self._flush()
@@ -117,18 +147,18 @@ class DaySpool:
         suffix = ".new" if rewrite else ""
         # the day's exact tick encodings, from every spooled chunk (float64 where none is exact)
         choosers = {name: TickChooser() for name in ORDER}
-        for path in self.files:
-            with np.load(path) as data:
+        for held in self.files:
+            with self._read(held) as data:
                 for i, name in enumerate(ORDER):
                     choosers[name].feed(data["book"][i])
         if time.size * self.levels * 32 <= WHOLE_DAY_BYTES:  # small: one write, no empty template first
             blocks, extras = [], {name: [] for name in self.optional}
-            for path in self.files:
-                with np.load(path) as data:
+            for held in self.files:
+                with self._read(held) as data:
                     blocks.append(data["book"])
                     for name in self.optional:
                         extras[name].append(data[name])
-                path.unlink()
+                self._drop(held)
             store.write_book_day_whole(self.out, self.instrument, self.day, time, np.concatenate(blocks, axis=1),
                                        self.chunk_rows, self.attrs, {k: np.concatenate(v) for k, v in extras.items()},
                                        suffix, {name: c.spec for name, c in choosers.items()})
@@ -139,15 +169,15 @@ class DaySpool:
                                    optional_vars=self.optional, suffix=suffix,
                                    ticks={name: c.spec for name, c in choosers.items()})
         start = 0
-        for path in self.files:
-            with np.load(path) as data:
+        for held in self.files:
+            with self._read(held) as data:
                 block = data["book"]
                 slab = xr.Dataset({name: (("time", "level"), block[i]) for i, name in enumerate(ORDER)})
                 for name in self.optional:
                     slab[name] = ("time", data[name])
             writer.write(start, slab)
             start += block.shape[1]
-            path.unlink()
+            self._drop(held)
         writer.close()
         self._finish_day(time, rewrite)
 

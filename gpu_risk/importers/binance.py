@@ -54,7 +54,7 @@ from ._spool import DaySpool, file_digest, imported_files, record_imported
 CONTRACT_USD = {"BTCUSD_PERP": 100.0}
 MAX_PENDING_DIFFS = 100_000  # diffs kept while waiting for the first REST snapshot (bounded memory)
 DEFAULT_CONTRACT_USD = 10.0
-BLOCK_BYTES = 8 << 20  # decompressed bytes scanned at a time (memory stays bounded)
+BLOCK_BYTES = 1 << 20  # decompressed bytes scanned at a time: small blocks keep the two threads overlapped
 LINE_BITS = 40  # a line's position: file index << LINE_BITS | line number
 ISAL_ERROR = cast(type[Exception], isal_zlib.error)  # what ISA-L raises for corrupt deflate data
 
