@@ -14,7 +14,7 @@ back; ``gpu_risk_ticks`` records how they are exact: ``{"divisor": d}`` (decimal
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import xarray as xr
@@ -82,6 +82,21 @@ class TickChooser:
     @property
     def spec(self) -> Spec | None:
         return self.specs[0] if self.specs else None
+
+
+def choose_spec(pieces: Callable[[], Iterable[np.ndarray]], hint: float | None = None) -> Spec | None:
+    """What :class:`TickChooser` fed every piece would choose (the first candidate of the
+    first piece under which every piece round-trips), for pieces that can be read again
+    (``pieces()`` yields them anew): each candidate stops at the first value or piece it
+    fails on, so only the winner encodes everything, where the chooser tries every
+    candidate on every piece."""
+    first = next(iter(pieces()), None)
+    if first is None:
+        return None
+    for spec in candidates(first, hint):
+        if all(try_encode(piece, spec) is not None for piece in pieces()):
+            return spec
+    return None
 
 
 def choose(values: np.ndarray, hint: float | None = None) -> tuple[Spec, np.ndarray] | None:

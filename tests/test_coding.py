@@ -114,3 +114,25 @@ def test_real_imports_are_stored_as_exact_ticks(tmp_path):
     bid = lobster[:, 2::4] / 10_000.0
     bid[lobster[:, 2::4] == -9999999999] = np.nan
     assert _same_bits(opened.bid_price.values, bid)
+
+
+@given(st.lists(st.tuples(st.integers(1, 400), st.sampled_from([0, 1, 2, 3, 6]),
+                          st.sampled_from([None, 0.25, 0.1, 7e-5, 1 / 3])), min_size=1, max_size=5),
+       st.integers(0, 2**32 - 1))
+def test_choose_spec_is_what_the_chooser_chooses(pieces, seed):
+    """The importers' one-winner search gives the spec the chooser fed every piece gives:
+    pieces of decimal data with different numbers of decimals, tick multiples, values off
+    every grid and empty levels."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for n, decimals, tick in pieces:
+        if tick is None:
+            values = rng.integers(1, 10**7, size=(n, 3)) / 10.0**decimals
+        else:
+            values = rng.integers(1, 10**6, size=(n, 3)) * tick
+        values[rng.random(values.shape) < 0.1] = np.nan
+        arrays.append(values)
+    chooser = coding.TickChooser()
+    for values in arrays:
+        chooser.feed(values)
+    assert coding.choose_spec(lambda: iter(arrays)) == chooser.spec

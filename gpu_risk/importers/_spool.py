@@ -25,7 +25,7 @@ import xarray as xr
 import zarr
 
 from .. import store
-from ..coding import TickChooser
+from ..coding import choose_spec
 from ..errors import InputError
 
 ORDER = ("bid_price", "bid_size", "ask_price", "ask_size")
@@ -146,11 +146,12 @@ class DaySpool:
         rewrite = self.day == self.rewrite_day
         suffix = ".new" if rewrite else ""
         # the day's exact tick encodings, from every spooled chunk (float64 where none is exact)
-        choosers = {name: TickChooser() for name in ORDER}
-        for held in self.files:
-            with self._read(held) as data:
-                for i, name in enumerate(ORDER):
-                    choosers[name].feed(data["book"][i])
+        def pieces(i: int):
+            for held in self.files:
+                with self._read(held) as data:
+                    yield data["book"][i]
+
+        specs = {name: choose_spec(lambda i=i: pieces(i)) for i, name in enumerate(ORDER)}
         if time.size * self.levels * 32 <= WHOLE_DAY_BYTES:  # small: one write, no empty template first
             blocks, extras = [], {name: [] for name in self.optional}
             for held in self.files:
@@ -161,13 +162,13 @@ class DaySpool:
                 self._drop(held)
             store.write_book_day_whole(self.out, self.instrument, self.day, time, np.concatenate(blocks, axis=1),
                                        self.chunk_rows, self.attrs, {k: np.concatenate(v) for k, v in extras.items()},
-                                       suffix, {name: c.spec for name, c in choosers.items()})
+                                       suffix, specs)
             self._finish_day(time, rewrite)
             return
         writer = store.book_writer(self.out, self.instrument, self.day, time, self.levels,
                                    self.chunk_rows, extra_attrs=self.attrs,
                                    optional_vars=self.optional, suffix=suffix,
-                                   ticks={name: c.spec for name, c in choosers.items()})
+                                   ticks=specs)
         start = 0
         for held in self.files:
             with self._read(held) as data:
