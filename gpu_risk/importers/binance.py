@@ -118,18 +118,30 @@ def _scanned(path: Path, ahead: int = 2):
     blocks: queue.Queue = queue.Queue(maxsize=ahead)
     stop = threading.Event()
 
+    def hand_over(item) -> bool:
+        while not stop.is_set():
+            try:
+                blocks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for data, n_lines in read_blocks(path):
+                # the first half is scanned here, the second by the consuming thread (whose
+                # book rebuilding alone would leave it idle half the time)
+                cut = data.find(b"\n", len(data) // 2) + 1
+                halves = [(data[:cut], data.count(b"\n", 0, cut)), (data[cut:], None)] if 0 < cut < len(data) \
+                    else [(data, n_lines)]
+                if len(halves) == 2:
+                    halves[1] = (halves[1][0], n_lines - halves[0][1])
                 scan = _Scan()
-                n = scan.scan(data, n_lines)
-                while not stop.is_set():
-                    try:
-                        blocks.put((data, n, scan), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                first = (halves[0][0], scan.scan(halves[0][0], halves[0][1]), scan)
+                if not hand_over(first):
+                    return
+                if len(halves) == 2 and not hand_over((halves[1][0], halves[1][1], None)):
                     return
             blocks.put(done)
         except BaseException as exc:  # handed over, raised where the block would have been
@@ -144,7 +156,11 @@ def _scanned(path: Path, ahead: int = 2):
                 return
             if isinstance(item, BaseException):
                 raise item
-            yield item
+            data, n, scan = item
+            if scan is None:  # this thread's half
+                scan = _Scan()
+                n = scan.scan(data, n)
+            yield data, n, scan
     finally:
         stop.set()
         thread.join()
