@@ -93,7 +93,11 @@ def choose_spec(pieces: Callable[[], Iterable[np.ndarray]], hint: float | None =
     first = next(iter(pieces()), None)
     if first is None:
         return None
-    for spec in candidates(first, hint):
+    decimal = [(d, 0.0) for d in DECIMAL_DIVISORS]
+    for spec in decimal:  # candidates() in its order, the tick sizes sampled only when needed
+        if all(try_encode(piece, spec) is not None for piece in pieces()):
+            return spec
+    for spec in candidates(first, hint)[len(decimal):]:
         if all(try_encode(piece, spec) is not None for piece in pieces()):
             return spec
     return None
