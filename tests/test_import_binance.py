@@ -395,13 +395,15 @@ def test_a_book_state_saved_as_json_lists_still_continues(tmp_path):
 
 
 def test_days_spooled_to_disk_give_the_store_days_held_in_memory(tmp_path, monkeypatch):
-    """A day larger than the one-pass limit is spooled to disk chunk by chunk and written by
-    the region writer: the same store, array by array, as a day held in memory."""
+    """A day beyond the memory limit is spooled to disk chunk by chunk, and beyond the
+    one-pass limit written by the region writer: the same store, array by array and
+    attribute by attribute, as a day held in memory."""
     from gpu_risk.importers import _spool
 
     files = paths("coinm_btc")
     held = import_binance(files, 5, tmp_path / "memory.zarr", chunk_rows=4096)
-    monkeypatch.setattr(_spool, "WHOLE_DAY_BYTES", 200_000)  # a few chunks: spilled, then the region writer
+    monkeypatch.setattr(_spool, "HELD_DAY_BYTES", 200_000)  # a few chunks held, then spilled
+    monkeypatch.setattr(_spool, "WHOLE_DAY_BYTES", 400_000)  # and the region writer for the day
     spilled = import_binance(files, 5, tmp_path / "disk.zarr", chunk_rows=4096)
     assert held["snapshots"] == spilled["snapshots"] > 4096 * 2
     import xarray as xr

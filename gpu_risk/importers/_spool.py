@@ -30,7 +30,12 @@ from ..errors import InputError
 
 ORDER = ("bid_price", "bid_size", "ask_price", "ask_size")
 DAY_NS = 86_400 * 10**9
-WHOLE_DAY_BYTES = 64 << 20  # a day this small is written from memory in one pass
+# a day this small is written from memory in one pass (it is held twice meanwhile: its chunks
+# and the joined arrays); larger days go through the region writer, a chunk at a time
+WHOLE_DAY_BYTES = 16 << 20
+# chunks of a day are held in memory up to this (a few minutes of a capture), spooled to disk
+# beyond, so that an import's memory does not grow with its days
+HELD_DAY_BYTES = WHOLE_DAY_BYTES
 
 
 # Re-imports: the files a store was built from are recorded by content digest on its root,
@@ -96,27 +101,40 @@ class DaySpool:
         self.times: list[np.ndarray] = []
         self.files: list = []  # the day's chunks: dicts of arrays in memory, or spooled .npz paths
         self.memory_bytes = 0
-        self.buf = np.empty((4, self.chunk_rows, self.levels))
-        self.buf_extra = {name: np.empty(self.chunk_rows) for name in self.optional}
-        self.buf_time = np.empty(self.chunk_rows, dtype=np.int64)
+        # rows added since the last chunk, as pieces: no chunk-sized buffer is allocated (and
+        # faulted in) for days that hold a few thousand rows
+        self.pending: list[tuple[np.ndarray, np.ndarray, dict]] = []
         self.n = 0
 
     def _flush(self):
-        """The buffer's rows to the day's chunks: kept in memory while the day fits the
-        one-pass write (WHOLE_DAY_BYTES, which holds it whole anyway), spooled to disk
-        beyond, so memory stays bounded for any day."""
-        if self.n:
-            chunk = {"book": self.buf[:, : self.n].copy(), **{k: v[: self.n].copy() for k, v in self.buf_extra.items()}}
+        """Every pending row to the day's chunks (its last chunk)."""
+        self._chunk(self.n)
+
+    def _chunk(self, rows: int) -> None:
+        """The first ``rows`` pending rows become a chunk, the rest stay pending. Chunks are
+        kept in memory while the day's stay under HELD_DAY_BYTES and spooled to disk beyond,
+        so memory stays bounded for any day."""
+        if rows:
+            if len(self.pending) == 1:
+                times, book, extras = self.pending[0]
+            else:
+                times = np.concatenate([piece[0] for piece in self.pending])
+                book = np.concatenate([piece[1] for piece in self.pending], axis=1)
+                extras = {k: np.concatenate([piece[2][k] for piece in self.pending]) for k in self.optional}
+            self.pending = [(times[rows:], book[:, rows:], {k: v[rows:] for k, v in extras.items()})]
+            self.n -= rows
+            if self.n == 0:
+                self.pending = []
+            chunk = {"book": np.ascontiguousarray(book[:, :rows]), **{k: v[:rows].copy() for k, v in extras.items()}}
             self.memory_bytes += chunk["book"].nbytes
-            if self.memory_bytes > WHOLE_DAY_BYTES:
+            if self.memory_bytes > HELD_DAY_BYTES:
                 for i, held in enumerate(self.files):
                     if isinstance(held, dict):
                         self.files[i] = self._spill(held, i)
                 self.files.append(self._spill(chunk, len(self.files)))
             else:
                 self.files.append(chunk)
-            self.times.append(self.buf_time[: self.n].copy())
-            self.n = 0
+            self.times.append(times[:rows].copy())
 
     def _spill(self, chunk: dict, i: int) -> Path:
         path = self.dir / f"chunk{i}.npz"
@@ -153,16 +171,21 @@ class DaySpool:
 
         specs = {name: choose_spec(lambda i=i: pieces(i)) for i, name in enumerate(ORDER)}
         if time.size * self.levels * 32 <= WHOLE_DAY_BYTES:  # small: one write, no empty template first
-            blocks, extras = [], {name: [] for name in self.optional}
-            for held in self.files:
+            # joined chunk by chunk, each released once copied: the day is held about once
+            book = np.empty((4, time.size, self.levels))
+            extras = {name: np.empty(time.size) for name in self.optional}
+            row = 0
+            for i, held in enumerate(self.files):
                 with self._read(held) as data:
-                    blocks.append(data["book"])
+                    n = data["book"].shape[1]
+                    book[:, row:row + n] = data["book"]
                     for name in self.optional:
-                        extras[name].append(data[name])
+                        extras[name][row:row + n] = data[name]
                 self._drop(held)
-            store.write_book_day_whole(self.out, self.instrument, self.day, time, np.concatenate(blocks, axis=1),
-                                       self.chunk_rows, self.attrs, {k: np.concatenate(v) for k, v in extras.items()},
-                                       suffix, specs)
+                self.files[i] = None
+                row += n
+            store.write_book_day_whole(self.out, self.instrument, self.day, time, book, self.chunk_rows, self.attrs,
+                                       extras, suffix, specs)
             self._finish_day(time, rewrite)
             return
         writer = store.book_writer(self.out, self.instrument, self.day, time, self.levels,
@@ -248,16 +271,12 @@ class DaySpool:
                 self._start_day()
             self.day = day
             stop = start + int(np.searchsorted(days[start:], days[start], side="right"))
-            while start < stop:
-                take = min(stop - start, self.chunk_rows - self.n)
-                self.buf[:, self.n:self.n + take] = block[:, start:start + take]
-                for name in self.optional:
-                    self.buf_extra[name][self.n:self.n + take] = extras[name][start:start + take]
-                self.buf_time[self.n:self.n + take] = time_ns[start:start + take]
-                self.n += take
-                start += take
-                if self.n == self.chunk_rows:
-                    self._flush()
+            self.pending.append((time_ns[start:stop].copy(), block[:, start:stop].copy(),
+                                 {name: extras[name][start:stop].copy() for name in self.optional}))
+            self.n += stop - start
+            start = stop
+            while self.n >= self.chunk_rows:
+                self._chunk(self.chunk_rows)
 
     def close(self) -> tuple[int, list[str]]:
         """Write the last day; returns (new snapshots, days written)."""
