@@ -412,3 +412,34 @@ def test_days_spooled_to_disk_give_the_store_days_held_in_memory(tmp_path, monke
         a = store.open_day_dataset(tmp_path / "memory.zarr", f"{held['instrument']}/{day}").load()
         b = store.open_day_dataset(tmp_path / "disk.zarr", f"{held['instrument']}/{day}").load()
         xr.testing.assert_identical(a, b)
+
+
+def _store_files(root):
+    """Every file under a store: parsed metadata (write ids and seals left out) or bytes."""
+    import json as json_
+
+    out = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if path.name == "zarr.json":
+            data = json_.loads(data)
+            for key in ("gpu_risk_write_id", "gpu_risk_sealed_ns"):
+                data.get("attributes", {}).pop(key, None)
+        out[str(path.relative_to(root))] = data
+    return out
+
+
+@pytest.mark.parametrize("name", ["usdm_btc", "spot_btc"])
+def test_days_written_directly_equal_the_xarray_writer(tmp_path, monkeypatch, name):
+    """Whole days written with zarr's async API give the store xarray's writer gives: the
+    same files, metadata (parsed) and chunk bytes."""
+    from gpu_risk.stores import book
+
+    files = paths(name)
+    import_binance(files, 5, tmp_path / "direct.zarr")
+    monkeypatch.setattr(book, "DIRECT_WRITES", False)
+    import_binance(files, 5, tmp_path / "xarray.zarr")
+    direct, written = _store_files(tmp_path / "direct.zarr"), _store_files(tmp_path / "xarray.zarr")
+    assert sorted(direct) == sorted(written) and len(direct) > 10
+    for key in direct:
+        assert direct[key] == written[key], key

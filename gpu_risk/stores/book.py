@@ -57,6 +57,7 @@ from .days import (
     open_day_dataset,
     shared_day_attrs,
     write_day_dataset,
+    write_day_direct,
 )
 
 
@@ -128,6 +129,11 @@ def book_writer(path: PathLike, instrument: str, date: Any, time: np.ndarray, le
                         encode=encode, before_complete=record_book_qc)
 
 
+# whole days written with zarr's async API instead of xarray's writer (the same stores; the
+# tests compare the two)
+DIRECT_WRITES = True
+
+
 def write_book_day_whole(path: PathLike, instrument: str, date: Any, time: np.ndarray, block: np.ndarray,
                          chunk_rows: int = BOOK_CHUNK_ROWS, extra_attrs: dict | None = None,
                          extras: dict[str, np.ndarray] | None = None, suffix: str = "",
@@ -154,7 +160,9 @@ def write_book_day_whole(path: PathLike, instrument: str, date: Any, time: np.nd
         ds = encode_with(ds, ticks, where=f" of {instrument} {key}")
         for name, spec in ticks.items():
             ds[name].attrs.update(tick_attrs(spec))
-    write_day_dataset(ds, path, f"{instrument}/{key}{suffix}", {"time": chunk_rows})
+    group = f"{instrument}/{key}{suffix}"
+    if not (DIRECT_WRITES and write_day_direct(ds, path, group, {"time": chunk_rows})):
+        write_day_dataset(ds, path, group, {"time": chunk_rows})
 
 
 def record_book_qc(path: PathLike, group: str) -> dict:

@@ -436,6 +436,86 @@ def write_day_dataset(
     mark_complete(path, group)
 
 
+def _json_safe(value):
+    """Attribute values as JSON takes them (NumPy scalars and arrays as Python values)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _direct_arrays(ds: xr.Dataset, chunk_dims: Mapping[Any, int]) -> list[tuple] | None:
+    """What :func:`write_day_dataset` would write for each variable of ``ds``, for
+    :func:`write_day_direct`: (name, values, chunks, compressors, fill value, attributes,
+    dimension names); None where a variable is outside what the direct writer handles
+    (anything but in-memory integers and NaT-free datetimes)."""
+    ds = _prepare(ds)
+    enc = _encoding(ds, chunk_dims)
+    out = []
+    for name, var in ds.variables.items():
+        data = var.data
+        if not isinstance(data, np.ndarray) or not var.dims:
+            return None
+        e = enc.get(str(name), {})
+        attrs = dict(var.attrs)
+        if data.dtype.kind == "M":
+            if np.isnat(data).any():
+                return None
+            values = data.astype("datetime64[ns]").view(np.int64)
+            attrs.update(units=TIME_ENCODING["units"], calendar=TIME_ENCODING["calendar"])
+        elif data.dtype.kind == "i":
+            values = data
+        else:
+            return None
+        if "_FillValue" in e:
+            attrs["_FillValue"] = e["_FillValue"]
+        factor = cf_scale_factor(attrs)
+        if factor is not None and "scale_factor" not in attrs:
+            attrs["scale_factor"] = factor
+        out.append((str(name), np.ascontiguousarray(values), e.get("chunks", "auto"), e["compressors"],
+                    e.get("fill_value", 0), _json_safe(attrs), tuple(str(d) for d in var.dims)))
+    return out
+
+
+def write_day_direct(ds: xr.Dataset, path: PathLike, group: str, chunk_dims: Mapping[Any, int] | None = None
+                     ) -> bool:
+    """:func:`write_day_dataset` for a small day held in memory, written with zarr's async
+    API: the group, then every array concurrently, each created with its attributes in one
+    metadata write. The same arrays, chunks, codecs and attributes as xarray writes
+    (tested); False, and nothing written, where a variable is outside what it handles.
+    A day of a few thousand rows is written in about a third of xarray's time."""
+    import asyncio  # noqa: PLC0415
+
+    from zarr.api import asynchronous as zarr_async  # noqa: PLC0415
+    from zarr.core.sync import sync  # noqa: PLC0415
+
+    arrays = _direct_arrays(ds, chunk_dims or {})
+    if arrays is None:
+        return False
+    attrs = _json_safe({**ds.attrs, COMPLETE: False})
+
+    async def write() -> None:
+        node = await zarr_async.open_group(store=str(path), path=group, mode="w", zarr_format=3,
+                                           attributes=attrs)
+
+        async def one(name, values, chunks, compressors, fill, array_attrs, dims) -> None:
+            array = await node.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks,
+                                            compressors=compressors, fill_value=fill, attributes=array_attrs,
+                                            dimension_names=dims)
+            await array.setitem(..., values)
+
+        await asyncio.gather(*(one(*spec) for spec in arrays))
+
+    sync(write())
+    mark_complete(path, group)
+    return True
+
+
 class RegionWriter:
     """Write a large dataset one slab of ``dim`` at a time, never holding all of it.
 
