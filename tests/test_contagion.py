@@ -97,6 +97,24 @@ def reference_inputs(book, positions, market):
 SHOCKS = [-0.08, -0.03, -0.01, 0.01, 0.03, 0.08]
 
 
+def assert_matches_simulator(out, book, positions, market, depth=None, sums_rtol=1e-9, sums_atol=(1e-6, 1e-6)):
+    """Every cell of a one-time contagion result against the brute-force simulator: prices
+    to 1e-12, notional and shortfall to ``sums_rtol`` (absolute ``sums_atol``), counts,
+    rounds and exhaustion exactly."""
+    books, accounts, mkt = reference_inputs(book, positions, market)
+    for k, s0 in enumerate(SHOCKS):
+        final, notional, liquidated, rounds, exhausted, shortfall = contagion_reference(
+            books, accounts, mkt, s0, depth=None if depth is None else dict.fromkeys(books, depth))
+        cell = out.isel(time=0, initial_shock=k)
+        np.testing.assert_allclose(cell.final_price.values, final, rtol=1e-12)
+        np.testing.assert_allclose(cell.liquidated_notional.values, notional, rtol=sums_rtol, atol=sums_atol[0])
+        np.testing.assert_array_equal(cell.accounts_liquidated.values, liquidated)
+        np.testing.assert_array_equal(cell.rounds.values, rounds)
+        np.testing.assert_array_equal(cell.book_exhausted.values, exhausted)
+        np.testing.assert_allclose(float(out.shortfall.isel(time=0, initial_shock=k)), shortfall, rtol=sums_rtol,
+                                   atol=sums_atol[1])
+
+
 @settings(max_examples=8, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.sampled_from([0.3, 1.0, 5.0]))
 def test_contagion_matches_the_brute_force_simulator(seed, thin):
@@ -111,17 +129,7 @@ def test_contagion_matches_the_brute_force_simulator(seed, thin):
     positions = xr.concat([positions, positions.isel(account=twice).assign_coords(account=np.arange(100, 105))],
                           "account")
     out = contagion(book, positions, market, book["BTCUSDT"].time.values, SHOCKS)
-    books, accounts, mkt = reference_inputs(book, positions, market)
-    for k, s0 in enumerate(SHOCKS):
-        final, notional, liquidated, rounds, exhausted, shortfall = contagion_reference(books, accounts, mkt, s0)
-        cell = out.isel(time=0, initial_shock=k)
-        np.testing.assert_allclose(cell.final_price.values, final, rtol=1e-12)
-        np.testing.assert_allclose(cell.liquidated_notional.values, notional, rtol=1e-9, atol=1e-6)
-        np.testing.assert_array_equal(cell.accounts_liquidated.values, liquidated)
-        np.testing.assert_array_equal(cell.rounds.values, rounds)
-        np.testing.assert_array_equal(cell.book_exhausted.values, exhausted)
-        np.testing.assert_allclose(float(out.shortfall.isel(time=0, initial_shock=k)), shortfall, rtol=1e-9,
-                                   atol=1e-6)
+    assert_matches_simulator(out, book, positions, market)
 
 
 
@@ -146,18 +154,7 @@ def test_depth_models_match_the_simulator(seed, model):
     out = contagion(book, positions, market, book["BTCUSDT"].time.values, SHOCKS,
                     depth_extrapolation=model[1] if model[0] == "flat" else "power")
     assert out.attrs["depth_extrapolation"] == ("power" if model[0] == "power" else str(model[1]))
-    books, accounts, mkt = reference_inputs(book, positions, market)
-    for k, s0 in enumerate(SHOCKS):
-        final, notional, liquidated, rounds, exhausted, shortfall = contagion_reference(
-            books, accounts, mkt, s0, depth=dict.fromkeys(books, model))
-        cell = out.isel(time=0, initial_shock=k)
-        np.testing.assert_allclose(cell.final_price.values, final, rtol=1e-12)
-        np.testing.assert_allclose(cell.liquidated_notional.values, notional, rtol=1e-7, atol=1e-6)
-        np.testing.assert_array_equal(cell.accounts_liquidated.values, liquidated)
-        np.testing.assert_array_equal(cell.rounds.values, rounds)
-        np.testing.assert_array_equal(cell.book_exhausted.values, exhausted)
-        np.testing.assert_allclose(float(out.shortfall.isel(time=0, initial_shock=k)), shortfall, rtol=1e-7,
-                                   atol=1e-4)
+    assert_matches_simulator(out, book, positions, market, depth=model, sums_rtol=1e-7, sums_atol=(1e-6, 1e-4))
 
 
 def test_depth_models_move_prices_past_the_book_and_equal_the_cascade():
@@ -206,17 +203,9 @@ def test_accounts_that_follow_one_mark_match_the_simulator(seed, setting):
     positions = xr.concat([positions, positions.isel(account=slice(0, 10)).assign_coords(
         account=np.arange(1000, 1010))], "account")
     out = contagion(book, positions, market, book["BTCUSDT"].time.values, SHOCKS, depth_extrapolation=setting)
-    books, accounts, mkt = reference_inputs(book, positions, market)
-    depth = dict.fromkeys(books, ("flat", setting)) if setting else None
-    for k, s0 in enumerate(SHOCKS):
-        final, notional, liquidated, rounds, exhausted, shortfall = contagion_reference(books, accounts, mkt, s0,
-                                                                                        depth=depth)
-        cell = out.isel(time=0, initial_shock=k)
-        np.testing.assert_allclose(cell.final_price.values, final, rtol=1e-12)
-        np.testing.assert_array_equal(cell.accounts_liquidated.values, liquidated)
-        np.testing.assert_array_equal(cell.rounds.values, rounds)
-        np.testing.assert_allclose(float(out.shortfall.isel(time=0, initial_shock=k)), shortfall, rtol=1e-7,
-                                   atol=1e-4)
+    assert_matches_simulator(out, book, positions, market, depth=("flat", setting) if setting else None,
+                             sums_rtol=1e-7, sums_atol=(1e-6, 1e-4))
+
 
 def test_something_happens_in_the_random_cases():
     """The simulator comparison is not vacuous: accounts are liquidated, books run out and
