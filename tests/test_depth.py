@@ -75,3 +75,42 @@ def test_the_synthetic_market_exponent_is_the_fit_of_the_shared_capture(tmp_path
     fitted = {row["instrument"]: row for row in json.loads(result.output)["instruments"]}
     assert abs(fitted["BTCUSDT"]["depth_exponent"] - DEPTH_EXPONENTS["BTCUSDT"]) < 0.0005
     assert fitted["BTCUSDT"]["levels"] == 1000 and fitted["BTCUSDT"]["max_distance"] > 0.001
+
+
+def test_bad_depth_settings_are_one_line_errors(tmp_path):
+    """A depth exponent outside (0, 10], the power model without fitted exponents, an
+    unknown model name, and a fit on a book too shallow: each one line naming what."""
+    import copy
+
+    from conftest import MARKET_SPEC
+    from test_contagion import PERPS, SPEC, make_accounts, make_books
+    from typer.testing import CliRunner
+
+    from gpu_risk import cascade, contagion
+    from gpu_risk.cli import app
+    from gpu_risk.store import market_from_dict, write_book
+
+    spec = copy.deepcopy(MARKET_SPEC)
+    first = next(iter(spec["instruments"]))
+    spec["instruments"][first]["depth_exponent"] = -1.0
+    from gpu_risk.errors import SchemaError
+    from gpu_risk.validate import validate_market
+
+    with pytest.raises((InputError, SchemaError), match="depth_exponent") as found:
+        validate_market(market_from_dict(spec))
+    assert first in str(found.value)
+    rng = np.random.default_rng(0)
+    market = market_from_dict(SPEC)
+    book = make_books(rng)
+    positions = make_accounts(rng, market)
+    when = book["BTCUSDT"].time.values
+    for run in (cascade, contagion):
+        with pytest.raises(InputError, match="depth_exponent") as found:
+            run(book, positions, market, when, [-0.05], depth_extrapolation="power")
+        assert "\n" not in str(found.value) and any(name in str(found.value) for name in PERPS)
+        with pytest.raises(ValueError, match="depth_extrapolation must be"):
+            run(book, positions, market, when, [-0.05], depth_extrapolation="deep")
+    shallow = tmp_path / "shallow.zarr"
+    write_book(book["BTCUSDT"].to_dataset(), shallow, "BTCUSDT")
+    result = CliRunner().invoke(app, ["fit-depth", str(shallow)])
+    assert result.exit_code == 2 and "levels" in result.output and len(result.output.strip().splitlines()) == 1
