@@ -59,7 +59,7 @@ def task_kind(key) -> str:
     name = key_split(key)
     if "store" in name:
         return "write"
-    if name.startswith(("open_dataset", "original", "from-zarr")) or "decode_block" in name:
+    if name.startswith(("open_dataset", "original", "from-zarr", "read-ticks")) or "decode_block" in name:
         return "read"
     return "other"
 

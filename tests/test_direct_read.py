@@ -1,0 +1,72 @@
+"""The book's own chunk reader (``stores.days._direct_ticked``): the values zarr reads,
+empty levels for a missing chunk, and a one-line error naming a damaged one."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from gpu_risk import store
+from gpu_risk.errors import InputError
+from gpu_risk.stores import days
+
+VARS = ("bid_price", "bid_size", "ask_price", "ask_size")
+
+
+def read_all(book, group, direct, monkeypatch):
+    monkeypatch.setattr(days, "DIRECT_READS", direct)
+    ds = store.open_day_dataset(book, group)
+    is_direct = all(ds[v].data.name.startswith("read-ticks") if hasattr(ds[v].data, "dask") else False
+                    for v in VARS)
+    return {v: ds[v].values for v in VARS}, {v: dict(ds[v].attrs) for v in VARS}, is_direct
+
+
+def test_direct_reads_equal_zarr_on_every_array(tiny_dataset, monkeypatch):
+    book = tiny_dataset["book"]
+    for inst in store.book_instruments(book):
+        for day in store.complete_days(book, inst):
+            ours, our_attrs, used = read_all(book, f"{inst}/{day}", True, monkeypatch)
+            theirs, their_attrs, _ = read_all(book, f"{inst}/{day}", False, monkeypatch)
+            assert used  # the direct reader ran (several chunks a day, the last one partial)
+            for v in VARS:
+                np.testing.assert_array_equal(ours[v], theirs[v], err_msg=f"{inst} {day} {v}")
+                assert our_attrs[v] == their_attrs[v]
+            assert any(np.isnan(ours[v]).any() for v in VARS)  # empty levels read as NaN
+
+
+def test_a_missing_chunk_is_empty_levels_and_a_damaged_one_is_named(tiny_dataset, tmp_path, monkeypatch):
+    book = tmp_path / "book.zarr"
+    shutil.copytree(tiny_dataset["book"], book)
+    inst = store.book_instruments(book)[0]
+    day = store.complete_days(book, inst)[0]
+    group = f"{inst}/{day}"
+    (book / group / "bid_size" / "c" / "1" / "0").unlink()
+    flipped = book / group / "ask_price" / "c" / "0" / "0"
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    monkeypatch.setattr(days, "DIRECT_READS", True)
+    ds = store.open_day_dataset(book, group)
+    chunk_rows = ds["bid_size"].data.chunks[0][0]
+    sizes = ds["bid_size"].values
+    assert np.isnan(sizes[chunk_rows:2 * chunk_rows]).all() and not np.isnan(sizes[:chunk_rows]).all()
+    with pytest.raises(InputError, match="checksum") as found:
+        ds["ask_price"].load()
+    assert f"{group}/ask_price/c/0/0" in str(found.value) and "\n" not in str(found.value)
+
+
+def test_a_relative_store_path_still_reads_after_a_change_of_directory(tiny_dataset, tmp_path, monkeypatch):
+    book = tmp_path / "here" / "book.zarr"
+    shutil.copytree(tiny_dataset["book"], book)
+    inst = store.book_instruments(book)[0]
+    day = store.complete_days(book, inst)[0]
+    monkeypatch.setattr(days, "DIRECT_READS", True)
+    cwd = os.getcwd()
+    os.chdir(tmp_path / "here")
+    try:
+        ds = store.open_day_dataset("book.zarr", f"{inst}/{day}")
+    finally:
+        os.chdir(cwd)
+    expected = store.open_day_dataset(book, f"{inst}/{day}")
+    np.testing.assert_array_equal(ds["bid_price"].values, expected["bid_price"].values)
