@@ -356,6 +356,19 @@ def _shown(model, field: str) -> str:
     return "none" if value is None else str(value)
 
 
+def _depth_option(model, none_means: str):
+    """``--depth-extrapolation`` of a family whose settings are ``model``."""
+    return typer.Option(None, help="beyond the visible levels: a relative price distance per visible depth (flat), "
+                                   f"power (the market's fitted depth_exponent), or none ({none_means})",
+                        show_default=_shown(model, "depth_extrapolation"))
+
+
+def _with_depth(settings: dict, depth_extrapolation: str | None) -> None:
+    """The option into the family's settings: ``none`` is the setting None (kept, not the default)."""
+    if depth_extrapolation is not None:
+        settings["depth_extrapolation"] = None if depth_extrapolation.lower() == "none" else depth_extrapolation
+
+
 def _family(family: str, settings: dict, *, book, positions, market, out, start, end, report, backend,
             scheduler, memory_limit, on_bad_rows, as_json, keep_none=(), performance_report=None,
             redo=None, plugins=None, dashboard=False) -> None:
@@ -466,10 +479,7 @@ def cascade(
                                      show_default=_shown(CascadeConfig, "every")),
     initial_shocks: str | None = typer.Option(None, help="initial price moves: " + SHOCK_SYNTAX,
                                               show_default=_shown(CascadeConfig, "initial_shocks")),
-    depth_extrapolation: str | None = typer.Option(
-        None, help="beyond the visible levels: a relative price distance per visible depth (flat), power (the "
-                   "market's fitted depth_exponent), or none to stop there",
-        show_default=_shown(CascadeConfig, "depth_extrapolation")),
+    depth_extrapolation: str | None = _depth_option(CascadeConfig, "stop there"),
     report: Path | None = REPORT, backend: BackendChoice = BACKEND, scheduler: str = SCHEDULER,
     memory_limit: str | None = MEMORY, on_bad_rows: BadRows = BAD_ROWS, as_json: bool = JSON,
     dashboard: bool = DASHBOARD,
@@ -478,8 +488,7 @@ def cascade(
 ):
     """Liquidation cascades through the book per instrument x time x initial shock."""
     settings = {"every": every, "initial_shocks": _parsed(_floats, initial_shocks, "--initial-shocks")}
-    if depth_extrapolation is not None:
-        settings["depth_extrapolation"] = None if depth_extrapolation.lower() == "none" else depth_extrapolation
+    _with_depth(settings, depth_extrapolation)
     _family("cascade", settings, keep_none=("depth_extrapolation",), book=book, positions=positions, market=market,
             out=out, start=start,
             end=end, report=report, backend=backend, scheduler=scheduler, memory_limit=memory_limit,
@@ -495,10 +504,7 @@ def contagion(
                                      show_default=_shown(ContagionConfig, "every")),
     initial_shocks: str | None = typer.Option(None, help="common price moves (x beta): " + SHOCK_SYNTAX,
                                               show_default=_shown(ContagionConfig, "initial_shocks")),
-    depth_extrapolation: str | None = typer.Option(
-        None, help="beyond the visible levels: a relative price distance per visible depth (flat), power (the "
-                   "market's fitted depth_exponent), or none (the rest trades at the deepest level)",
-        show_default=_shown(ContagionConfig, "depth_extrapolation")),
+    depth_extrapolation: str | None = _depth_option(ContagionConfig, "the rest trades at the deepest level"),
     report: Path | None = REPORT, backend: BackendChoice = BACKEND, scheduler: str = SCHEDULER,
     memory_limit: str | None = MEMORY, on_bad_rows: BadRows = BAD_ROWS, as_json: bool = JSON,
     dashboard: bool = DASHBOARD,
@@ -507,8 +513,7 @@ def contagion(
 ):
     """Portfolio contagion: liquidations across every book at once, per instrument x time x shock."""
     settings = {"every": every, "initial_shocks": _parsed(_floats, initial_shocks, "--initial-shocks")}
-    if depth_extrapolation is not None:
-        settings["depth_extrapolation"] = None if depth_extrapolation.lower() == "none" else depth_extrapolation
+    _with_depth(settings, depth_extrapolation)
     _family("contagion", settings, keep_none=("depth_extrapolation",), book=book, positions=positions,
             market=market, out=out, start=start, end=end,
             report=report, backend=backend, scheduler=scheduler, memory_limit=memory_limit,

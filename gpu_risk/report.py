@@ -376,6 +376,12 @@ def _days_with(results: xr.DataTree, days: list[str], family: str) -> list[str]:
     return [d for d in days if family in results[d].children]
 
 
+def _over_days(results: xr.DataTree, days: list[str], family: str) -> xr.Dataset:
+    """``family``'s results of ``days`` joined along time, in memory."""
+    return xr.concat([results[d][family].to_dataset() for d in days], "time", data_vars="minimal",
+                     coords="minimal", compat="override").load()
+
+
 def leverage_section(results: xr.DataTree, days: list[str]) -> str:
     """Funding, open interest and basis over every day that holds them, per instrument."""
     with_leverage = _days_with(results, days, "leverage")
@@ -530,8 +536,7 @@ def contagion_section(results: xr.DataTree, days: list[str]) -> str:
     with_contagion = _days_with(results, days, "contagion")
     if not with_contagion:
         return ""
-    co = xr.concat([results[d]["contagion"].to_dataset() for d in with_contagion], "time",
-                   data_vars="minimal", coords="minimal", compat="override").load()
+    co = _over_days(results, with_contagion, "contagion")
     shocks = co.initial_shock.values
     names = [str(i) for i in co.instrument.values if bool(co.mid_price.sel(instrument=i).notnull().any())]
     parts = [f"<h2>Portfolio contagion, {with_contagion[0]} to {with_contagion[-1]}</h2>",
@@ -540,9 +545,8 @@ def contagion_section(results: xr.DataTree, days: list[str]) -> str:
              "account closes all its positions), until a round liquidates nobody (docs/methodology.md, "
              "\"Portfolio contagion\"). Beside each instrument's contagion amplification, its single-instrument "
              "cascade's, where the cascade family ran on the same days.</p>"]
-    cascade_days = [d for d in with_contagion if "cascade" in results[d].children]
-    cascade = (xr.concat([results[d]["cascade"].to_dataset() for d in cascade_days], "time", data_vars="minimal",
-                         coords="minimal", compat="override").load() if cascade_days else None)
+    cascade_days = _days_with(results, with_contagion, "cascade")
+    cascade = _over_days(results, cascade_days, "cascade") if cascade_days else None
     rows = []
     for s0 in shocks[np.argsort(np.abs(shocks))][:4]:
         for name in names:
@@ -584,8 +588,7 @@ def cascade_section(results: xr.DataTree, days: list[str]) -> str:
     cascade_days = _days_with(results, days, "cascade")
     if not cascade_days:
         return ""
-    ca = xr.concat([results[d]["cascade"].to_dataset() for d in cascade_days], "time",
-                   data_vars="minimal", coords="minimal", compat="override").load()
+    ca = _over_days(results, cascade_days, "cascade")
     shocks = ca.initial_shock.values
     extrapolation = ca.attrs.get("depth_extrapolation", "none")
     parts = [f"<h2>Liquidation cascades, {cascade_days[0]} to {cascade_days[-1]}</h2>",
