@@ -34,8 +34,18 @@ def reference_instruments(market: xr.Dataset, positions: xr.Dataset, booked: np.
     """For each asset, the booked perpetual on it with the most open interest (|q| x mark
     summed over accounts), whose book its price follows; -1 where none."""
     m = market_arrays(market)
-    quantity = np.abs(np.asarray(to_host(positions["position"].data), dtype=np.float64)).sum(axis=0)
-    interest = np.where(m.kind == 0, quantity * m.mark, quantity)  # inverse: q is USD already
+    return _references(m, _open_interest(m, np.asarray(to_host(positions["position"].data), dtype=np.float64)),
+                       booked)
+
+
+def _open_interest(m, position: np.ndarray) -> np.ndarray:
+    """Per instrument, |q| x mark summed over accounts (|q| for inverse contracts: USD)."""
+    quantity = np.abs(position).sum(axis=0)
+    return np.where(m.kind == 0, quantity * m.mark, quantity)
+
+
+def _references(m, interest: np.ndarray, booked: np.ndarray) -> np.ndarray:
+    """:func:`reference_instruments` from the market's arrays and the open interest."""
     out = np.full(m.price.size, -1, dtype=np.int64)
     for s in range(m.price.size):
         candidates = [i for i in range(m.kind.size) if booked[i] and m.underlying[i] == s and m.kind[i] != 2]
@@ -110,10 +120,11 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
     balance, position, entry, iso_margin = (np.ascontiguousarray(to_host(pos[v].data), np.float64)
                                             for v in ("balance", "position", "entry_price", "isolated_margin"))
     isolated = np.ascontiguousarray(np.asarray(pos["margin_mode"].values) == "isolated", np.bool_)
+    m = market_arrays(market)
+    interest = _open_interest(m, position)  # once: each time only changes which books there are
     if "qc_row_excluded" in pos:  # flagged accounts are left out: nothing to liquidate
         excluded = np.asarray(to_host(pos["qc_row_excluded"].data), bool)
         balance[excluded], position[excluded] = 0.0, 0.0
-    m = market_arrays(market)
     levels = max(ds.sizes["level"] for ds in books.values()) if books else 1
     n_inst, n_time = len(names), when.size
     out = np.full((n_inst, n_time, shocks.size, len(FIELDS)), np.nan)
@@ -151,7 +162,7 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
         for a in (arrays[1], arrays[3]):
             np.nan_to_num(a, copy=False, nan=0.0)
         mids[:, t] = mid
-        reference = reference_instruments(market, pos, booked)
+        reference = _references(m, interest, booked)
         args = (*arrays, mid, booked, reference, depth_step, depth_exponent, shocks, balance, position, entry,
                 iso_margin, isolated, m)
         block, shortfall[t] = run(args)
@@ -161,7 +172,7 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
                 without = booked.copy()
                 without[j] = False
                 args_j = list(args)
-                args_j[5], args_j[6] = without, reference_instruments(market, pos, without)
+                args_j[5], args_j[6] = without, _references(m, interest, without)
                 other = run(tuple(args_j))[0]
                 pulls[j, :, t] = np.where(without[:, None], (block[..., 0] - other[..., 0]) / (mid[:, None] * shocks),
                                           np.nan)
