@@ -12,9 +12,11 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from . import store
 from .backend import to_backend
 from .cascade import cascade
+from .cluster import resolve_scheduler
 from .depth import check_depth_extrapolation
 from .families import DayContext, Family, register_family
-from .imbalance import imbalance_grid
+from .imbalance import _imbalance_grid
+from .imbalance_stored import stored_sources
 from .liquidation import liquidation
 from .stress import stress_surface
 from .summary import book_summary, positions_summary
@@ -135,25 +137,33 @@ def day_summary(ctx: DayContext) -> dict[str, xr.Dataset]:
 
 def day_imbalance_grid(ctx: DayContext) -> xr.Dataset:
     """The day's grid, with the previous day's last snapshot as each instrument's OFI
-    predecessor, so that day-by-day grids equal the grid of the whole history."""
+    predecessor, so that day-by-day grids equal the grid of the whole history. On the
+    local schedulers (CPU) a day stored in the book's own chunk format is computed from
+    its chunk files on this process's threads, without a graph (the same grid)."""
     book, book_days, date = ctx.inputs["book"], ctx.inputs.get("book_days"), ctx.date
     book_store = ctx.config.stores.book
-    nodes = {}
+    c = ctx.settings
+    assert isinstance(c, ImbalanceConfig)
+    local = resolve_scheduler(ctx.config.scheduler, ctx.config.memory_limit, ctx.config.dashboard) in (
+        "sync", "threads")
+    nodes, stored = {}, {}
     for inst in ctx.inputs["instruments"]:
         ds = without_flagged_rows(book[inst].to_dataset())
         days = book_days[inst] if book_days is not None else store.instrument_days(book_store, inst)
         earlier = [d for d in days if d < date]
         prev = store.last_valid_snapshot(book_store, inst, earlier[-1]) if earlier else None
+        sources = stored_sources(ds) if local and ctx.backend == "cpu" else None
+        if sources is not None:
+            stored[inst] = sources, None if prev is None else [
+                prev[n].values for n in ("bid_price", "ask_price", "bid_size", "ask_size")]
         if prev is not None:
             prev = to_backend(prev, ctx.backend)
             ds = xr.concat([prev, ds], "time", data_vars="minimal", coords="minimal",
                            compat="override", join="override").assign_attrs(ds.attrs)
         nodes[f"/{inst}"] = ds
-    c = ctx.settings
-    assert isinstance(c, ImbalanceConfig)
-    return imbalance_grid(xr.DataTree.from_dict(nodes), bucket=c.bucket, levels=c.levels,
-                          bands_bps=c.bands_bps, start=date, validate=False, max_carry=c.max_carry,
-                          end=np.datetime64(date) + np.timedelta64(1, "D"))
+    return _imbalance_grid(xr.DataTree.from_dict(nodes), c.bucket, c.levels, c.bands_bps, None, date,
+                           np.datetime64(date) + np.timedelta64(1, "D"), False, c.max_carry,
+                           stored=stored if stored and len(stored) == len(nodes) else None)
 
 
 def day_liquidation(ctx: DayContext) -> xr.Dataset:

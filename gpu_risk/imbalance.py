@@ -73,17 +73,8 @@ def _run_block(parts, prev_row, runs, bands, n_out, levels, lead_in=False, split
     bucket = np.repeat(*runs) if isinstance(runs, tuple) else runs
     n_cols = n_columns(levels, bands.size)
 
-    def call(arrays, prev, bucket, n, out=None):
-        has_prev = prev is not None
-        if not has_prev:
-            prev = [xp.full(levels, np.nan) for _ in range(4)]
-        if out is None:
-            out = xp.empty((n, n_cols), dtype=np.float64)
-        if xp is np:
-            arrays = [np.ascontiguousarray(a, dtype=np.float64) for a in arrays]
-            prev = [np.ascontiguousarray(p, dtype=np.float64) for p in prev]
-            return _kernel(*arrays, *prev, has_prev, bucket, bands, out)
-        return _kernel(*arrays, *prev, has_prev, xp.asarray(bucket), xp.asarray(bands), out)
+    def call(arrays, prev, bucket, n, out):
+        _kernel_call(xp, arrays, prev, bucket, bands, levels, out)
 
     out = xp.empty((n_out, n_cols), dtype=np.float64) if dest is None else dest
     if split is None or split[0] == 0:
@@ -98,6 +89,19 @@ def _run_block(parts, prev_row, runs, bands, n_out, levels, lead_in=False, split
     if lead_in:  # the predecessor row from before `start` is not an update of this grid
         out[0, -1] -= 1
     return out
+
+
+def _kernel_call(xp, arrays, prev, bucket, bands, levels, out):
+    """The kernel over consecutive whole buckets: ``arrays`` (4 x (n, levels)), ``prev``
+    (the 4 rows before them, or None), ``bucket`` (n,) counted from ``out``'s first row."""
+    has_prev = prev is not None
+    if not has_prev:
+        prev = [xp.full(levels, np.nan) for _ in range(4)]
+    if xp is np:
+        arrays = [np.ascontiguousarray(a, dtype=np.float64) for a in arrays]
+        prev = [np.ascontiguousarray(p, dtype=np.float64) for p in prev]
+        return _kernel(*arrays, *prev, has_prev, bucket, bands, out)
+    return _kernel(*arrays, *prev, has_prev, xp.asarray(bucket), xp.asarray(bands), out)
 
 
 def _rows(block, start, stop):
@@ -337,6 +341,14 @@ def imbalance_grid(book: xr.DataTree | xr.Dataset, bucket="1s", levels: int | No
     ``microprice`` [quote currency], ``band_imbalance`` [1], ``n_updates`` [1]. Lazy
     (Dask) where the input is lazy.
     """
+    return _imbalance_grid(book, bucket, levels, bands_bps, instruments, start, end, validate, max_carry)
+
+
+def _imbalance_grid(book, bucket, levels, bands_bps, instruments, start, end, validate, max_carry,
+                    stored: dict | None = None) -> xr.Dataset:
+    """:func:`imbalance_grid`; ``stored`` (instrument -> (its four arrays' TickedChunks,
+    its lead-in row's four (1, L) arrays or None)) for every instrument: computed now from
+    the chunk files on this process's threads (``imbalance_stored``), not as a graph."""
     if isinstance(book, xr.Dataset):
         book = xr.DataTree.from_dict({f"/{book.attrs.get('instrument', 'book')}": book})
     names = sorted(instruments if instruments is not None else book.children)
@@ -381,8 +393,22 @@ def imbalance_grid(book: xr.DataTree | xr.Dataset, bucket="1s", levels: int | No
     # the axis starts at the bucket holding the first snapshot (all instruments together)
     origin_ns = midnight + ((min(firsts) - midnight) // bucket_ns) * bucket_ns
     n_buckets = int((max(lasts) - origin_ns) // bucket_ns) + 1
-    lazy = any(isinstance(ds["bid_price"].data, da.Array) for ds in datasets.values())
-    if lazy:  # an instrument in memory beside lazy ones joins them as one chunk
+    lazy = stored is None and any(isinstance(ds["bid_price"].data, da.Array) for ds in datasets.values())
+    if stored is not None:
+        from .imbalance_stored import chunk_pool, grid_from_chunks  # noqa: PLC0415  (they build on this module)
+
+        packed = np.empty((len(datasets), n_buckets, n_columns(levels, bands.size)))
+        pool = chunk_pool(_threads())
+        finishes = []
+        for i, (name, ds) in enumerate(datasets.items()):
+            sources, lead = stored[name]
+            lead = None if lead is None else [np.ascontiguousarray(a[:, :levels], dtype=np.float64) for a in lead]
+            t = _grid_rows(ds, origin_ns)[1]
+            finishes.append(grid_from_chunks(t, lead, sources, levels, origin_ns, bucket_ns, n_buckets,
+                                             bands, packed[i], pool))
+        for finish in finishes:
+            finish()
+    elif lazy:  # an instrument in memory beside lazy ones joins them as one chunk
         grids = [_instrument_grid(ds, origin_ns, bucket_ns, n_buckets, bands, levels)
                  for ds in datasets.values()]
         grids = [g if isinstance(g, da.Array) else in_memory_dask(g) for g in grids]

@@ -7,7 +7,8 @@ Three sources, combined per family and day by :func:`breakdown`:
 - the time of every Dask task, summed by what the task does (:func:`task_kind`): reading
   and decoding Zarr chunks, encoding and writing them, the family's kernel tasks, other
   work; on the local schedulers through a Dask callback, on a distributed cluster through
-  its task stream;
+  its task stream; work a family runs on its own threads, without Dask, counts itself
+  (:func:`timed_task`);
 - the kernels' own time (:func:`timed_kernel` wraps every kernel call), summed per
   process and fetched from the workers of a distributed cluster.
 
@@ -45,6 +46,28 @@ def timed_kernel(name: str, fn: Callable) -> Callable:
                 _kernel_seconds[name] += elapsed
 
     return run
+
+
+_task_seconds: dict[str, float] = defaultdict(float)
+
+
+@contextlib.contextmanager
+def timed_task(kind: str) -> Iterator[None]:
+    """Count the enclosed work as task time of ``kind`` (``read``, ``write``, ``other``):
+    for work a family runs on its own threads, outside Dask's schedulers."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - t0
+        with _lock:
+            _task_seconds[kind] += elapsed
+
+
+def task_seconds() -> dict[str, float]:
+    """This process's :func:`timed_task` time so far, per kind (seconds)."""
+    with _lock:
+        return dict(_task_seconds)
 
 
 def kernel_seconds() -> dict[str, float]:
@@ -139,6 +162,7 @@ class Stages:
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
         before = _all_kernel_seconds(self._client)
+        own_before = task_seconds()
         t0 = time.perf_counter()
         if self._client is not None:
             from distributed import get_task_stream  # noqa: PLC0415
@@ -155,6 +179,8 @@ class Stages:
             for kind, seconds in clock.seconds.items():
                 self.tasks[(name, kind)] += seconds
         self.wall[name] += time.perf_counter() - t0
+        for kind, seconds in task_seconds().items():
+            self.tasks[(name, kind)] += seconds - own_before.get(kind, 0.0)
         after = _all_kernel_seconds(self._client)
         for name_, seconds in after.items():
             self.kernels[name_] += seconds - before.get(name_, 0.0)

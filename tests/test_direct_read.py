@@ -1,4 +1,4 @@
-"""The book's own chunk reader (``stores.days._direct_ticked``): the values zarr reads,
+"""The book's own chunk reader (``stores.ticked``): the values zarr reads,
 empty levels for a missing chunk, and a one-line error naming a damaged one."""
 
 import os
@@ -9,13 +9,13 @@ import pytest
 
 from gpu_risk import store
 from gpu_risk.errors import InputError
-from gpu_risk.stores import days
+from gpu_risk.stores import ticked
 
 VARS = ("bid_price", "bid_size", "ask_price", "ask_size")
 
 
 def read_all(book, group, direct, monkeypatch):
-    monkeypatch.setattr(days, "DIRECT_READS", direct)
+    monkeypatch.setattr(ticked, "DIRECT_READS", direct)
     ds = store.open_day_dataset(book, group)
     is_direct = all(ds[v].data.name.startswith("read-ticks") if hasattr(ds[v].data, "dask") else False
                     for v in VARS)
@@ -46,7 +46,7 @@ def test_a_missing_chunk_is_empty_levels_and_a_damaged_one_is_named(tiny_dataset
     data = bytearray(flipped.read_bytes())
     data[len(data) // 2] ^= 0xFF
     flipped.write_bytes(bytes(data))
-    monkeypatch.setattr(days, "DIRECT_READS", True)
+    monkeypatch.setattr(ticked, "DIRECT_READS", True)
     ds = store.open_day_dataset(book, group)
     chunk_rows = ds["bid_size"].data.chunks[0][0]
     sizes = ds["bid_size"].values
@@ -61,7 +61,7 @@ def test_a_relative_store_path_still_reads_after_a_change_of_directory(tiny_data
     shutil.copytree(tiny_dataset["book"], book)
     inst = store.book_instruments(book)[0]
     day = store.complete_days(book, inst)[0]
-    monkeypatch.setattr(days, "DIRECT_READS", True)
+    monkeypatch.setattr(ticked, "DIRECT_READS", True)
     cwd = os.getcwd()
     os.chdir(tmp_path / "here")
     try:

@@ -41,11 +41,10 @@ from ..coding import (
     TICKS_ATTR,
     cf_scale_factor,
     decode_ticked,
-    spec_of,
 )
 from ..errors import InputError, SchemaError
-from ..kernels.ticks import from_ticks_cpu
 from ..schema import as_str, describe
+from . import ticked
 
 COMPLETE = "gpu_risk_complete"
 QC_ATTR = "gpu_risk_qc"  # a book day's validation summary (validate.book_qc_summary)
@@ -587,86 +586,18 @@ def naming_metadata(path: PathLike, group: str):
                           store=str(path)) from exc
 
 
-# book days' ticked arrays read by gpu_risk's own chunk reader (the tests compare it with zarr)
-DIRECT_READS = True
-
-# The codecs every ticked book array is written with (TICK_COMPRESSORS), which the direct
-# reader below decodes itself; an array with any other metadata is read through zarr.
-_DIRECT_CODECS = ["bytes", "blosc", "crc32c"]
-
-
-def _read_ticked_chunk(file: str, rows: int, chunk_rows: int, levels: int, divisor: float, multiplier: float,
-                       store_path: str, where: str) -> np.ndarray:
-    """One chunk of a ticked array as float64 rows: the file read, its CRC-32C checked,
-    Blosc-decompressed and decoded in one task (a missing chunk is empty levels, as zarr
-    reads it: the manifest check names missing chunks of a day changed since written)."""
-    import google_crc32c  # noqa: PLC0415
-    from numcodecs import blosc  # noqa: PLC0415
-
-    out = np.empty((rows, levels))
-    try:
-        data = Path(file).read_bytes()
-    except FileNotFoundError:
-        out[:] = np.nan
-        return out
-    body = data[:-4]
-    if len(data) < 4 or google_crc32c.value(body) != int.from_bytes(data[-4:], "little"):
-        raise InputError(f"chunk {where} fails its checksum (damaged in place?); `gpu-risk verify` lists every "
-                         "damaged chunk", store=store_path)
-    try:
-        ticks = np.frombuffer(blosc.decompress(body), dtype="<i4")
-    except Exception as exc:  # a corrupt Blosc frame whose checksum still matched
-        raise InputError(f"chunk {where} does not decode ({type(exc).__name__})", store=store_path) from exc
-    if ticks.size != chunk_rows * levels:
-        raise InputError(f"chunk {where} holds {ticks.size} values, not {chunk_rows * levels}", store=store_path)
-    from_ticks_cpu(ticks.reshape(chunk_rows, levels)[:rows], divisor, multiplier, out)
-    return out
-
-
-def _direct_ticked(path: PathLike, group: str, name: str, var: xr.Variable, write_id: Any):
-    """``var`` (a ticked book array) as a Dask array whose tasks read, check and decode its
-    chunk files directly (about 3x zarr-python's read, docs/performance.md); None where its
-    metadata is not the one this reader knows."""
-    import dask.base  # noqa: PLC0415
-
-    spec = spec_of(var.attrs)
-    # absolute now: the tasks may run after the caller has changed directory
-    folder = Path(os.path.abspath(str(path))) / group / name
-    try:
-        meta = json.loads((folder / "zarr.json").read_text())
-        layout_ok = ([c.get("name") for c in meta["codecs"]] == _DIRECT_CODECS
-                     and meta["codecs"][0].get("configuration", {}).get("endian") == "little"
-                     and meta["data_type"] == "int32" and meta["fill_value"] == TICK_FILL
-                     and meta["chunk_grid"]["name"] == "regular"
-                     and meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}})
-        rows, levels = meta["shape"]
-        chunk_rows, chunk_levels = meta["chunk_grid"]["configuration"]["chunk_shape"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if spec is None or not layout_ok or chunk_levels != levels or rows == 0 or var.dims != ("time", "level"):
-        return None
-    name_token = "read-ticks-" + dask.base.tokenize(str(folder), write_id, (folder / "zarr.json").stat().st_mtime_ns)
-    sizes = tuple(min(chunk_rows, rows - start) for start in range(0, rows, chunk_rows))
-    graph = {(name_token, i, 0): (_read_ticked_chunk, str(folder / "c" / str(i) / "0"), n, chunk_rows, levels,
-                                  spec[0], spec[1], str(path), f"{group}/{name}/c/{i}/0")
-             for i, n in enumerate(sizes)}
-    return da.Array(graph, name_token, (sizes, (levels,)), dtype=np.float64, meta=np.empty((0, 0)))
-
-
 def open_day_dataset(path: PathLike, group: str, chunks: Any = None) -> xr.Dataset:
     # book arrays stored as ticks are decoded by gpu_risk (exactly, one pass per chunk),
     # not by xarray's CF mask-and-scale
     with naming_metadata(path, group):
         ds = xr.open_zarr(str(path), group=group, chunks={} if chunks is None else chunks,
                           mask_and_scale=dict.fromkeys(TICKED_VARS, False), **_zarr_kwargs())
-    if DIRECT_READS and not chunks:  # the Zarr chunks as the Dask blocks: each read in one task
-        for ticked in TICKED_VARS:
-            if ticked in ds.data_vars:
-                direct = _direct_ticked(path, group, ticked, ds[ticked].variable, ds.attrs.get(WRITE_ID))
+    if ticked.DIRECT_READS and not chunks:  # the Zarr chunks as the Dask blocks: each read in one task
+        for name in TICKED_VARS:
+            if name in ds.data_vars:
+                direct = ticked.direct_variable(path, group, name, ds[name].variable, ds.attrs.get(WRITE_ID))
                 if direct is not None:
-                    attrs = {k: v for k, v in ds[ticked].attrs.items()
-                             if k not in ("scale_factor", "_FillValue", TICKS_ATTR)}
-                    ds[ticked] = xr.Variable(ds[ticked].dims, direct, attrs)
+                    ds[name] = direct
     ds = decode_ticked(ds)
     # Variable-length strings come back as numpy StringDType; plain `str` labels index best.
     for name in list(ds.coords):
