@@ -135,6 +135,9 @@ def day_summary(ctx: DayContext) -> dict[str, xr.Dataset]:
             "positions_summary": positions_summary(ctx.inputs["positions"], ctx.inputs["market"])}
 
 
+STORED_GRID_BYTES = 1 << 30  # the largest day grid (all instruments) computed in memory
+
+
 def day_imbalance_grid(ctx: DayContext) -> xr.Dataset:
     """The day's grid, with the previous day's last snapshot as each instrument's OFI
     predecessor, so that day-by-day grids equal the grid of the whole history. On the
@@ -161,9 +164,14 @@ def day_imbalance_grid(ctx: DayContext) -> xr.Dataset:
             ds = xr.concat([prev, ds], "time", data_vars="minimal", coords="minimal",
                            compat="override", join="override").assign_attrs(ds.attrs)
         nodes[f"/{inst}"] = ds
+    # the stored path holds the day's grid in memory: a grid larger than that is left to the
+    # graph, which writes it chunk by chunk
+    grid_bytes = len(nodes) * 8 * (86_400 * 10**9 // pd.Timedelta(c.bucket).value + 1) * (
+        2 * max(ds.sizes["level"] for ds in nodes.values()) + len(c.bands_bps) + 4)
+    whole = stored and len(stored) == len(nodes) and grid_bytes <= STORED_GRID_BYTES
     return _imbalance_grid(xr.DataTree.from_dict(nodes), c.bucket, c.levels, c.bands_bps, None, date,
                            np.datetime64(date) + np.timedelta64(1, "D"), False, c.max_carry,
-                           stored=stored if stored and len(stored) == len(nodes) else None)
+                           stored=stored if whole else None)
 
 
 def day_liquidation(ctx: DayContext) -> xr.Dataset:

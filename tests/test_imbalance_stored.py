@@ -1,0 +1,95 @@
+"""The imbalance family straight from a book day's chunk files (``gpu_risk.imbalance_stored``,
+the local schedulers' path): the grid the Dask graph computes, to the bit, for any chunking,
+bucket and number of levels; the loop reference over the whole history; damaged chunks
+named in one line."""
+
+import shutil
+from unittest import mock
+
+import numpy as np
+import pytest
+import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from imbalance_reference import reference_grid
+from test_imbalance import VARS, awkward_book
+
+from gpu_risk import builtin_families, imbalance_stored, store
+from gpu_risk.errors import InputError
+from gpu_risk.stores import ticked
+from gpu_risk.workflow import WorkflowConfig, run_workflow
+
+
+def books(seed: int, n: int) -> dict[str, xr.Dataset]:
+    """Two instruments whose snapshots run across midnight (a lead-in row on day 2)."""
+    return {"A": awkward_book(seed, n=n, start="2026-01-05T23:59:20", span_s=70.0),
+            "B": awkward_book(seed + 1, n=n // 2 + 2, levels=3, start="2026-01-05T23:59:50", span_s=30.0)}
+
+
+def run(book_path, out, bucket, levels=None, direct=True, scheduler="threads"):
+    """The family's day grids, with the stored path (``direct``) or the graph; and how
+    many instrument-days the stored path computed."""
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = WorkflowConfig(name="t", stores={"book": str(book_path)}, families=["imbalance"],
+                         imbalance={"bucket": bucket, "levels": levels}, output=str(out), scheduler=scheduler)
+    spy = mock.patch.object(imbalance_stored, "grid_from_chunks", wraps=imbalance_stored.grid_from_chunks)
+    with mock.patch.object(ticked, "DIRECT_READS", direct), spy as counted:
+        run_workflow(cfg)
+    results = store.open_results(out)
+    return {d: results[d]["imbalance"].to_dataset().load() for d in sorted(results.children)}, counted.call_count
+
+
+@given(seed=st.integers(0, 10_000), n=st.integers(60, 160), chunk_rows=st.integers(1, 50),
+       bucket=st.sampled_from(["1s", "7s", "1min", "1h"]), levels=st.sampled_from([None, 2]))
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_stored_path_equals_the_graph_for_any_chunking(tmp_path, seed, n, chunk_rows, bucket, levels):
+    book = tmp_path / f"book-{seed}-{chunk_rows}.zarr"
+    shutil.rmtree(book, ignore_errors=True)
+    for name, ds in books(seed, n).items():
+        store.write_book(ds, book, name, chunk_rows=chunk_rows)
+    stored, used = run(book, tmp_path / "stored.zarr", bucket, levels)
+    graph, not_used = run(book, tmp_path / "graph.zarr", bucket, levels, direct=False)
+    assert used == 4 and not_used == 0  # 2 instruments x 2 days, each from its chunk files
+    assert list(stored) == list(graph) == ["2026-01-05", "2026-01-06"]
+    for day in stored:
+        xr.testing.assert_identical(stored[day], graph[day])
+
+
+@pytest.mark.parametrize("bucket", ["1s", "5s"])  # buckets that divide a day: each day starts at midnight
+def test_day_grids_from_chunk_files_equal_the_loop_reference(tmp_path, bucket):
+    data = books(5, 150)
+    for name, ds in data.items():
+        store.write_book(ds, tmp_path / "book.zarr", name, chunk_rows=7)
+    days, used = run(tmp_path / "book.zarr", tmp_path / "out.zarr", bucket, levels=3)
+    assert used == 4
+    whole = xr.concat([days[d] for d in sorted(days)], "time")
+    ref, labels, names = reference_grid(data, bucket, levels=3)
+    grid = whole.sel(time=labels)  # the days run on to midnight; the reference to the last snapshot
+    assert list(grid.instrument.values) == names
+    for name in VARS:
+        np.testing.assert_array_equal(grid[name].values, ref[name], err_msg=name)
+
+
+def test_a_damaged_chunk_is_named_in_one_line(tmp_path):
+    book = tmp_path / "book.zarr"
+    for name, ds in books(9, 120).items():
+        store.write_book(ds, book, name, chunk_rows=16)
+    chunk = book / "A" / "2026-01-06" / "bid_size" / "c" / "1" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(InputError) as found:
+        run(book, tmp_path / "out.zarr", "1s")
+    message = str(found.value)
+    assert "A/2026-01-06/bid_size/c/1/0" in message and "\n" not in message
+
+
+def test_a_day_grid_too_large_for_memory_is_left_to_the_graph(tmp_path):
+    for name, ds in books(3, 60).items():
+        store.write_book(ds, tmp_path / "book.zarr", name, chunk_rows=9)
+    expected, used = run(tmp_path / "book.zarr", tmp_path / "a.zarr", "1s")
+    with mock.patch.object(builtin_families, "STORED_GRID_BYTES", 1 << 20):  # 1 MB: below a 1 s day grid
+        kept, not_used = run(tmp_path / "book.zarr", tmp_path / "b.zarr", "1s")
+    assert used == 4 and not_used == 0
+    for day in expected:
+        xr.testing.assert_identical(kept[day], expected[day])
