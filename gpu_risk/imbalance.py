@@ -22,7 +22,13 @@ import pandas as pd
 import xarray as xr
 
 from .backend import dispatch, in_memory_dask, is_cupy
-from .kernels.imbalance import bucket_of_cpu, imbalance_block_cpu, imbalance_block_gpu, n_columns
+from .kernels.imbalance import (
+    bucket_of_cpu,
+    imbalance_block_cpu,
+    imbalance_block_gpu,
+    n_columns,
+    stale_buckets_cpu,
+)
 from .validate import ensure_book, without_flagged_rows
 
 _kernel = dispatch(imbalance_block_cpu, imbalance_block_gpu)
@@ -279,16 +285,7 @@ def _stale_buckets(t: np.ndarray, origin_ns: int, bucket_ns: int, n_buckets: int
     them (SPEC section 1: a gap in the data is never shown as a current book). ``t``: the
     instrument's snapshot times used by the grid (a lead-in snapshot before the origin
     included: it is carried, not counted)."""
-    last = np.full(n_buckets, np.iinfo(np.int64).min)
-    counted = np.zeros(n_buckets, dtype=bool)
-    if t.size:
-        b = np.clip((t - origin_ns) // bucket_ns, 0, n_buckets - 1)
-        ends = np.r_[np.flatnonzero(np.diff(b)), b.size - 1]  # the last row of each bucket (t sorted)
-        last[b[ends]] = t[ends]
-        counted[b[t >= origin_ns]] = True
-    carried = np.maximum.accumulate(last)
-    labels = origin_ns + (np.arange(n_buckets, dtype=np.int64) + 1) * bucket_ns
-    return ~counted & (carried > np.iinfo(np.int64).min) & (labels - carried > max_carry_ns)
+    return stale_buckets_cpu(t, origin_ns, bucket_ns, max_carry_ns, np.empty(n_buckets, dtype=np.bool_))
 
 
 def _without(data, stale: np.ndarray, name: str):

@@ -32,12 +32,13 @@ def stored_sources(ds) -> list[TickedChunks] | None:
     """The chunk files of a book day's four arrays, where ``ds`` (one day, as opened from
     the store, no row left out) holds them all in the book's own chunk format; else None."""
     found = [ds[name].variable.encoding.get(CHUNKS_ENCODING) if name in ds else None for name in BOOK_ARRAYS]
-    if any(not isinstance(f, TickedChunks) for f in found) or any(str(n).startswith("qc_") for n in ds.variables):
+    sources = [f for f in found if isinstance(f, TickedChunks)]
+    if len(sources) != 4 or any(str(n).startswith("qc_") for n in ds.variables):
         return None
-    first = found[0]
+    first = sources[0]
     same = all(f.rows == first.rows and f.chunk_rows == first.chunk_rows and f.levels == first.levels
-               for f in found)
-    return found if same and first.rows == ds.sizes["time"] else None
+               for f in sources)
+    return sources if same and first.rows == ds.sizes["time"] else None
 
 
 class _Buffers(threading.local):

@@ -10,7 +10,7 @@ is no row to leave out.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import dask
 import dask.array as da
@@ -266,8 +266,23 @@ def book_qc_summary(ds: xr.Dataset) -> dict:
     mask = book_rule_mask(ds) != 0
     mask |= time_order_flags(ds["time"].values)
     good = np.flatnonzero(~mask)
-    return {"rules": QC_RULES_VERSION, "rows": int(mask.size), "bad_rows": int(mask.sum()),
-            "last_valid_row": int(good[-1]) if good.size else -1}
+    summary: dict[str, Any] = {"rules": QC_RULES_VERSION, "rows": int(mask.size), "bad_rows": int(mask.sum()),
+               "last_valid_row": int(good[-1]) if good.size else -1}
+    if good.size:
+        summary["last_valid"] = last_valid_record(ds, int(good[-1]))
+    return summary
+
+
+def last_valid_record(ds: xr.Dataset, row: int) -> dict:
+    """Row ``row`` of a book day as its summary records it (``last_valid``): the next day's
+    OFI predecessor is then read from the day's metadata, not from its chunks. Its time
+    in ns, each book array's levels (JSON numbers, which give the same doubles back;
+    null for NaN) and the level coordinate."""
+    time = np.asarray(ds["time"].values[row]).astype("datetime64[ns]").view(np.int64)
+    return {"row": row, "time": int(time),
+            **{name: [None if v != v else float(v) for v in np.asarray(ds[name].values[row], dtype=np.float64)]
+               for name in BOOK_VARS},
+            "level": [int(v) for v in ds["level"].values], "level_dtype": ds["level"].dtype.name}
 
 
 def is_current_summary(summary, rows: int) -> bool:

@@ -59,6 +59,30 @@ def bucket_of_cpu(time_ns, origin_ns, bucket_ns, out):
     return out
 
 
+@cpu_kernel
+def stale_buckets_cpu(time_ns, origin_ns, bucket_ns, max_carry_ns, out):
+    """``out[r]`` (bool, one per bucket): bucket r holds no snapshot at or after the origin
+    and ends more than ``max_carry_ns`` after the last snapshot before its end (SPEC
+    section 1: a gap is never shown as a current book). ``time_ns``: sorted snapshot times
+    (a lead-in snapshot before the origin counts as carried, in bucket 0, not as held);
+    times past the last bucket count in it. One pass over times and buckets."""
+    n_buckets = out.size
+    n = time_ns.size
+    j = 0
+    carried = np.iinfo(np.int64).min
+    for r in range(n_buckets):
+        held = False
+        end = origin_ns + (r + 1) * bucket_ns
+        while j < n and (time_ns[j] < end or r == n_buckets - 1):
+            if time_ns[j] > carried:
+                carried = time_ns[j]
+            if time_ns[j] >= origin_ns:
+                held = True
+            j += 1
+        out[r] = (not held) and carried != np.iinfo(np.int64).min and end - carried > max_carry_ns
+    return out
+
+
 @cpu_inline
 def _state_row(bid_price, ask_price, bid_size, ask_size, n, band_factors, band_order, cum_bid, cum_ask, out,
                row):

@@ -93,3 +93,28 @@ def test_a_day_grid_too_large_for_memory_is_left_to_the_graph(tmp_path):
     assert used == 4 and not_used == 0
     for day in expected:
         xr.testing.assert_identical(kept[day], expected[day])
+
+
+def stale_reference(t, origin, bucket, n_buckets, max_carry):
+    """The stale-bucket rule in NumPy, step by step: the last snapshot of each bucket, the
+    buckets holding a snapshot at or after the origin, the running last snapshot."""
+    last = np.full(n_buckets, np.iinfo(np.int64).min)
+    held = np.zeros(n_buckets, dtype=bool)
+    for time in t:
+        b = min(max((time - origin) // bucket, 0), n_buckets - 1)
+        last[b] = max(last[b], time)
+        held[b] |= time >= origin
+    carried = np.maximum.accumulate(last)
+    ends = origin + (np.arange(n_buckets, dtype=np.int64) + 1) * bucket
+    return ~held & (carried > np.iinfo(np.int64).min) & (ends - carried > max_carry)
+
+
+@given(data=st.data(), origin=st.integers(-50, 50), bucket=st.integers(1, 20), n_buckets=st.integers(1, 30),
+       max_carry=st.integers(0, 60))
+def test_stale_buckets_match_the_numpy_rule(data, origin, bucket, n_buckets, max_carry):
+    from kernels.imbalance import stale_buckets_cpu
+
+    t = np.sort(np.array(data.draw(st.lists(st.integers(origin - 30, origin + n_buckets * bucket + 5),
+                                            max_size=40)), dtype=np.int64))
+    found = stale_buckets_cpu(t, origin, bucket, max_carry, np.empty(n_buckets, dtype=np.bool_))
+    np.testing.assert_array_equal(found, stale_reference(t, origin, bucket, n_buckets, max_carry))

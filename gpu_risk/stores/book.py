@@ -5,6 +5,7 @@ over all days with a day index. Readers and writers here handle both.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from ..validate import (
     book_qc_summary,
     is_clean_summary,
     is_current_summary,
+    last_valid_record,
     no_flags,
     stamp_validated,
     validate_book_dataset,
@@ -89,7 +91,7 @@ def write_book(ds: xr.Dataset, path: PathLike, instrument: str,
         part.attrs.update(instrument=instrument, date=key)
         rows = part.sizes["time"]  # validated above: every row is clean
         part.attrs[QC_ATTR] = {"rules": QC_RULES_VERSION, "rows": rows, "bad_rows": 0,
-                               "last_valid_row": rows - 1}
+                               "last_valid_row": rows - 1, "last_valid": last_valid_record(part, rows - 1)}
         part = encode_ticked(part.load())[0]  # exact int32 ticks where the values allow
         write_day_dataset(part, path, f"{instrument}/{key}", {"time": chunk_rows})
         written.append(key)
@@ -255,8 +257,7 @@ def last_valid_snapshot(path: PathLike, instrument: str, day: str) -> xr.Dataset
     group = f"{instrument}/{day}"
     node = zarr.open_group(str(path), path=group, mode="r", zarr_format=3)
     summary = node.attrs.get(QC_ATTR)
-    arrays = dict(node.arrays())
-    rows = arrays["time"].shape[0]
+    rows = _time_rows(path, group, node)
     sealed = is_sealed(path, group, dict(node.attrs))
     if not sealed:
         check_manifest(path, group, dict(node.attrs))
@@ -267,6 +268,10 @@ def last_valid_snapshot(path: PathLike, instrument: str, day: str) -> xr.Dataset
     row = int(summary["last_valid_row"])
     if row < 0:
         return None
+    recorded = _from_record(summary.get("last_valid"), row)
+    if recorded is not None:
+        return recorded
+    arrays = dict(node.arrays())
     # one row read straight from Zarr (opening the day with xarray would load its time axis)
     one = xr.Dataset({"time": ("time", arrays["time"][row:row + 1])})
     time = xr.decode_cf(one.assign_coords(time=one["time"].assign_attrs(dict(arrays["time"].attrs))))["time"].values
@@ -276,6 +281,32 @@ def last_valid_snapshot(path: PathLike, instrument: str, day: str) -> xr.Dataset
         variables[name] = (("time", "level"), decode_ticked(xr.Dataset(
             {name: (("time", "level"), raw, dict(arrays[name].attrs))}))[name].values)
     return xr.Dataset(variables, coords={"time": time, "level": arrays["level"][:]})
+
+
+def _time_rows(path: PathLike, group: str, node: zarr.Group) -> int:
+    """The rows of a book day (its time array's length), from its metadata file where the
+    store is a local directory (opening the array through zarr costs a millisecond or two)."""
+    try:
+        return int(json.loads((Path(str(path)) / group / "time" / "zarr.json").read_text())["shape"][0])
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        array = node["time"]
+        assert isinstance(array, zarr.Array)
+        return int(array.shape[0])
+
+
+def _from_record(record: Any, row: int) -> xr.Dataset | None:
+    """The one-row snapshot a day's summary records (``validate.last_valid_record``), or
+    None where it records none for ``row`` (stores written before it did)."""
+    if not isinstance(record, dict) or record.get("row") != row:
+        return None
+    try:
+        levels = np.array(record["level"], dtype=record["level_dtype"])
+        variables = {name: (("time", "level"), np.array([[np.nan if v is None else v for v in record[name]]],
+                                                       dtype=np.float64)) for name in BOOK_VARS}
+        time = np.array([record["time"]], dtype=np.int64).view("datetime64[ns]")
+        return xr.Dataset(variables, coords={"time": time, "level": levels})
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def open_book(path: PathLike, instruments: Iterable[str] | None = None, start: Any = None,

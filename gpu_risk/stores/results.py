@@ -27,6 +27,7 @@ from .days import (
     mark_complete,
     open_day_dataset,
     write_day_dataset,
+    write_day_in_memory,
 )
 
 
@@ -58,7 +59,9 @@ def write_results_day(path: PathLike, date: Any, families: dict[str, xr.Dataset]
     day = zarr.open_group(str(path), path=key, mode="a" if keep else "w", zarr_format=3)
     day.attrs.update({COMPLETE: False, "date": key})
     for family, ds in families.items():
-        write_day_dataset(ds, path, f"{key}/{family}", (chunks or {}).get(family))
+        # computed already (the local schedulers' imbalance): chunks encoded here, on threads
+        if not write_day_in_memory(ds, path, f"{key}/{family}", (chunks or {}).get(family)):
+            write_day_dataset(ds, path, f"{key}/{family}", (chunks or {}).get(family))
     if fingerprints is not None:
         day.attrs[FINGERPRINTS] = {**previous, **fingerprints}
     mark_complete(path, key)

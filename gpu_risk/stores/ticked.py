@@ -157,3 +157,4 @@ def direct_variable(path: Any, group: str, name: str, var: xr.Variable, write_id
     out = xr.Variable(var.dims, data, attrs)
     out.encoding[CHUNKS_ENCODING] = source
     return out
+
