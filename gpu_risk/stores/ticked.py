@@ -158,3 +158,59 @@ def direct_variable(path: Any, group: str, name: str, var: xr.Variable, write_id
     out.encoding[CHUNKS_ENCODING] = source
     return out
 
+
+
+_NS_UNITS = "nanoseconds since 1970-01-01"
+
+
+def read_time(path: Any, group: str) -> tuple[np.ndarray, dict] | None:
+    """A day's ``time`` array (int64 ns since the epoch, CF-encoded as gpu_risk writes it)
+    read from its chunk files: (datetime64[ns] values, the attributes xarray leaves on it);
+    None where its metadata is anything else (xarray reads it then). xarray's own read of
+    the time index costs about 20 ms a day, this one about 3."""
+    folder = Path(os.path.abspath(str(path))) / group / "time"
+    try:
+        meta = json.loads((folder / "zarr.json").read_text())
+        attrs = dict(meta.get("attributes", {}))
+        (rows,), (chunk_rows,) = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
+        names = [c.get("name") for c in meta["codecs"]]
+        ok = (names in (["bytes", "blosc", "crc32c"], ["bytes", "crc32c"]) and meta["data_type"] == "int64"
+              and meta["codecs"][0].get("configuration", {}).get("endian") == "little"
+              and meta["chunk_grid"]["name"] == "regular" and meta.get("dimension_names") == ["time"]
+              and meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}}
+              and attrs.pop("units", None) == _NS_UNITS and attrs.pop("calendar", None) == "proleptic_gregorian"
+              and not {"_FillValue", "scale_factor", "add_offset", "dtype", "missing_value"} & set(attrs)
+              and isinstance(meta["fill_value"], int))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not ok:
+        return None
+    out = np.empty(rows, dtype=np.int64)
+    for i, start in enumerate(range(0, rows, chunk_rows)):
+        n = min(chunk_rows, rows - start)
+        where = f"{group}/time/c/{i}"
+        if names[1] == "blosc":
+            flat = read_chunk_file(str(folder / "c" / str(i)), where, str(path))
+        else:
+            flat = _read_plain(str(folder / "c" / str(i)), where, str(path))
+        if flat is None:  # a missing chunk reads as the fill value, as through zarr
+            out[start:start + n] = meta["fill_value"]
+            continue
+        if flat.size != chunk_rows * 8:
+            raise InputError(f"chunk {where} holds {flat.size // 8} values, not {chunk_rows}", store=str(path))
+        out[start:start + n] = flat.view("<i8")[:n]
+    return out.view("datetime64[ns]"), attrs
+
+
+def _read_plain(file: str, where: str, store: str) -> np.ndarray | None:
+    """An uncompressed chunk file's bytes (without its CRC-32C, which is checked)."""
+    import google_crc32c  # noqa: PLC0415
+
+    try:
+        data = Path(file).read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(data) < 4 or google_crc32c.value(data) != _CRC32C_RESIDUE:
+        raise InputError(f"chunk {where} fails its checksum (damaged in place?); `gpu-risk verify` lists every "
+                         "damaged chunk", store=store)
+    return np.frombuffer(data, dtype=np.uint8)[:-4]
