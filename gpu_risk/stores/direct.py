@@ -71,7 +71,8 @@ def _codecs(dtype: np.dtype, compressors) -> list[dict] | None:
 
 
 def _encoder(codecs: list[dict]):
-    """values (a whole chunk) -> the chunk file's bytes, by the same library calls zarr makes."""
+    """values (a whole chunk) -> the chunk file's bytes (in pieces), by the same library
+    calls zarr makes."""
     import google_crc32c  # noqa: PLC0415
     from numcodecs import blosc  # noqa: PLC0415
 
@@ -81,21 +82,23 @@ def _encoder(codecs: list[dict]):
 
         zstd = Zstd(level=0, checksum=False)
 
-        def encode_strings(values: np.ndarray) -> bytes:
-            return bytes(zstd.encode(VLenUTF8().encode(values.astype(object).ravel())))
+        def encode_strings(values: np.ndarray) -> list[bytes]:
+            return [bytes(zstd.encode(VLenUTF8().encode(values.astype(object).ravel())))]
 
         return encode_strings
     blosc_config = next((c["configuration"] for c in codecs if c["name"] == "blosc"), None)
     checksum = codecs[-1]["name"] == "crc32c"
 
-    def encode(values: np.ndarray) -> bytes:
+    def encode(values: np.ndarray) -> list[bytes]:
+        """The file's pieces (its body, then its checksum): written one after the other
+        rather than joined, which would copy the body once more."""
         data = np.ascontiguousarray(values.astype(values.dtype.newbyteorder("<"), copy=False))
         if blosc_config is not None:
             body = blosc.compress(data, blosc_config["cname"].encode(), int(blosc_config["clevel"]),
                                   _BLOSC_SHUFFLE[blosc_config["shuffle"]], int(blosc_config["blocksize"]))
         else:
             body = data.tobytes()
-        return body + google_crc32c.value(body).to_bytes(4, "little") if checksum else body
+        return [body, google_crc32c.value(body).to_bytes(4, "little")] if checksum else [body]
 
     return encode
 
@@ -193,7 +196,8 @@ def write_planned(folder: Path, group_attrs: dict, planned: list[tuple]) -> None
             part = whole
         file = where.joinpath("c", *map(str, index))
         file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_bytes(encode(part))
+        with open(file, "wb") as out:
+            out.writelines(encode(part))
 
     with ThreadPoolExecutor(WRITE_THREADS) as pool:
         list(pool.map(write, jobs))
