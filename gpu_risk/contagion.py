@@ -9,7 +9,6 @@ another; otherwise the numba kernel runs the times side by side on the host's co
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +17,7 @@ import xarray as xr
 
 from .backend import is_cupy, to_host
 from .cascade import _check_shocks, cascade_times
+from .cluster import _local_workers
 from .depth import POWER, depth_parameters, describe
 from .errors import InputError
 from .kernels import contagion as kernels
@@ -25,7 +25,11 @@ from .kernels.contagion import FIELDS
 from .liquidation import market_arrays
 from .model import in_market_order
 from .schema import as_str
+from .timing import in_context, timed_kernel, timed_task
 from .validate import ensure_book, ensure_market, ensure_positions, without_flagged_rows
+
+_contagion_cpu = timed_kernel("contagion", kernels.contagion_cpu)
+_contagion_gpu = timed_kernel("contagion[gpu]", kernels.contagion_gpu)
 
 BOOK = ("bid_price", "bid_size", "ask_price", "ask_size")
 
@@ -136,13 +140,17 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
         if on_gpu:
             cp = kernels.cupy_module()
             block, lost = cp.empty((n_inst, shocks.size, len(FIELDS))), cp.empty(shocks.size)
-            kernels.contagion_gpu(*args, block, lost)
+            _contagion_gpu(*args, block, lost)
             return to_host(block), to_host(lost)
         block, lost = np.empty((n_inst, shocks.size, len(FIELDS))), np.empty(shocks.size)
-        kernels.contagion_cpu(*args, block, lost)
+        _contagion_cpu(*args, block, lost)
         return block, lost
 
     def one_time(t: int) -> None:
+        with timed_task("other"):  # work on this call's own threads: counted in the caller's stage
+            one_time_of(t)
+
+    def one_time_of(t: int) -> None:
         arrays = [np.full((n_inst, levels), np.nan) for _ in BOOK]
         mid = np.full(n_inst, np.nan)
         booked = np.zeros(n_inst, dtype=np.bool_)
@@ -179,9 +187,9 @@ def contagion(book: xr.DataTree, positions: xr.Dataset, market: xr.Dataset, time
 
     # the CPU kernel releases the GIL: the times run side by side, one per core (the GPU
     # kernel's launches already fill the device: one time after another)
-    workers = 1 if on_gpu else max(1, min(n_time, len(os.sched_getaffinity(0))))
+    workers = 1 if on_gpu else max(1, min(n_time, _local_workers()))
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(one_time, range(n_time)))
+        list(pool.map(in_context(one_time), range(n_time)))
     coords = {"instrument": names, "time": when, "initial_shock": shocks}
     dims = ("instrument", "time", "initial_shock")
     units = {"final_price": "quote currency", "liquidated_notional": "USD", "accounts_liquidated": "1",

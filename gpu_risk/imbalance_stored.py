@@ -23,7 +23,7 @@ import numpy as np
 from .imbalance import _empty_buckets, _kernel_call
 from .kernels.imbalance import bucket_of_cpu
 from .stores.ticked import CHUNKS_ENCODING, TickedChunks
-from .timing import timed_task
+from .timing import in_context, timed_task
 
 BOOK_ARRAYS = ("bid_price", "ask_price", "bid_size", "ask_size")
 
@@ -125,7 +125,8 @@ def grid_from_chunks(t: np.ndarray, lead: Sequence[np.ndarray] | None, sources: 
             return ([a[:lo].copy() for a in arrays], [a[hi:].copy() for a in arrays],
                     [a[hi - 1].copy() for a in arrays])
 
-    futures = [pool.submit(chunk_task, i, seg) for i, seg in enumerate(segments[n_lead:])]
+    task = in_context(chunk_task)  # its time counts in the caller's stage
+    futures = [pool.submit(task, i, seg) for i, seg in enumerate(segments[n_lead:])]
 
     def finish() -> None:
         done = [f.result() for f in futures]

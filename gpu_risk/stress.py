@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import dask
 import dask.array as da
@@ -10,11 +11,12 @@ import numpy as np
 import xarray as xr
 
 from .backend import dispatch, empty_like_backend, is_cupy, to_host
+from .cluster import _local_workers
 from .errors import InputError
 from .kernels.stress import span_cpu, stress_cpu, stress_gpu
 from .liquidation import check_capacities, market_arrays
 from .model import in_market_order
-from .timing import timed_kernel
+from .timing import in_context, timed_kernel, timed_task
 from .validate import ensure_market, ensure_positions, without_flagged_rows
 
 stress_kernel = dispatch(stress_cpu, stress_gpu)
@@ -246,9 +248,16 @@ def _liquidity_shortfall(pos: xr.Dataset, positions: xr.Dataset, m, shocks: np.n
                                    else np.zeros(pos.sizes["account"], bool), np.bool_)
     haircuts, vols = _second_axis_tables(m.haircut, m.vol, m.beta, second, is_vol)
     out = np.empty((shocks.size, second.size))
-    column = np.empty(shocks.size)
-    for k in range(second.size):
-        liquidity_shortfall_cpu(*arrays, isolated, exclude, m._replace(haircut=haircuts[k], vol=vols[k]), shocks,
-                                ratios[0], sizes[0], ratios[1], sizes[1], booked, column)
-        out[:, k] = column
+    kernel = timed_kernel("liquidity_shortfall", liquidity_shortfall_cpu)
+
+    def one(k: int) -> None:
+        """One column of the second axis (the kernel releases the GIL: columns side by side)."""
+        with timed_task("other"):
+            column = np.empty(shocks.size)
+            kernel(*arrays, isolated, exclude, m._replace(haircut=haircuts[k], vol=vols[k]), shocks,
+                   ratios[0], sizes[0], ratios[1], sizes[1], booked, column)
+            out[:, k] = column
+
+    with ThreadPoolExecutor(max(1, min(second.size, _local_workers()))) as pool:
+        list(pool.map(in_context(one), range(second.size)))
     return out

@@ -19,6 +19,7 @@ divided over the threads that ran them.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import threading
 import time
@@ -48,26 +49,38 @@ def timed_kernel(name: str, fn: Callable) -> Callable:
     return run
 
 
-_task_seconds: dict[str, float] = defaultdict(float)
+# where timed_task adds its time: the stage open in this context (a day's stage, or a
+# day's results written in the background); thread pools that run such work submit it
+# with the submitting context (``in_context``)
+_task_sink: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar("gpu_risk_task_sink",
+                                                                                      default=None)
 
 
 @contextlib.contextmanager
 def timed_task(kind: str) -> Iterator[None]:
-    """Count the enclosed work as task time of ``kind`` (``read``, ``write``, ``other``):
-    for work a family runs on its own threads, outside Dask's schedulers."""
+    """Count the enclosed work as task time of ``kind`` (``read``, ``write``, ``other``)
+    in the stage open where it was submitted: for work a family runs on its own threads,
+    outside Dask's schedulers."""
     t0 = time.perf_counter()
     try:
         yield
     finally:
         elapsed = time.perf_counter() - t0
-        with _lock:
-            _task_seconds[kind] += elapsed
+        sink = _task_sink.get()
+        if sink is not None:
+            with _lock:
+                sink[kind] = sink.get(kind, 0.0) + elapsed
 
 
-def task_seconds() -> dict[str, float]:
-    """This process's :func:`timed_task` time so far, per kind (seconds)."""
-    with _lock:
-        return dict(_task_seconds)
+def in_context(fn: Callable) -> Callable:
+    """``fn`` bound to the caller's context, for a thread pool's ``submit``: its
+    :func:`timed_task` time then counts in the caller's stage."""
+    context = contextvars.copy_context()
+
+    def run(*args, **kwargs):
+        return context.copy().run(fn, *args, **kwargs)  # a copy per call: threads run it at once
+
+    return run
 
 
 def kernel_seconds() -> dict[str, float]:
@@ -162,7 +175,8 @@ class Stages:
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
         before = _all_kernel_seconds(self._client)
-        own_before = task_seconds()
+        own: dict[str, float] = {}
+        token = _task_sink.set(own)
         t0 = time.perf_counter()
         if self._client is not None:
             from distributed import get_task_stream  # noqa: PLC0415
@@ -179,11 +193,28 @@ class Stages:
             for kind, seconds in clock.seconds.items():
                 self.tasks[(name, kind)] += seconds
         self.wall[name] += time.perf_counter() - t0
-        for kind, seconds in task_seconds().items():
-            self.tasks[(name, kind)] += seconds - own_before.get(kind, 0.0)
+        _task_sink.reset(token)
+        for kind, seconds in own.items():
+            self.tasks[(name, kind)] += seconds
         after = _all_kernel_seconds(self._client)
         for name_, seconds in after.items():
             self.kernels[name_] += seconds - before.get(name_, 0.0)
+
+    @contextlib.contextmanager
+    def background(self, name: str) -> Iterator[None]:
+        """A stage run on another thread while the driver goes on (a day's results written
+        while the next day is read): its wall time and its own task time, not the kernels'
+        or Dask's (it runs neither)."""
+        own: dict[str, float] = {}
+        token = _task_sink.set(own)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.wall[name] += time.perf_counter() - t0
+            _task_sink.reset(token)
+            for kind, seconds in own.items():
+                self.tasks[(name, kind)] += seconds
 
     def summary(self) -> dict:
         """Where the day's time went.

@@ -14,9 +14,11 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import xarray as xr
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -30,7 +32,7 @@ from .families import _RESERVED, DayContext, compute_order, families, get_family
 from .kernels._compile import cpu_cache_warm
 from .limits import Limits, operator_summary, record_limits
 from .study import StudyConfig
-from .timing import Stages, TaskProgress
+from .timing import Stages, TaskProgress, in_context
 from .validate import QC_RULES_VERSION
 
 
@@ -313,7 +315,10 @@ def result_chunks(names) -> dict[str, dict[str, int]]:
 def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] | None = None,
                  performance_report: str | Path | None = None) -> dict:
     """Run the batch; returns a summary (days computed and skipped, timings, paths, and per
-    day ``stages``: where the time went, see :class:`gpu_risk.timing.Stages`).
+    day ``stages``: where the time went, see :class:`gpu_risk.timing.Stages`). ``seconds``:
+    each day's wall time, from opening its inputs to its results being complete (on the
+    local schedulers a day's writing overlaps the next day's reading, so these can add up
+    to more than ``days_wall``, the wall time of all the days together).
     ``performance_report``: also write Dask's HTML performance report there (needs the
     ``local`` scheduler or a scheduler ADDRESS)."""
     # an impossible choice (the dashboard on threads) fails here, before anything runs
@@ -357,7 +362,9 @@ def _run_locked(cfg: WorkflowConfig, dates, book_days, backend, why, emit, perfo
     done = {d for d in dates if not stale[d]}
     emit("plan", {"dates": dates, "skipped": [d for d in dates if d in done], "todo": todo,
                   "recompute": {d: sorted(stale[d]) for d in todo}})
-    timings, stages = {}, {}
+    timings: dict[str, float] = {}
+    stages: dict[str, dict] = {}
+    days_wall = 0.0
     if todo:
         with dask_scheduler(cfg.scheduler, backend=backend, memory_limit=cfg.memory_limit,
                             dashboard=cfg.dashboard, cluster=cfg.cluster) as where:
@@ -371,26 +378,9 @@ def _run_locked(cfg: WorkflowConfig, dates, book_days, backend, why, emit, perfo
 
                 report_ctx = dask_performance_report(filename=str(performance_report))
             with report_ctx:
-                for date in todo:
-                    t0 = time.perf_counter()
-                    clock = Stages(threads)
-                    day_cfg = cfg.model_copy(update={"families": [f for f in cfg.families if f in stale[date]]})
-                    # progress within the day (the local schedulers; a cluster has its dashboard)
-                    tasks: contextlib.AbstractContextManager = contextlib.nullcontext()
-                    if clock.local:
-                        tasks = TaskProgress(functools.partial(_tasks_event, emit, date))
-                    with tasks:
-                        with clock.stage("open_validate"):
-                            inputs = open_day(day_cfg, date, backend, book_days)
-                        with clock.stage("graph"):
-                            results = compute_day(day_cfg, date, backend, inputs)
-                        with clock.stage("compute_write"):
-                            store.write_results_day(cfg.output, date, results, result_chunks(day_cfg.families),
-                                                    fingerprints=stale[date])
-                    timings[date] = time.perf_counter() - t0
-                    stages[date] = clock.summary()
-                    store.record_run_stages(cfg.output, date, stages[date])
-                    emit("day", {"date": date, "seconds": timings[date], "stages": stages[date]})
+                t0 = time.perf_counter()
+                _run_days(cfg, todo, stale, book_days, backend, threads, emit, timings, stages)
+                days_wall = time.perf_counter() - t0
     # the limits go with the results (the report applies them), and are checked now
     if Path(cfg.output).exists():
         record_limits(cfg.output, cfg.limits)
@@ -407,9 +397,77 @@ def _run_locked(cfg: WorkflowConfig, dates, book_days, backend, why, emit, perfo
     study = _write_study(cfg, dates, emit) if cfg.study is not None else None
     return {"workflow": cfg.name, "backend": backend, "dates": dates,
             "computed": list(timings), "skipped": [d for d in dates if d in done],
-            "seconds": timings, "stages": stages, "output": str(cfg.output),
+            "seconds": timings, "days_wall": days_wall, "stages": stages, "output": str(cfg.output),
             "report": str(report) if report else None, "summary": operator,
             "breached": operator["breached"], "study": study}
+
+
+def _in_memory(results: dict) -> bool:
+    return all(isinstance(v.data, np.ndarray) for ds in results.values() for v in ds.variables.values())
+
+
+def _run_days(cfg: WorkflowConfig, todo: list[str], stale: dict, book_days, backend: str, threads: int, emit,
+              timings: dict, stages: dict) -> None:
+    """Compute and write each day in turn. On the local schedulers a day whose results are
+    all in memory is written on a background thread while the next day is opened and
+    computed (its reading and planning leave a core idle); the next write waits for it,
+    so days still complete in order, and a write that fails stops the run at that wait."""
+    writer = ThreadPoolExecutor(1, thread_name_prefix="gpu_risk-results")
+    pending: tuple | None = None  # (date, started, clock, future)
+
+    def finish(job: tuple) -> None:
+        date, started, clock, future = job
+        future.result()
+        timings[date] = time.perf_counter() - started  # overlaps the next day's reading when written behind
+        stages[date] = clock.summary()
+        store.record_run_stages(cfg.output, date, stages[date])
+        emit("day", {"date": date, "seconds": timings[date], "stages": stages[date]})
+
+    def write(date: str, results: dict, clock: Stages, background: bool) -> None:
+        stage = clock.background if background else clock.stage
+        day_families = [f for f in cfg.families if f in stale[date]]
+        with stage("compute_write"):
+            store.write_results_day(cfg.output, date, results, result_chunks(day_families),
+                                    fingerprints=stale[date])
+
+    try:
+        for date in todo:
+            t0 = time.perf_counter()
+            clock = Stages(threads)
+            day_cfg = cfg.model_copy(update={"families": [f for f in cfg.families if f in stale[date]]})
+            # progress within the day (the local schedulers; a cluster has its dashboard)
+            tasks: contextlib.AbstractContextManager = contextlib.nullcontext()
+            if clock.local:
+                tasks = TaskProgress(functools.partial(_tasks_event, emit, date))
+            with tasks:
+                with clock.stage("open_validate"):
+                    inputs = open_day(day_cfg, date, backend, book_days)
+                with clock.stage("graph"):
+                    results = compute_day(day_cfg, date, backend, inputs)
+                if pending is not None:
+                    finish(pending)
+                    pending = None
+                behind = clock.local and _in_memory(results)
+                if behind:
+                    future = writer.submit(in_context(write), date, results, clock, True)
+                    pending = (date, t0, clock, future)
+                else:
+                    write(date, results, clock, False)
+                    finish((date, t0, clock, _done()))
+        if pending is not None:
+            finish(pending)
+            pending = None
+    finally:
+        if pending is not None:  # an error elsewhere: the day being written is completed first
+            with contextlib.suppress(Exception):
+                pending[3].result()
+        writer.shutdown(wait=True)
+
+
+def _done() -> Future:
+    future: Future = Future()
+    future.set_result(None)
+    return future
 
 
 def _write_study(cfg: WorkflowConfig, dates: list[str], emit) -> dict:

@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import xarray as xr
 
 from gpu_risk import store
 from gpu_risk.errors import InputError
@@ -70,3 +71,32 @@ def test_a_relative_store_path_still_reads_after_a_change_of_directory(tiny_data
         os.chdir(cwd)
     expected = store.open_day_dataset(book, f"{inst}/{day}")
     np.testing.assert_array_equal(ds["bid_price"].values, expected["bid_price"].values)
+
+
+def test_a_day_opened_from_its_metadata_equals_xarrays_opening(tiny_dataset, monkeypatch):
+    """Book days are opened from their metadata files (``ticked.open_book_day``): the same
+    dataset, attributes, coordinates and dataset encoding as through ``xr.open_zarr``."""
+    book = tiny_dataset["book"]
+    for inst in store.book_instruments(book):
+        for day in store.complete_days(book, inst):
+            group = f"{inst}/{day}"
+            assert ticked.open_book_day(book, group) is not None  # the fast opening applies
+            monkeypatch.setattr(ticked, "DIRECT_READS", True)
+            ours = store.open_day_dataset(book, group)
+            monkeypatch.setattr(ticked, "DIRECT_READS", False)
+            theirs = store.open_day_dataset(book, group)
+            xr.testing.assert_identical(ours, theirs)
+            assert ours.encoding == theirs.encoding
+            for name in ours.variables:
+                assert ours[name].attrs == theirs[name].attrs
+                assert ours[name].dtype == theirs[name].dtype
+            assert ours["time"].encoding["units"] == theirs["time"].encoding["units"]
+
+
+def test_a_day_with_other_arrays_is_opened_by_xarray(tiny_dataset, tmp_path):
+    book = tmp_path / "book.zarr"
+    shutil.copytree(tiny_dataset["book"], book)
+    inst = store.book_instruments(book)[0]
+    group = f"{inst}/{store.complete_days(book, inst)[0]}"
+    shutil.copytree(book / group / "level", book / group / "extra")
+    assert ticked.open_book_day(book, group) is None

@@ -112,7 +112,7 @@ def stale_reference(t, origin, bucket, n_buckets, max_carry):
 @given(data=st.data(), origin=st.integers(-50, 50), bucket=st.integers(1, 20), n_buckets=st.integers(1, 30),
        max_carry=st.integers(0, 60))
 def test_stale_buckets_match_the_numpy_rule(data, origin, bucket, n_buckets, max_carry):
-    from kernels.imbalance import stale_buckets_cpu
+    from gpu_risk.kernels.imbalance import stale_buckets_cpu
 
     t = np.sort(np.array(data.draw(st.lists(st.integers(origin - 30, origin + n_buckets * bucket + 5),
                                             max_size=40)), dtype=np.int64))

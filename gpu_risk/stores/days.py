@@ -614,6 +614,9 @@ def open_day_dataset(path: PathLike, group: str, chunks: Any = None) -> xr.Datas
     # not by xarray's CF mask-and-scale
     # the time index read by gpu_risk's own reader where it can (xarray's read of it cost
     # most of opening a day)
+    ds = ticked.open_book_day(path, group) if ticked.DIRECT_READS and not chunks else None
+    if ds is not None:
+        return _day_bookkeeping(ds)
     time = ticked.read_time(path, group) if ticked.DIRECT_READS and not chunks else None
     with naming_metadata(path, group):
         ds = xr.open_zarr(str(path), group=group, chunks={} if chunks is None else chunks,
@@ -625,8 +628,8 @@ def open_day_dataset(path: PathLike, group: str, chunks: Any = None) -> xr.Datas
     if ticked.DIRECT_READS and not chunks:  # the Zarr chunks as the Dask blocks: each read in one task
         for ticked_name in TICKED_VARS:
             if ticked_name in ds.data_vars:
-                direct = ticked.direct_variable(path, group, ticked_name, ds[ticked_name].variable,
-                                                ds.attrs.get(WRITE_ID))
+                var = ds[ticked_name].variable
+                direct = ticked.direct_variable(path, group, ticked_name, var.attrs, var.dims, ds.attrs.get(WRITE_ID))
                 if direct is not None:
                     ds[ticked_name] = direct
     ds = decode_ticked(ds)
@@ -634,6 +637,11 @@ def open_day_dataset(path: PathLike, group: str, chunks: Any = None) -> xr.Datas
     for name in list(ds.coords):
         if ds[name].dtype.kind in "TO":
             ds = ds.assign_coords({name: ds[name].copy(data=as_str(ds[name].values))})  # dims kept
+    return _day_bookkeeping(ds)
+
+
+def _day_bookkeeping(ds: xr.Dataset) -> xr.Dataset:
+    """An opened day without the attributes that are bookkeeping, not data."""
     ds.attrs.pop(COMPLETE, None)
     ds.attrs.pop(WRITE_ID, None)
     # bookkeeping, not data: kept where is_sealed looks for it, out of the dataset's attributes

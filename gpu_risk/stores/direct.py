@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..timing import timed_task
+from ..timing import in_context, timed_task
 
 _BLOSC_SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 # what zarr gives a variable-length string array (xarray sets no compressor for strings)
@@ -200,4 +200,4 @@ def write_planned(folder: Path, group_attrs: dict, planned: list[tuple]) -> None
             out.writelines(encode(part))
 
     with ThreadPoolExecutor(WRITE_THREADS) as pool:
-        list(pool.map(write, jobs))
+        list(pool.map(in_context(write), jobs))
