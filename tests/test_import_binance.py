@@ -431,7 +431,7 @@ def _store_files(root):
 
 @pytest.mark.parametrize("name", ["usdm_btc", "spot_btc"])
 def test_days_written_directly_equal_the_xarray_writer(tmp_path, monkeypatch, name):
-    """Whole days written with zarr's async API give the store xarray's writer gives: the
+    """Whole days written by gpu_risk's own writer give the store xarray's writer gives: the
     same files, metadata (parsed) and chunk bytes."""
     from gpu_risk.stores import book
 

@@ -54,6 +54,7 @@ from .days import (
     child_groups,
     complete_days,
     day_key,
+    ensure_store,
     init_store,
     is_sealed,
     open_day_dataset,
@@ -146,7 +147,7 @@ def write_book_day_whole(path: PathLike, instrument: str, date: Any, time: np.nd
     encodings, attributes and validation summary): a day that fits in memory need not pay
     for a writer's empty template and its region writes (0.1-0.2 s a day)."""
     _check_instrument_name(instrument)
-    init_store(path, "book")
+    ensure_store(path, "book")
     key = day_key(date)
     levels = block.shape[2]
     ds = xr.Dataset({name: (("time", "level"), block[i], describe(BOOK_VARS[name]))

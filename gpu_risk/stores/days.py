@@ -67,6 +67,19 @@ def _zarr_kwargs() -> dict:
     return {"zarr_format": 3, "consolidated": False}
 
 
+def ensure_store(path: PathLike, kind: str) -> None:
+    """:func:`init_store` for writers that need only the check: a local store whose root
+    metadata already names ``kind`` is checked from that file alone (zarr's opening costs
+    a few milliseconds, once per day written)."""
+    try:
+        meta = json.loads((Path(str(path)) / "zarr.json").read_text())
+        if meta.get("node_type") == "group" and meta.get("attributes", {}).get(STORE_KIND) == kind:
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    init_store(path, kind)
+
+
 def init_store(path: PathLike, kind: str) -> zarr.Group:
     """Open (creating if absent) a store's root group and check it is a ``kind`` store."""
     path = str(path)
@@ -167,9 +180,28 @@ def mark_complete(path: PathLike, group: str) -> None:
     and its seal lets a later reader see whether anything under it changed since."""
     import uuid  # noqa: PLC0415
 
-    zarr.open_group(str(path), path=group, mode="r+", zarr_format=3).attrs.update(
-        {COMPLETE: True, WRITE_ID: uuid.uuid4().hex, SEAL: _latest_change_ns(path, group),
-         MANIFEST: chunk_manifest(path, group)})
+    update: dict[str, Any] = {COMPLETE: True, WRITE_ID: uuid.uuid4().hex, SEAL: _latest_change_ns(path, group),
+              MANIFEST: chunk_manifest(path, group)}
+    if not _update_local_attrs(path, group, update):
+        zarr.open_group(str(path), path=group, mode="r+", zarr_format=3).attrs.update(update)
+
+
+def _update_local_attrs(path: PathLike, group: str, update: dict) -> bool:
+    """Update a local group's attributes by rewriting its ``zarr.json`` (written to a new
+    file, then renamed over the old one: a reader sees the old or the new document, never
+    part of one); False where the group is not a local directory with that file."""
+    meta_path = Path(str(path)) / group / "zarr.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return False
+    if meta.get("node_type") != "group" or not isinstance(meta.get("attributes", {}), dict):
+        return False
+    meta["attributes"] = {**meta.get("attributes", {}), **update}
+    partial = meta_path.with_name(f".zarr.json.{os.getpid()}.partial")
+    partial.write_text(json.dumps(meta, indent=2))
+    os.replace(partial, meta_path)
+    return True
 
 
 MANIFEST = "gpu_risk_manifest"  # every chunk file under a completed group: {key: bytes}
@@ -455,89 +487,22 @@ def write_day_in_memory(ds: xr.Dataset, path: PathLike, group: str, chunk_dims: 
     planned = direct.plan_day(prepared, _encoding(prepared, chunk_dims or {}))
     if planned is None:
         return False
-    direct.write_planned(Path(str(path)) / group, {**ds.attrs, COMPLETE: False}, planned)
+    direct.write_planned(Path(str(path)), group, {**ds.attrs, COMPLETE: False}, planned)
     mark_complete(path, group)
     return True
-
-
-def _json_safe(value):
-    """Attribute values as JSON takes them (NumPy scalars and arrays as Python values)."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _direct_arrays(ds: xr.Dataset, chunk_dims: Mapping[Any, int]) -> list[tuple] | None:
-    """What :func:`write_day_dataset` would write for each variable of ``ds``, for
-    :func:`write_day_direct`: (name, values, chunks, compressors, fill value, attributes,
-    dimension names); None where a variable is outside what the direct writer handles
-    (anything but in-memory integers and NaT-free datetimes)."""
-    ds = _prepare(ds)
-    enc = _encoding(ds, chunk_dims)
-    out = []
-    for name, var in ds.variables.items():
-        data = var.data
-        if not isinstance(data, np.ndarray) or not var.dims:
-            return None
-        e = enc.get(str(name), {})
-        attrs = dict(var.attrs)
-        if data.dtype.kind == "M":
-            if np.isnat(data).any():
-                return None
-            values = data.astype("datetime64[ns]").view(np.int64)
-            attrs.update(units=TIME_ENCODING["units"], calendar=TIME_ENCODING["calendar"])
-        elif data.dtype.kind == "i":
-            values = data
-        else:
-            return None
-        if "_FillValue" in e:
-            attrs["_FillValue"] = e["_FillValue"]
-        factor = cf_scale_factor(attrs)
-        if factor is not None and "scale_factor" not in attrs:
-            attrs["scale_factor"] = factor
-        out.append((str(name), np.ascontiguousarray(values), e.get("chunks", "auto"), e["compressors"],
-                    e.get("fill_value", 0), _json_safe(attrs), tuple(str(d) for d in var.dims)))
-    return out
 
 
 def write_day_direct(ds: xr.Dataset, path: PathLike, group: str, chunk_dims: Mapping[Any, int] | None = None
                      ) -> bool:
-    """:func:`write_day_dataset` for a small day held in memory, written with zarr's async
-    API: the group, then every array concurrently, each created with its attributes in one
-    metadata write. The same arrays, chunks, codecs and attributes as xarray writes
-    (tested); False, and nothing written, where a variable is outside what it handles.
-    A day of a few thousand rows is written in about a third of xarray's time."""
-    import asyncio  # noqa: PLC0415
-
-    from zarr.api import asynchronous as zarr_async  # noqa: PLC0415
-    from zarr.core.sync import sync  # noqa: PLC0415
-
-    arrays = _direct_arrays(ds, chunk_dims or {})
-    if arrays is None:
-        return False
-    attrs = _json_safe({**ds.attrs, COMPLETE: False})
-
-    async def write() -> None:
-        node = await zarr_async.open_group(store=str(path), path=group, mode="w", zarr_format=3,
-                                           attributes=attrs)
-
-        async def one(name, values, chunks, compressors, fill, array_attrs, dims) -> None:
-            array = await node.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks,
-                                            compressors=compressors, fill_value=fill, attributes=array_attrs,
-                                            dimension_names=dims)
-            await array.setitem(..., values)
-
-        await asyncio.gather(*(one(*spec) for spec in arrays))
-
-    sync(write())
-    mark_complete(path, group)
-    return True
+    """:func:`write_day_in_memory` for a book day: its ticked arrays get their CF
+    ``scale_factor`` as :func:`write_day_dataset` gives it."""
+    ds = ds.copy()
+    for name in ds.data_vars:
+        var = ds.variables[name]
+        factor = cf_scale_factor(dict(var.attrs))
+        if factor is not None and "scale_factor" not in var.attrs:
+            var.attrs = {**var.attrs, "scale_factor": factor}
+    return write_day_in_memory(ds, path, group, chunk_dims)
 
 
 class RegionWriter:

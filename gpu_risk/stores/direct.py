@@ -23,12 +23,14 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..coding import TICKS_ATTR
 from ..timing import in_context, timed_task
 
 _BLOSC_SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 # what zarr gives a variable-length string array (xarray sets no compressor for strings)
 _STRING_CODECS = [{"name": "vlen-utf8", "configuration": {}},
                   {"name": "zstd", "configuration": {"level": 0, "checksum": False}}]
+SMALL_DAY_BYTES = 4 << 20  # below this much data (counted per chunk's array), one thread writes the day
 # chunk files encoded and written at once, one per core (Blosc and file writes release the GIL)
 WRITE_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -128,7 +130,10 @@ def plan_day(ds: xr.Dataset, encoding: Mapping[str, dict]) -> list[tuple] | None
             return None
         enc = dict(encoding.get(str(name), {}))
         attrs = dict(var.attrs)
-        if {"scale_factor", "add_offset", "_FillValue", "dtype"} & set(attrs):
+        # a book's ticked arrays carry their CF scale as attributes (the encoding holds none:
+        # xarray writes them as they are); anything else CF-scaled is xarray's to encode
+        ticked = data.dtype == np.int32 and TICKS_ATTR in attrs
+        if {"_FillValue", "dtype"} & set(attrs) or (not ticked and {"scale_factor", "add_offset"} & set(attrs)):
             return None
         values = data
         if data.dtype.kind == "M":
@@ -144,10 +149,14 @@ def plan_day(ds: xr.Dataset, encoding: Mapping[str, dict]) -> list[tuple] | None
         if codecs is None or (not string and "compressors" not in enc):
             return None
         if values.dtype.kind == "f":
+            if "_FillValue" in enc:
+                return None
             fill = enc.get("fill_value", np.nan)
             attrs["_FillValue"] = FillValueCoder.encode(np.nan, values.dtype)
         else:
             fill = "" if string else enc.get("fill_value", 0)
+            if "_FillValue" in enc:  # an integer fill value (a ticked array's empty level)
+                attrs["_FillValue"] = FillValueCoder.encode(enc["_FillValue"], values.dtype)
         chunks = enc.get("chunks")
         if chunks is None:
             chunks = normalize_chunks(None, values.shape, 16 if string else values.dtype.itemsize)
@@ -155,14 +164,22 @@ def plan_day(ds: xr.Dataset, encoding: Mapping[str, dict]) -> list[tuple] | None
     return out
 
 
-def write_planned(folder: Path, group_attrs: dict, planned: list[tuple]) -> None:
-    """Write the group ``folder`` (replacing what is there): its ``zarr.json``, each array's
+def write_planned(root: Path, group: str, group_attrs: dict, planned: list[tuple]) -> None:
+    """Write the group ``group`` of the store at ``root`` (replacing what is there; the
+    groups above it made as zarr makes them where missing): its ``zarr.json``, each array's
     ``zarr.json``, then every chunk, on threads. Edge chunks are padded with the fill
     value and chunks that hold only the fill value are not written, as zarr does."""
     import shutil  # noqa: PLC0415
 
+    folder = root / group
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
+    parts = group.strip("/").split("/")
+    for depth in range(1, len(parts)):  # the groups between the store's root and this one
+        parent = root.joinpath(*parts[:depth])
+        if not (parent / "zarr.json").exists():
+            (parent / "zarr.json").write_text(json.dumps(
+                {"attributes": {}, "zarr_format": 3, "node_type": "group"}, indent=2))
     (folder / "zarr.json").write_text(json.dumps(
         {"attributes": _json(group_attrs), "zarr_format": 3, "consolidated_metadata": None, "node_type": "group"},
         indent=2))
@@ -199,5 +216,9 @@ def write_planned(folder: Path, group_attrs: dict, planned: list[tuple]) -> None
         with open(file, "wb") as out:
             out.writelines(encode(part))
 
+    if sum(job[1].nbytes for job in jobs) < SMALL_DAY_BYTES or len(jobs) < 2:
+        for job in jobs:  # a small day: starting threads would cost more than they save
+            write(job)
+        return
     with ThreadPoolExecutor(WRITE_THREADS) as pool:
         list(pool.map(in_context(write), jobs))

@@ -20,7 +20,7 @@ from .days import (
     child_groups,
     complete_days,
     day_key,
-    init_store,
+    ensure_store,
     is_complete,
     is_sealed,
     manifest_problems,
@@ -52,7 +52,7 @@ def write_results_day(path: PathLike, date: Any, families: dict[str, xr.Dataset]
     families not written now are kept (a day can gain a family, or have one recomputed,
     without losing the others) and the day records the fingerprints; without, the day is
     written afresh. A partial day from a killed run is never complete, so it is redone."""
-    init_store(path, "results")
+    ensure_store(path, "results")
     key = day_key(date)
     keep = fingerprints is not None and is_complete(path, key)
     previous = results_fingerprints(path, key) if keep else {}
