@@ -198,6 +198,7 @@ def _update_local_attrs(path: PathLike, group: str, update: dict) -> bool:
     if meta.get("node_type") != "group" or not isinstance(meta.get("attributes", {}), dict):
         return False
     meta["attributes"] = {**meta.get("attributes", {}), **update}
+    meta.setdefault("consolidated_metadata", None)  # as zarr writes a group's document back
     partial = meta_path.with_name(f".zarr.json.{os.getpid()}.partial")
     partial.write_text(json.dumps(meta, indent=2))
     os.replace(partial, meta_path)
