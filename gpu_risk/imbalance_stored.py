@@ -20,12 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .imbalance import _empty_buckets, _kernel_call
+from .imbalance import BOOK_ARRAYS, _empty_buckets, _kernel_call
 from .kernels.imbalance import bucket_of_cpu
 from .stores.ticked import CHUNKS_ENCODING, TickedChunks
 from .timing import in_context, timed_task
-
-BOOK_ARRAYS = ("bid_price", "ask_price", "bid_size", "ask_size")
 
 
 def stored_sources(ds) -> list[TickedChunks] | None:
@@ -57,7 +55,7 @@ class _Buffers(threading.local):
 
 
 _buffers = _Buffers()
-_pool: ThreadPoolExecutor | None = None
+_pool: tuple[ThreadPoolExecutor, int] | None = None  # the pool and its threads
 _pool_lock = threading.Lock()
 
 
@@ -66,11 +64,11 @@ def chunk_pool(threads: int) -> ThreadPoolExecutor:
     buffers: about 100 MB per thread for chunks of 262,144 rows x 10 levels)."""
     global _pool
     with _pool_lock:
-        if _pool is None or _pool._max_workers != threads:
+        if _pool is None or _pool[1] != threads:
             if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(threads, thread_name_prefix="gpu_risk-chunks")
-        return _pool
+                _pool[0].shutdown(wait=False)
+            _pool = ThreadPoolExecutor(threads, thread_name_prefix="gpu_risk-chunks"), threads
+        return _pool[0]
 
 
 class _Segment:

@@ -40,16 +40,11 @@ def read_chunk_file(file: str, where: str, store: str, dest: np.ndarray | None =
     the chunk's size, when given), after checking its CRC-32C; None where the file is
     missing (zarr reads a missing chunk as the fill value). A damaged chunk is a one-line
     :class:`InputError` naming ``where``."""
-    import google_crc32c  # noqa: PLC0415
     from numcodecs import blosc  # noqa: PLC0415
 
-    try:
-        data = Path(file).read_bytes()
-    except FileNotFoundError:
+    data = _checked_file(file, where, store)
+    if data is None:
         return None
-    if len(data) < 4 or google_crc32c.value(data) != _CRC32C_RESIDUE:
-        raise InputError(f"chunk {where} fails its checksum (damaged in place?); `gpu-risk verify` lists every "
-                         "damaged chunk", store=store)
     body = memoryview(data)[:-4]
     try:
         if dest is None:
@@ -267,8 +262,8 @@ def _level(path: Any, group: str) -> tuple[np.ndarray, dict] | None:
     return None
 
 
-def _read_plain(file: str, where: str, store: str) -> np.ndarray | None:
-    """An uncompressed chunk file's bytes (without its CRC-32C, which is checked)."""
+def _checked_file(file: str, where: str, store: str) -> bytes | None:
+    """A chunk file's bytes (its CRC-32C at the end checked), or None where it is missing."""
     import google_crc32c  # noqa: PLC0415
 
     try:
@@ -278,4 +273,10 @@ def _read_plain(file: str, where: str, store: str) -> np.ndarray | None:
     if len(data) < 4 or google_crc32c.value(data) != _CRC32C_RESIDUE:
         raise InputError(f"chunk {where} fails its checksum (damaged in place?); `gpu-risk verify` lists every "
                          "damaged chunk", store=store)
-    return np.frombuffer(data, dtype=np.uint8)[:-4]
+    return data
+
+
+def _read_plain(file: str, where: str, store: str) -> np.ndarray | None:
+    """An uncompressed chunk file's bytes (without its CRC-32C, which is checked)."""
+    data = _checked_file(file, where, store)
+    return None if data is None else np.frombuffer(data, dtype=np.uint8)[:-4]
