@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-import zarr
 
 from .. import store
 from ..coding import choose_spec
@@ -56,13 +55,12 @@ def file_digest(path) -> str:
 def imported_files(out) -> dict:
     if not Path(str(out)).exists():
         return {}
-    found = dict(zarr.open_group(str(out), mode="r", zarr_format=3).attrs).get(IMPORTED_ATTR)
+    found = store.group_attrs(out).get(IMPORTED_ATTR)
     return dict(found) if isinstance(found, dict) else {}
 
 
 def record_imported(out, files: dict) -> None:
-    root = zarr.open_group(str(out), mode="r+", zarr_format=3)
-    root.attrs[IMPORTED_ATTR] = {**imported_files(out), **files}
+    store.update_group_attrs(out, "", {IMPORTED_ATTR: {**imported_files(out), **files}})
 
 
 class DaySpool:

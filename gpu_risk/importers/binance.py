@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import zarr
 from isal import igzip, isal_zlib
 
 from .. import store
@@ -500,7 +499,7 @@ def _save_state(out, instrument, book: fast.SortedBook, state: np.ndarray, marke
                              "snapshot_id": int(state[fast.S_SID]) if state[fast.S_HAS_SID] else None,
                              "levels_encoding": LEVELS_ENCODING,
                              "bids": _encode_levels(bids), "asks": _encode_levels(asks)}
-    zarr.open_group(str(out), path=instrument, mode="r+", zarr_format=3).attrs[STATE_ATTR] = value
+    store.update_group_attrs(out, instrument, {STATE_ATTR: value})
 
 
 LEVELS_ENCODING = "float64-le-base64"
@@ -521,7 +520,7 @@ def _decode_levels(saved: dict, side: str) -> np.ndarray:
 def _load_state(out, instrument):
     if not Path(str(out)).exists() or instrument not in store.child_groups(out):
         return None
-    return zarr.open_group(str(out), path=instrument, mode="r", zarr_format=3).attrs.get(STATE_ATTR)
+    return store.group_attrs(out, instrument).get(STATE_ATTR)
 
 
 def _restore(saved: dict, book: fast.SortedBook, state: np.ndarray, report: ImportReport) -> None:

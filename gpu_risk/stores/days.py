@@ -110,8 +110,40 @@ def _open_root(path: PathLike, kind: str) -> zarr.Group:
     return root
 
 
+def _local_group_document(path: PathLike, group: str) -> dict | None:
+    """A local group's ``zarr.json`` as a dict (None where it is not a readable local group)."""
+    try:
+        meta = json.loads((Path(str(path)) / group / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("node_type") != "group" or not isinstance(meta.get("attributes", {}),
+                                                                                         dict):
+        return None
+    return meta
+
+
+def group_attrs(path: PathLike, group: str = "") -> dict:
+    """A group's attributes: its metadata file read directly in a local store (zarr's
+    opening costs a millisecond or more each time)."""
+    meta = _local_group_document(path, group)
+    if meta is not None:
+        return dict(meta.get("attributes", {}))
+    return dict(zarr.open_group(str(path), path=group or None, mode="r", zarr_format=3).attrs)
+
+
+def update_group_attrs(path: PathLike, group: str, update: dict) -> None:
+    """Set some of a group's attributes (a local group's ``zarr.json`` replaced atomically)."""
+    if not _update_local_attrs(path, group, update):
+        zarr.open_group(str(path), path=group or None, mode="r+", zarr_format=3).attrs.update(update)
+
+
 def child_groups(path: PathLike, group: str = "") -> list[str]:
     """Sorted names of the child groups of ``group``."""
+    local = Path(str(path)) / group
+    if _local_group_document(path, group) is not None:  # a directory listing, not zarr's
+        with os.scandir(local) as entries:
+            return sorted(e.name for e in entries if e.is_dir() and _local_group_document(path, f"{group}/{e.name}"
+                                                                                           if group else e.name))
     root = zarr.open_group(str(path), mode="r", zarr_format=3)
     node = root[group] if group else root
     if not isinstance(node, zarr.Group):
@@ -182,8 +214,7 @@ def mark_complete(path: PathLike, group: str) -> None:
 
     update: dict[str, Any] = {COMPLETE: True, WRITE_ID: uuid.uuid4().hex, SEAL: _latest_change_ns(path, group),
               MANIFEST: chunk_manifest(path, group)}
-    if not _update_local_attrs(path, group, update):
-        zarr.open_group(str(path), path=group, mode="r+", zarr_format=3).attrs.update(update)
+    update_group_attrs(path, group, update)
 
 
 def _update_local_attrs(path: PathLike, group: str, update: dict) -> bool:
@@ -191,11 +222,8 @@ def _update_local_attrs(path: PathLike, group: str, update: dict) -> bool:
     file, then renamed over the old one: a reader sees the old or the new document, never
     part of one); False where the group is not a local directory with that file."""
     meta_path = Path(str(path)) / group / "zarr.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError):
-        return False
-    if meta.get("node_type") != "group" or not isinstance(meta.get("attributes", {}), dict):
+    meta = _local_group_document(path, group)
+    if meta is None:
         return False
     meta["attributes"] = {**meta.get("attributes", {}), **update}
     meta.setdefault("consolidated_metadata", None)  # as zarr writes a group's document back
