@@ -71,12 +71,16 @@ def ensure_store(path: PathLike, kind: str) -> None:
     """:func:`init_store` for writers that need only the check: a local store whose root
     metadata already names ``kind`` is checked from that file alone (zarr's opening costs
     a few milliseconds, once per day written)."""
-    try:
-        meta = json.loads((Path(str(path)) / "zarr.json").read_text())
-        if meta.get("node_type") == "group" and meta.get("attributes", {}).get(STORE_KIND) == kind:
-            return
-    except (OSError, ValueError, AttributeError):
-        pass
+    root = Path(str(path))
+    meta = _local_group_document(path, "")
+    if meta is not None and meta.get("attributes", {}).get(STORE_KIND) == kind:
+        return
+    if meta is None and not root.exists() and root.parent.is_dir():  # a new local store: its root as zarr writes it
+        root.mkdir()
+        (root / "zarr.json").write_text(json.dumps(
+            {"attributes": {STORE_KIND: kind, "schema_version": SCHEMA_VERSION}, "zarr_format": 3,
+             "node_type": "group"}, indent=2))
+        return
     init_store(path, kind)
 
 
