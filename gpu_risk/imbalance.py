@@ -391,6 +391,13 @@ def _imbalance_grid(book, bucket, levels, bands_bps, instruments, start, end, va
     origin_ns = midnight + ((min(firsts) - midnight) // bucket_ns) * bucket_ns
     n_buckets = int((max(lasts) - origin_ns) // bucket_ns) + 1
     lazy = stored is None and any(isinstance(ds["bid_price"].data, da.Array) for ds in datasets.values())
+    # the stale buckets (a pass over every instrument's times) on a thread of their own,
+    # beside the grids (the kernel releases the GIL)
+    stale_pool = ThreadPoolExecutor(1, thread_name_prefix="gpu_risk-stale")
+    stale_flags = None if max_carry_ns is None else stale_pool.submit(lambda: np.stack([
+        _stale_buckets(_grid_rows(ds, origin_ns)[1], origin_ns, bucket_ns, n_buckets, max_carry_ns)
+        for ds in datasets.values()]))
+    stale_pool.shutdown(wait=False)
     if stored is not None:
         from .imbalance_stored import chunk_pool, grid_from_chunks  # noqa: PLC0415  (they build on this module)
 
@@ -415,11 +422,8 @@ def _imbalance_grid(book, bucket, levels, bands_bps, instruments, start, end, va
         packed = _array_module(first).empty((len(datasets), n_buckets, n_columns(levels, bands.size)))
         for i, ds in enumerate(datasets.values()):
             _instrument_grid(ds, origin_ns, bucket_ns, n_buckets, bands, levels, dest=packed[i])
-    stale = None
-    if max_carry_ns is not None:
-        stale = np.stack([_stale_buckets(_grid_rows(ds, origin_ns)[1], origin_ns, bucket_ns, n_buckets,
-                                         max_carry_ns) for ds in datasets.values()])
-        stale = stale if stale.any() else None
+    stale = None if stale_flags is None else stale_flags.result()
+    stale = stale if stale is not None and stale.any() else None
     labels = (origin_ns + (np.arange(n_buckets, dtype=np.int64) + 1) * bucket_ns).astype("datetime64[ns]")
     # sizes are in each instrument's own units (base units; USD contracts for inverse
     # perpetuals; shares): OFI has them, named per instrument
