@@ -118,3 +118,27 @@ def test_stale_buckets_match_the_numpy_rule(data, origin, bucket, n_buckets, max
                                             max_size=40)), dtype=np.int64))
     found = stale_buckets_cpu(t, origin, bucket, max_carry, np.empty(n_buckets, dtype=np.bool_))
     np.testing.assert_array_equal(found, stale_reference(t, origin, bucket, n_buckets, max_carry))
+
+
+def test_a_failed_background_write_stops_the_run_and_leaves_no_complete_day(tmp_path):
+    """A day's results are written behind the next day on the local schedulers: a write
+    that fails stops the run (its error, not another), the day stays incomplete, and the
+    next run computes it and the days after it."""
+    for name, ds in books(7, 90).items():
+        store.write_book(ds, tmp_path / "book.zarr", name, chunk_rows=16)
+    out = tmp_path / "out.zarr"
+    cfg = WorkflowConfig(name="t", stores={"book": str(tmp_path / "book.zarr")}, families=["imbalance"],
+                         imbalance={"bucket": "1s"}, output=str(out), scheduler="threads")
+    real = store.write_results_day
+
+    def failing(path, date, *args, **kwargs):
+        if date == "2026-01-05":
+            raise OSError("No space left on device")
+        return real(path, date, *args, **kwargs)
+
+    with mock.patch.object(store, "write_results_day", failing), pytest.raises(OSError, match="No space left"):
+        run_workflow(cfg)
+    assert store.results_days(out) == []
+    summary = run_workflow(cfg)
+    assert summary["computed"] == ["2026-01-05", "2026-01-06"] and store.results_days(out) == summary["computed"]
+    assert summary["days_wall"] > 0
