@@ -76,6 +76,15 @@ TIME_FILL = np.iinfo(np.int64).min  # a missing time chunk reads as NaT, which v
 _TIME_ATTRS = {"units": TIME_ENCODING["units"], "calendar": TIME_ENCODING["calendar"]}
 
 
+
+def _index_qc(day: xr.Dataset) -> dict:
+    """A day's validation summary as an instrument's day index keeps it: without the last
+    valid snapshot's values (one row read from the arrays costs nothing here, and a year's
+    index is parsed at every opening)."""
+    summary = book_qc_summary(day)
+    summary.pop("last_valid", None)
+    return summary
+
 def _meta(node: zarr.Group | zarr.Array) -> dict[str, Any]:
     """A node's attributes as a plain dict (zarr types them as JSON)."""
     return dict(node.attrs)
@@ -199,7 +208,7 @@ class DayAppender:
 
     def close(self) -> None:
         day = open_instrument_rows(self.path, self.instrument, self.start, self.stop)
-        entry = {"start": self.start, "stop": self.stop, "qc": book_qc_summary(day),
+        entry = {"start": self.start, "stop": self.stop, "qc": _index_qc(day),
                  "first_ns": self.first_ns, "last_ns": self.last_ns, "attrs": self.extra_attrs}
         _commit(self.path, self.instrument, {self.day: entry}, self.stop)
 
@@ -273,7 +282,7 @@ def _day_entries(ds: xr.Dataset, start: int, day_attrs: dict | None = None) -> d
         lo, hi = int(lo), int(hi)
         ns = raw[lo:hi].view(np.int64)
         entries[day_key(day_of[lo])] = {"start": start + lo, "stop": start + hi,
-                                        "qc": book_qc_summary(ds.isel(time=slice(lo, hi))),
+                                        "qc": _index_qc(ds.isel(time=slice(lo, hi))),
                                         "first_ns": int(ns[0]), "last_ns": int(ns[-1]),
                                         "attrs": dict(day_attrs or {})}
     return entries
