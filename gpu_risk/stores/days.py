@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -231,7 +232,7 @@ def _update_local_attrs(path: PathLike, group: str, update: dict) -> bool:
         return False
     meta["attributes"] = {**meta.get("attributes", {}), **update}
     meta.setdefault("consolidated_metadata", None)  # as zarr writes a group's document back
-    partial = meta_path.with_name(f".zarr.json.{os.getpid()}.partial")
+    partial = meta_path.with_name(f".zarr.json.{os.getpid()}.{threading.get_ident()}.partial")
     partial.write_text(json.dumps(meta, indent=2))
     os.replace(partial, meta_path)
     return True
