@@ -126,6 +126,11 @@ def _scanned(path: Path, ahead: int = 2):
                 continue
         return False
 
+    # scans handed back by the consuming thread once it is done with their block: their
+    # arrays are reused (fresh ones, a few MB a block, cost more in page faults than the
+    # scan itself on small files)
+    free: queue.SimpleQueue = queue.SimpleQueue()
+
     def produce() -> None:
         try:
             for data, n_lines in read_blocks(path):
@@ -136,7 +141,10 @@ def _scanned(path: Path, ahead: int = 2):
                     else [(data, n_lines)]
                 if len(halves) == 2:
                     halves[1] = (halves[1][0], n_lines - halves[0][1])
-                scan = _Scan()
+                try:
+                    scan = free.get_nowait()
+                except queue.Empty:
+                    scan = _Scan()
                 first = (halves[0][0], scan.scan(halves[0][0], halves[0][1]), scan)
                 if not hand_over(first):
                     return
@@ -148,6 +156,7 @@ def _scanned(path: Path, ahead: int = 2):
 
     thread = threading.Thread(target=produce, name="gpu-risk-binance-scan", daemon=True)
     thread.start()
+    own = _Scan()  # this thread's halves, one after the other
     try:
         while True:
             item = blocks.get()
@@ -157,9 +166,11 @@ def _scanned(path: Path, ahead: int = 2):
                 raise item
             data, n, scan = item
             if scan is None:  # this thread's half
-                scan = _Scan()
-                n = scan.scan(data, n)
-            yield data, n, scan
+                n = own.scan(data, n)
+                yield data, n, own
+            else:
+                yield data, n, scan
+                free.put(scan)  # the block is done with: its scan goes back to the producer
     finally:
         stop.set()
         thread.join()
@@ -188,7 +199,12 @@ class _Scan:
             self.prices, self.quantities = np.empty(self.levels), np.empty(self.levels)
 
     def scan(self, data: bytes, n_lines: int) -> int:
+        reused = self.lines >= n_lines
         self.fit(n_lines, len(data) // 9 + 1)  # a level takes at least 9 bytes: ["1","1"]
+        if reused:  # as fresh arrays are: zero where fit makes zeros
+            for a in (self.event, self.first_id, self.last_id, self.prev_id, self.has_prev, self.bid_range,
+                      self.ask_range, self.ticker, self.pos):
+                a[:n_lines] = 0
         buf = np.frombuffer(data, dtype=np.uint8)
         return fast.scan_binance(buf, n_lines, self.kind, self.line_start, self.line_end, self.event,
                                  self.first_id, self.last_id, self.prev_id, self.has_prev, self.bid_range,
