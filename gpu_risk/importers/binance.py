@@ -97,7 +97,8 @@ def read_blocks(path: Path):
                 if cut < 0:
                     rest += block
                     continue
-                data = rest + block[:cut + 1]
+                # one copy into the block's bytes (slicing, then adding, copied it twice)
+                data = b"".join((rest, memoryview(block)[:cut + 1]))
                 rest = block[cut + 1:]
                 n = data.count(b"\n")
                 yield data, n
