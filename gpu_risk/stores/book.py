@@ -132,8 +132,8 @@ def book_writer(path: PathLike, instrument: str, date: Any, time: np.ndarray, le
                         encode=encode, before_complete=record_book_qc)
 
 
-# whole days written with zarr's async API instead of xarray's writer (the same stores; the
-# tests compare the two)
+# whole days written by gpu_risk's own writer (stores/direct.py) instead of xarray's (the same
+# stores; the tests compare the two)
 DIRECT_WRITES = True
 
 

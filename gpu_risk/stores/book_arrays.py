@@ -76,7 +76,6 @@ TIME_FILL = np.iinfo(np.int64).min  # a missing time chunk reads as NaT, which v
 _TIME_ATTRS = {"units": TIME_ENCODING["units"], "calendar": TIME_ENCODING["calendar"]}
 
 
-
 def _index_qc(day: xr.Dataset) -> dict:
     """A day's validation summary as an instrument's day index keeps it: without the last
     valid snapshot's values (one row read from the arrays costs nothing here, and a year's
@@ -84,6 +83,7 @@ def _index_qc(day: xr.Dataset) -> dict:
     summary = book_qc_summary(day)
     summary.pop("last_valid", None)
     return summary
+
 
 def _meta(node: zarr.Group | zarr.Array) -> dict[str, Any]:
     """A node's attributes as a plain dict (zarr types them as JSON)."""

@@ -500,11 +500,7 @@ def write_day_dataset(
         ds = ds.assign_coords({name: ds[name].compute() for name in ds.coords
                                if ds[name].dtype.kind in "OUT" and ds[name].chunks is not None})
     ds.attrs[COMPLETE] = False
-    for name in ds.data_vars:  # written with the array (xarray scales only by encoding's)
-        var = ds.variables[name]  # _prepare's copy: a new attrs dict leaves the caller's alone
-        factor = cf_scale_factor(dict(var.attrs))
-        if factor is not None and "scale_factor" not in var.attrs:
-            var.attrs = {**var.attrs, "scale_factor": factor}
+    _add_cf_scale_attrs(ds)  # ds is _prepare's copy: the caller's attributes stay as they are
     ds.to_zarr(str(path), group=group, mode="w", encoding=enc, **_zarr_kwargs())
     mark_complete(path, group)
 
@@ -531,12 +527,18 @@ def write_day_direct(ds: xr.Dataset, path: PathLike, group: str, chunk_dims: Map
     """:func:`write_day_in_memory` for a book day: its ticked arrays get their CF
     ``scale_factor`` as :func:`write_day_dataset` gives it."""
     ds = ds.copy()
+    _add_cf_scale_attrs(ds)
+    return write_day_in_memory(ds, path, group, chunk_dims)
+
+
+def _add_cf_scale_attrs(ds: xr.Dataset) -> None:
+    """Give each ticked data variable of ``ds`` (a copy: each variable gets a new attribute
+    dict) its CF ``scale_factor``, written with the array (xarray scales only by encoding's)."""
     for name in ds.data_vars:
         var = ds.variables[name]
         factor = cf_scale_factor(dict(var.attrs))
         if factor is not None and "scale_factor" not in var.attrs:
             var.attrs = {**var.attrs, "scale_factor": factor}
-    return write_day_in_memory(ds, path, group, chunk_dims)
 
 
 class RegionWriter:
@@ -610,12 +612,12 @@ def naming_metadata(path: PathLike, group: str):
 
 def open_day_dataset(path: PathLike, group: str, chunks: Any = None) -> xr.Dataset:
     # book arrays stored as ticks are decoded by gpu_risk (exactly, one pass per chunk),
-    # not by xarray's CF mask-and-scale
-    # the time index read by gpu_risk's own reader where it can (xarray's read of it cost
-    # most of opening a day)
+    # not by xarray's CF mask-and-scale; a book day is opened from its metadata files
     ds = ticked.open_book_day(path, group) if ticked.DIRECT_READS and not chunks else None
     if ds is not None:
         return _day_bookkeeping(ds)
+    # other days through xarray, their time index read by gpu_risk's own reader where it
+    # can (xarray's read of it cost most of opening a day)
     time = ticked.read_time(path, group) if ticked.DIRECT_READS and not chunks else None
     with naming_metadata(path, group):
         ds = xr.open_zarr(str(path), group=group, chunks={} if chunks is None else chunks,
