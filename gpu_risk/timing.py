@@ -173,29 +173,38 @@ class Stages:
         self.local = self._client is None  # tasks run in this process (sync or threads)
 
     @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        before = _all_kernel_seconds(self._client)
+    def _own_tasks(self, name: str) -> Iterator[None]:
+        """Count the :func:`timed_task` time of work started in the enclosed block (on any
+        thread it hands work to through :func:`in_context`) as stage ``name``'s."""
         own: dict[str, float] = {}
         token = _task_sink.set(own)
-        t0 = time.perf_counter()
-        if self._client is not None:
-            from distributed import get_task_stream  # noqa: PLC0415
-
-            with get_task_stream(self._client) as stream:
-                yield
-            for task in stream.data:
-                for part in task.get("startstops", ()):
-                    if part.get("action") == "compute":
-                        self.tasks[(name, task_kind(task["key"]))] += part["stop"] - part["start"]
-        else:
-            with _TaskClock() as clock:
-                yield
-            for kind, seconds in clock.seconds.items():
+        try:
+            yield
+        finally:
+            _task_sink.reset(token)
+            for kind, seconds in own.items():
                 self.tasks[(name, kind)] += seconds
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        before = _all_kernel_seconds(self._client)
+        t0 = time.perf_counter()
+        with self._own_tasks(name):
+            if self._client is not None:
+                from distributed import get_task_stream  # noqa: PLC0415
+
+                with get_task_stream(self._client) as stream:
+                    yield
+                for task in stream.data:
+                    for part in task.get("startstops", ()):
+                        if part.get("action") == "compute":
+                            self.tasks[(name, task_kind(task["key"]))] += part["stop"] - part["start"]
+            else:
+                with _TaskClock() as clock:
+                    yield
+                for kind, seconds in clock.seconds.items():
+                    self.tasks[(name, kind)] += seconds
         self.wall[name] += time.perf_counter() - t0
-        _task_sink.reset(token)
-        for kind, seconds in own.items():
-            self.tasks[(name, kind)] += seconds
         after = _all_kernel_seconds(self._client)
         for name_, seconds in after.items():
             self.kernels[name_] += seconds - before.get(name_, 0.0)
@@ -205,16 +214,12 @@ class Stages:
         """A stage run on another thread while the driver goes on (a day's results written
         while the next day is read): its wall time and its own task time, not the kernels'
         or Dask's (it runs neither)."""
-        own: dict[str, float] = {}
-        token = _task_sink.set(own)
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.wall[name] += time.perf_counter() - t0
-            _task_sink.reset(token)
-            for kind, seconds in own.items():
-                self.tasks[(name, kind)] += seconds
+        with self._own_tasks(name):
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.wall[name] += time.perf_counter() - t0
 
     def summary(self) -> dict:
         """Where the day's time went.

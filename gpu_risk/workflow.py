@@ -14,7 +14,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -413,22 +413,19 @@ def _run_days(cfg: WorkflowConfig, todo: list[str], stale: dict, book_days, back
     computed (its reading and planning leave a core idle); the next write waits for it,
     so days still complete in order, and a write that fails stops the run at that wait."""
     writer = ThreadPoolExecutor(1, thread_name_prefix="gpu_risk-results")
-    pending: tuple | None = None  # (date, started, clock, future)
+    pending: tuple | None = None  # (future of the write, date, started, clock)
 
-    def finish(job: tuple) -> None:
-        date, started, clock, future = job
-        future.result()
+    def finish(date: str, started: float, clock: Stages) -> None:
+        """Record a day whose results are complete."""
         timings[date] = time.perf_counter() - started  # overlaps the next day's reading when written behind
         stages[date] = clock.summary()
         store.record_run_stages(cfg.output, date, stages[date])
         emit("day", {"date": date, "seconds": timings[date], "stages": stages[date]})
 
-    def write(date: str, results: dict, clock: Stages, background: bool) -> None:
+    def write(date: str, families: list[str], results: dict, clock: Stages, background: bool) -> None:
         stage = clock.background if background else clock.stage
-        day_families = [f for f in cfg.families if f in stale[date]]
         with stage("compute_write"):
-            store.write_results_day(cfg.output, date, results, result_chunks(day_families),
-                                    fingerprints=stale[date])
+            store.write_results_day(cfg.output, date, results, result_chunks(families), fingerprints=stale[date])
 
     try:
         for date in todo:
@@ -445,29 +442,24 @@ def _run_days(cfg: WorkflowConfig, todo: list[str], stale: dict, book_days, back
                 with clock.stage("graph"):
                     results = compute_day(day_cfg, date, backend, inputs)
                 if pending is not None:
-                    finish(pending)
+                    pending[0].result()
+                    finish(*pending[1:])
                     pending = None
-                behind = clock.local and _in_memory(results)
-                if behind:
-                    future = writer.submit(in_context(write), date, results, clock, True)
-                    pending = (date, t0, clock, future)
+                if clock.local and _in_memory(results):  # written behind the next day
+                    future = writer.submit(in_context(write), date, day_cfg.families, results, clock, True)
+                    pending = (future, date, t0, clock)
                 else:
-                    write(date, results, clock, False)
-                    finish((date, t0, clock, _done()))
+                    write(date, day_cfg.families, results, clock, False)
+                    finish(date, t0, clock)
         if pending is not None:
-            finish(pending)
+            pending[0].result()
+            finish(*pending[1:])
             pending = None
     finally:
         if pending is not None:  # an error elsewhere: the day being written is completed first
             with contextlib.suppress(Exception):
-                pending[3].result()
+                pending[0].result()
         writer.shutdown(wait=True)
-
-
-def _done() -> Future:
-    future: Future = Future()
-    future.set_result(None)
-    return future
 
 
 def _write_study(cfg: WorkflowConfig, dates: list[str], emit) -> dict:
