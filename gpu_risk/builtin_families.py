@@ -15,7 +15,7 @@ from .cascade import cascade
 from .cluster import resolve_scheduler
 from .depth import check_depth_extrapolation
 from .families import DayContext, Family, register_family
-from .imbalance import _imbalance_grid
+from .imbalance import BOOK_ARRAYS, _imbalance_grid
 from .imbalance_stored import stored_sources
 from .liquidation import liquidation
 from .stress import stress_surface
@@ -158,7 +158,7 @@ def day_imbalance_grid(ctx: DayContext) -> xr.Dataset:
         sources = stored_sources(ds) if local and ctx.backend == "cpu" else None
         if sources is not None:
             stored[inst] = sources, None if prev is None else [
-                prev[n].values for n in ("bid_price", "ask_price", "bid_size", "ask_size")]
+                prev[n].values for n in BOOK_ARRAYS]
         if prev is not None:
             prev = to_backend(prev, ctx.backend)
             ds = xr.concat([prev, ds], "time", data_vars="minimal", coords="minimal",
