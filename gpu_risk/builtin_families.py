@@ -149,26 +149,30 @@ def day_imbalance_grid(ctx: DayContext) -> xr.Dataset:
     assert isinstance(c, ImbalanceConfig)
     local = resolve_scheduler(ctx.config.scheduler, ctx.config.memory_limit, ctx.config.dashboard) in (
         "sync", "threads")
-    nodes, stored = {}, {}
+    days_, prevs, stored = {}, {}, {}
     for inst in ctx.inputs["instruments"]:
-        ds = without_flagged_rows(book[inst].to_dataset())
+        ds = days_[inst] = without_flagged_rows(book[inst].to_dataset())
         days = book_days[inst] if book_days is not None else store.instrument_days(book_store, inst)
         earlier = [d for d in days if d < date]
-        prev = store.last_valid_snapshot(book_store, inst, earlier[-1]) if earlier else None
+        prev = prevs[inst] = store.last_valid_snapshot(book_store, inst, earlier[-1]) if earlier else None
         sources = stored_sources(ds) if local and ctx.backend == "cpu" else None
-        if sources is not None:
-            stored[inst] = sources, None if prev is None else [
-                prev[n].values for n in BOOK_ARRAYS]
-        if prev is not None:
+        if sources is not None:  # the lead-in row beside the day (concatenating copies the day's times)
+            stored[inst] = sources, None if prev is None else (
+                int(prev["time"].values.astype("datetime64[ns]").view(np.int64)[0]),
+                [prev[n].values for n in BOOK_ARRAYS])
+    # the stored path holds the day's grid in memory: a grid larger than that is left to the
+    # graph, which writes it chunk by chunk
+    grid_bytes = len(days_) * 8 * (86_400 * 10**9 // pd.Timedelta(c.bucket).value + 1) * (
+        2 * max(ds.sizes["level"] for ds in days_.values()) + len(c.bands_bps) + 4)
+    whole = bool(stored) and len(stored) == len(days_) and grid_bytes <= STORED_GRID_BYTES
+    nodes = {}
+    for inst, ds in days_.items():
+        prev = prevs[inst]
+        if prev is not None and not whole:  # the graph's lead-in row: concatenated to the day
             prev = to_backend(prev, ctx.backend)
             ds = xr.concat([prev, ds], "time", data_vars="minimal", coords="minimal",
                            compat="override", join="override").assign_attrs(ds.attrs)
         nodes[f"/{inst}"] = ds
-    # the stored path holds the day's grid in memory: a grid larger than that is left to the
-    # graph, which writes it chunk by chunk
-    grid_bytes = len(nodes) * 8 * (86_400 * 10**9 // pd.Timedelta(c.bucket).value + 1) * (
-        2 * max(ds.sizes["level"] for ds in nodes.values()) + len(c.bands_bps) + 4)
-    whole = stored and len(stored) == len(nodes) and grid_bytes <= STORED_GRID_BYTES
     return _imbalance_grid(xr.DataTree.from_dict(nodes), c.bucket, c.levels, c.bands_bps, None, date,
                            np.datetime64(date) + np.timedelta64(1, "D"), False, c.max_carry,
                            stored=stored if whole else None)

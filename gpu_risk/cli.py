@@ -127,6 +127,8 @@ def synth(
                                    help="replace a dataset in --out made with other settings (else refused)"),
     market_history: bool = typer.Option(False, "--market-history",
                                         help="also market_history.zarr (funding, open interest, mark, index)"),
+    compression: str = typer.Option("lz4", help="the book's chunks: lz4 (compact) or none (read fastest from "
+                                    "memory or a fast local disk)"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON summary on stdout"),
 ):
     """Write a seeded, realistic multi-day synthetic dataset of any size, in bounded memory."""
@@ -135,7 +137,7 @@ def synth(
 
     cfg = SynthConfig(out=str(out), days=days, instruments=instruments, accounts=accounts,
                       levels=levels, snapshots_per_day=snapshots_per_day, start=start, seed=seed,
-                      overwrite=overwrite, market_history=market_history)
+                      overwrite=overwrite, market_history=market_history, compression=compression)
     try:
         with _progress() as bar:
             tasks = {"book": bar.add_task("book days", total=days * instruments),

@@ -234,6 +234,20 @@ def _grid_rows(ds: xr.Dataset, origin_ns: int) -> tuple[xr.Dataset, np.ndarray, 
     return ds, t, lead_in
 
 
+def _with_lead(lead_ns: int, t: np.ndarray) -> np.ndarray:
+    out = np.empty(t.size + 1, dtype=np.int64)
+    out[0] = lead_ns
+    out[1:] = t
+    return out
+
+
+def _lead_in_rows(t: np.ndarray, origin_ns: int) -> np.ndarray:
+    """``t`` (sorted ns) without the rows before the last one before ``origin_ns`` (as
+    :func:`_grid_rows` keeps them)."""
+    keep = int(np.searchsorted(t, origin_ns, side="left")) - 1
+    return t[keep:] if keep > 0 else t
+
+
 def _fill(dest, values):
     if dest is None:
         return values
@@ -344,8 +358,10 @@ def imbalance_grid(book: xr.DataTree | xr.Dataset, bucket="1s", levels: int | No
 def _imbalance_grid(book, bucket, levels, bands_bps, instruments, start, end, validate, max_carry,
                     stored: dict | None = None) -> xr.Dataset:
     """:func:`imbalance_grid`; ``stored`` (instrument -> (its four arrays' TickedChunks,
-    its lead-in row's four (1, L) arrays or None)) for every instrument: computed now from
-    the chunk files on this process's threads (``imbalance_stored``), not as a graph."""
+    its lead-in row: (its time in ns, its four (1, L) arrays) or None)) for every
+    instrument: computed now from the chunk files on this process's threads
+    (``imbalance_stored``), not as a graph. The book's datasets then hold the day's rows
+    alone (the lead-in row is not concatenated to them: that copies the day's time axis)."""
     if isinstance(book, xr.Dataset):
         book = xr.DataTree.from_dict({f"/{book.attrs.get('instrument', 'book')}": book})
     names = sorted(instruments if instruments is not None else book.children)
@@ -366,12 +382,15 @@ def _imbalance_grid(book, bucket, levels, bands_bps, instruments, start, end, va
     bands = np.asarray(bands_bps, dtype=np.float64)
     if bands.ndim != 1 or (bands < 0).any() or not np.isfinite(bands).all():
         raise ValueError("bands_bps must be non-negative finite numbers")
+    times = {name: _time_ns(ds) for name, ds in datasets.items()}
+    if stored is not None:  # each instrument's lead-in row first
+        times = {name: t if stored[name][1] is None else _with_lead(stored[name][1][0], t)
+                 for name, t in times.items()}
     firsts, lasts = [], []
-    for ds in datasets.values():
-        t = _time_ns(ds)
-        if t.size:
-            firsts.append(t.min())
-            lasts.append(t.max())
+    for t in times.values():
+        if t.size:  # sorted (validated)
+            firsts.append(t[0])
+            lasts.append(t[-1])
     if not firsts:
         raise ValueError("the book has no snapshot")
     if start is not None:
@@ -383,9 +402,11 @@ def _imbalance_grid(book, bucket, levels, bands_bps, instruments, start, end, va
         if end_ns <= min(firsts):
             raise ValueError(f"end {end} is not after the grid's first snapshot or start")
         lasts = [end_ns - 1]
-        datasets = {name: ds.isel(time=slice(0, int(np.searchsorted(
-            _time_ns(ds), end_ns, side="left"))))
-            for name, ds in datasets.items()}
+        kept = {name: int(np.searchsorted(t, end_ns, side="left")) for name, t in times.items()}
+        if stored is not None and any(kept[name] < t.size for name, t in times.items()):
+            raise ValueError("a stored day holds snapshots at or after its end")
+        datasets = {name: ds.isel(time=slice(0, kept[name])) for name, ds in datasets.items()}
+        times = {name: t[:kept[name]] for name, t in times.items()}
     midnight = (min(firsts) // DAY_NS) * DAY_NS  # buckets are aligned to midnight UTC
     # the axis starts at the bucket holding the first snapshot (all instruments together)
     origin_ns = midnight + ((min(firsts) - midnight) // bucket_ns) * bucket_ns
@@ -394,9 +415,10 @@ def _imbalance_grid(book, bucket, levels, bands_bps, instruments, start, end, va
     # the stale buckets (a pass over every instrument's times) on a thread of their own,
     # beside the grids (the kernel releases the GIL)
     stale_pool = ThreadPoolExecutor(1, thread_name_prefix="gpu_risk-stale")
+    rows = (lambda name: _lead_in_rows(times[name], origin_ns)) if stored is not None else (
+        lambda name: _grid_rows(datasets[name], origin_ns)[1])
     stale_flags = None if max_carry_ns is None else stale_pool.submit(lambda: np.stack([
-        _stale_buckets(_grid_rows(ds, origin_ns)[1], origin_ns, bucket_ns, n_buckets, max_carry_ns)
-        for ds in datasets.values()]))
+        _stale_buckets(rows(name), origin_ns, bucket_ns, n_buckets, max_carry_ns) for name in datasets]))
     stale_pool.shutdown(wait=False)
     if stored is not None:
         from .imbalance_stored import chunk_pool, grid_from_chunks  # noqa: PLC0415  (they build on this module)
@@ -404,10 +426,13 @@ def _imbalance_grid(book, bucket, levels, bands_bps, instruments, start, end, va
         packed = np.empty((len(datasets), n_buckets, n_columns(levels, bands.size)))
         pool = chunk_pool(_threads())
         finishes = []
-        for i, (name, ds) in enumerate(datasets.items()):
+        for i, name in enumerate(datasets):
             sources, lead = stored[name]
-            lead = None if lead is None else [np.ascontiguousarray(a[:, :levels], dtype=np.float64) for a in lead]
-            t = _grid_rows(ds, origin_ns)[1]
+            t = times[name]
+            if lead is not None:
+                if not t.size or t[0] >= origin_ns or (t.size > 1 and t[1] < origin_ns):
+                    raise ValueError("a stored day's lead-in row must be its only row before the grid")
+                lead = [np.ascontiguousarray(a[:, :levels], dtype=np.float64) for a in lead[1]]
             finishes.append(grid_from_chunks(t, lead, sources, levels, origin_ns, bucket_ns, n_buckets,
                                              bands, packed[i], pool))
         for finish in finishes:

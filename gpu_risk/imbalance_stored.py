@@ -20,10 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .coding import TICK_FILL
 from .imbalance import BOOK_ARRAYS, _empty_buckets, _kernel_call
-from .kernels.imbalance import bucket_of_cpu
+from .kernels.imbalance import bucket_of_cpu, imbalance_ticks_block_cpu, ticks_scale_args
+from .kernels.ticks import from_ticks_cpu
 from .stores.ticked import CHUNKS_ENCODING, TickedChunks
-from .timing import in_context, timed_task
+from .timing import in_context, timed_kernel, timed_task
 
 
 def stored_sources(ds) -> list[TickedChunks] | None:
@@ -40,18 +42,30 @@ def stored_sources(ds) -> list[TickedChunks] | None:
 
 
 class _Buffers(threading.local):
-    """One thread's decode buffers (int32 ticks of one chunk, float64 rows of the four
-    arrays), reused from chunk to chunk: fresh ones would be page-faulted in every time."""
+    """One thread's buffers, reused from chunk to chunk (fresh ones would be page-faulted in
+    every time): the int32 ticks of one chunk (one per array where the kernel reads the
+    ticks; Blosc decompresses into them) and, where it does not, float64 rows of the four
+    arrays."""
 
     key: tuple | None = None
 
-    def get(self, chunk_rows: int, stored_levels: int, levels: int) -> tuple[np.ndarray, list[np.ndarray]]:
-        key = (chunk_rows, stored_levels, levels)
+    def get(self, chunk_rows: int, stored_levels: int, levels: int, fused: bool
+            ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        key = (chunk_rows, stored_levels, levels, fused)
         if self.key != key:
-            self.ticks = np.empty(chunk_rows * stored_levels, dtype=np.int32)
-            self.values = [np.empty((chunk_rows, levels)) for _ in range(4)]
+            self.key = None  # the old buffers go before the new ones are made
+            self.ticks = [np.empty(chunk_rows * stored_levels, dtype=np.int32) for _ in range(4 if fused else 1)]
+            self.values = [] if fused else [np.empty((chunk_rows, levels)) for _ in range(4)]
             self.key = key
         return self.ticks, self.values
+
+
+def _missing_chunk(rows: int, levels: int) -> np.ndarray:
+    """A chunk whose file is missing, as zarr reads it: every value the fill value."""
+    return np.full((rows, levels), TICK_FILL, dtype=np.int32)
+
+
+_ticks_kernel = timed_kernel("imbalance_block", imbalance_ticks_block_cpu)
 
 
 _buffers = _Buffers()
@@ -106,20 +120,42 @@ def grid_from_chunks(t: np.ndarray, lead: Sequence[np.ndarray] | None, sources: 
         dest[:first_bucket] = _empty_buckets(first_bucket, levels, dest.shape[1], dest, lazy=False)
     stored_levels = sources[0].levels
 
+    scales = np.array([[s.divisor, s.multiplier] for s in sources])
+    size_scales = ticks_scale_args(scales)
+    fused = levels == stored_levels  # the kernel reads the ticks themselves
+
+    def decoded(ticks: np.ndarray, j: int) -> np.ndarray:
+        return from_ticks_cpu(ticks, sources[j].divisor, sources[j].multiplier, np.empty(ticks.shape))
+
     def chunk_task(c: int, seg: _Segment):
         """Read chunk ``c``, sum its inner buckets into ``dest``; return copies of the rows
-        the spanning buckets need: (head, tail, row before the tail), or the whole chunk."""
-        ticks, values = _buffers.get(sources[0].chunk_rows, stored_levels, levels)
+        the spanning buckets need (float64): (head, tail, row before the tail), or the whole
+        chunk."""
+        scratch, values = _buffers.get(sources[0].chunk_rows, stored_levels, levels, fused)
         with timed_task("read"):
-            arrays = [src.read(c, out=v, ticks=ticks, levels=levels) for src, v in zip(sources, values)]
+            if fused:  # int32 ticks, decoded by the kernel as it reads them
+                arrays = [src.ticks(c, buf) for src, buf in zip(sources, scratch)]
+                arrays = [_missing_chunk(seg.b - seg.a, levels) if a is None else a for a in arrays]
+            else:
+                arrays = [src.read(c, out=v, ticks=scratch[0], levels=levels) for src, v in zip(sources, values)]
         with timed_task("other"):  # the clock takes the kernel's own time out of "other"
             if seg.whole:
-                return [a.copy() for a in arrays], None, None
+                return [decoded(a, j) if fused else a.copy() for j, a in enumerate(arrays)], None, None
             lo, hi = seg.head_end - seg.a, seg.tail_start - seg.a
             if lo < hi:
                 b0, b1 = int(bucket[seg.head_end]), int(bucket[seg.tail_start])
-                _kernel_call(np, [a[lo:hi] for a in arrays], [a[lo - 1] for a in arrays],
-                             bucket[seg.head_end:seg.tail_start] - b0, bands, levels, dest[b0:b1])
+                inner = [a[lo:hi] for a in arrays]
+                before = [a[lo - 1] for a in arrays]
+                if fused:
+                    _ticks_kernel(*inner, *before, True, bucket[seg.head_end:seg.tail_start] - b0, bands, scales,
+                                  *size_scales, dest[b0:b1])
+                else:
+                    _kernel_call(np, inner, before, bucket[seg.head_end:seg.tail_start] - b0, bands, levels,
+                                 dest[b0:b1])
+            if fused:
+                return ([decoded(a[:lo], j) for j, a in enumerate(arrays)],
+                        [decoded(a[hi:], j) for j, a in enumerate(arrays)],
+                        [decoded(a[hi - 1], j) for j, a in enumerate(arrays)])
             return ([a[:lo].copy() for a in arrays], [a[hi:].copy() for a in arrays],
                     [a[hi - 1].copy() for a in arrays])
 

@@ -500,6 +500,7 @@ class SynthConfig:
     account_chunk_rows: int = store.ACCOUNT_CHUNK_ROWS
     overwrite: bool = False  # replace a dataset made with other settings
     market_history: bool = False  # also market_history.zarr: funding, open interest, mark and index
+    compression: str = "lz4"  # the book store's chunks: "lz4" or "none" (stores.days.COMPRESSIONS)
 
 
 SHAPING = ("days", "instruments", "accounts", "levels", "snapshots_per_day", "start", "seed")
@@ -543,6 +544,8 @@ def synth(cfg: SynthConfig, progress: Callable[[str, int], None] | None = None) 
         (out / "synth.json").unlink(missing_ok=True)
     _same_settings_as_before(out, cfg)
     book_path, pos_path, mkt_path = out / "book.zarr", out / "positions.zarr", out / "market.zarr"
+    store.ensure_store(book_path, "book")
+    store.set_store_compression(book_path, cfg.compression)
     instruments = catalog(cfg.instruments)
     underlyings = sorted({i.underlying for i in instruments} | ({"BTC"} if any(
         i.underlying == "BTC" for i in instruments) else set()))

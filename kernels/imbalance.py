@@ -31,7 +31,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from numba.core import types
+from numba.extending import overload
+
 from ._compile import cpu_inline, cpu_kernel, cuda_module, cupy_module
+from .ticks import TICK_FILL
 
 
 def n_columns(levels: int, bands: int) -> int:
@@ -83,28 +87,74 @@ def stale_buckets_cpu(time_ns, origin_ns, bucket_ns, max_carry_ns, out):
     return out
 
 
+def _value(x, divisor, multiplier):
+    """A book value as float64: ``x`` itself where the block is float64; where it is int32
+    ticks (kernels/ticks.py), ``x / divisor`` (or ``x * multiplier`` when ``divisor`` is
+    0), ``TICK_FILL`` as NaN: the same double the store's decoding gives."""
+    return x
+
+
+@overload(_value)
+def _value_impl(x, divisor, multiplier):
+    # the scale's kind is part of the type where it is known (the other one None): the
+    # size decodes in the order-flow loop then hold no branch, which kept LLVM from
+    # vectorising it (a division done on every lane)
+    if not isinstance(x, types.Integer):
+        return lambda x, divisor, multiplier: x
+    if isinstance(divisor, types.NoneType):
+        return lambda x, divisor, multiplier: np.nan if x == TICK_FILL else x * multiplier
+    if isinstance(multiplier, types.NoneType):
+        return lambda x, divisor, multiplier: np.nan if x == TICK_FILL else x / divisor
+
+    def decode(x, divisor, multiplier):
+        if x == TICK_FILL:
+            return np.nan
+        return x / divisor if divisor > 0 else x * multiplier
+    return decode
+
+
+def _ask_key(x):
+    """An ask price as compared by the order-flow terms: the price itself, or for int32
+    ticks the ticks with an empty level (``TICK_FILL``) above every price, as NaN asks
+    compare as +inf. Ticks compare as their prices do (a positive scale keeps the order and
+    tells distinct ticks apart), and an empty bid level, ``TICK_FILL``, is already below
+    every price, as NaN bids compare as -inf."""
+    return x
+
+
+@overload(_ask_key)
+def _ask_key_impl(x):
+    if isinstance(x, types.Integer):
+        return lambda x: _ASK_EMPTY if x == TICK_FILL else x
+    return lambda x: x
+
+
+_ASK_EMPTY = np.int32(2**31 - 1)
+
+
 @cpu_inline
 def _state_row(bid_price, ask_price, bid_size, ask_size, n, band_factors, band_order, cum_bid, cum_ask, out,
-               row):
+               row, scales):
     """Write the state variables of snapshot n into out[row] (columns L .. end-1).
     ``band_factors`` (2, B) holds 1 - b/10^4 and 1 + b/10^4, computed once per block (the
     same operations as inline, so the same bits, without 2 B divisions per bucket).
-    ``cum_bid``, ``cum_ask`` (L,) are scratch space for the cumulative depths."""
+    ``cum_bid``, ``cum_ask`` (L,) are scratch space for the cumulative depths; ``scales``
+    (4, 2) the arrays' tick scales where they are ticks (:func:`_value`)."""
     levels = bid_price.shape[1]
     bands = band_factors.shape[1]
     c_b = 0.0
     c_a = 0.0
     for k in range(levels):
-        c_b += bid_size[n, k]
-        c_a += ask_size[n, k]
+        c_b += _value(bid_size[n, k], scales[2, 0], scales[2, 1])
+        c_a += _value(ask_size[n, k], scales[3, 0], scales[3, 1])
         cum_bid[k] = c_b
         cum_ask[k] = c_a
     for k in range(levels):  # independent divisions: vectorised
         out[row, levels + k] = (cum_bid[k] - cum_ask[k]) / (cum_bid[k] + cum_ask[k])
-    pb1 = bid_price[n, 0]
-    pa1 = ask_price[n, 0]
-    qb1 = bid_size[n, 0]
-    qa1 = ask_size[n, 0]
+    pb1 = _value(bid_price[n, 0], scales[0, 0], scales[0, 1])
+    pa1 = _value(ask_price[n, 0], scales[1, 0], scales[1, 1])
+    qb1 = _value(bid_size[n, 0], scales[2, 0], scales[2, 1])
+    qa1 = _value(ask_size[n, 0], scales[3, 0], scales[3, 1])
     mid = (pb1 + pa1) / 2
     out[row, 2 * levels] = mid
     out[row, 2 * levels + 1] = pa1 - pb1
@@ -121,9 +171,9 @@ def _state_row(bid_price, ask_price, bid_size, ask_size, n, band_factors, band_o
         j = band_order[jj]
         low = mid * band_factors[0, j]
         high = mid * band_factors[1, j]
-        while k_b < levels and bid_price[n, k_b] >= low:
+        while k_b < levels and _value(bid_price[n, k_b], scales[0, 0], scales[0, 1]) >= low:
             k_b += 1
-        while k_a < levels and ask_price[n, k_a] <= high:
+        while k_a < levels and _value(ask_price[n, k_a], scales[1, 0], scales[1, 1]) <= high:
             k_a += 1
         b = cum_bid[k_b - 1] if k_b > 0 else 0.0
         a = cum_ask[k_a - 1] if k_a > 0 else 0.0
@@ -154,6 +204,36 @@ SCRATCH_ROWS = 16
 def imbalance_block_cpu(bid_price, ask_price, bid_size, ask_size, prev_bid_price, prev_ask_price,
                         prev_bid_size, prev_ask_size, has_prev, bucket, band_bps, out):
     """numba: one row-major pass over the block (see the module docstring), bucket by bucket."""
+    return _block(bid_price, ask_price, bid_size, ask_size, prev_bid_price, prev_ask_price, prev_bid_size,
+                  prev_ask_size, has_prev, bucket, band_bps, np.zeros((4, 2)), (None, None), (None, None), out)
+
+
+@cpu_kernel
+def imbalance_ticks_block_cpu(bid_price, ask_price, bid_size, ask_size, prev_bid_price, prev_ask_price,
+                              prev_bid_size, prev_ask_size, has_prev, bucket, band_bps, scales, size_divisors,
+                              size_multipliers, out):
+    """numba: :func:`imbalance_block_cpu` on a block stored as int32 ticks (every array and
+    predecessor row int32; ``scales`` (4, 2): each array's divisor and multiplier, in the
+    order of the arguments), decoded as they are read: the same bits as decoding the block
+    first (tested), without writing and reading back the float64 block. ``size_divisors``,
+    ``size_multipliers``: the two size arrays' scales again, each pair with None in place of
+    the one not used (:func:`ticks_scale_args`)."""
+    return _block(bid_price, ask_price, bid_size, ask_size, prev_bid_price, prev_ask_price, prev_bid_size,
+                  prev_ask_size, has_prev, bucket, band_bps, scales, size_divisors, size_multipliers, out)
+
+
+def ticks_scale_args(scales: np.ndarray) -> tuple[tuple, tuple]:
+    """The ``size_divisors`` and ``size_multipliers`` of :func:`imbalance_ticks_block_cpu`
+    from ``scales`` (4, 2)."""
+    divisors = tuple(float(scales[i, 0]) if scales[i, 0] > 0 else None for i in (2, 3))
+    multipliers = tuple(None if scales[i, 0] > 0 else float(scales[i, 1]) for i in (2, 3))
+    return divisors, multipliers
+
+
+@cpu_kernel
+def _block(bid_price, ask_price, bid_size, ask_size, prev_bid_price, prev_ask_price, prev_bid_size,
+           prev_ask_size, has_prev, bucket, band_bps, scales, size_divisors, size_multipliers, out):
+    """The block kernel, for float64 values or int32 ticks (:func:`_value`, :func:`_ask_key`)."""
     n_rows, levels = bid_price.shape
     n_out, n_cols = out.shape
     count_col = n_cols - 1
@@ -174,6 +254,8 @@ def imbalance_block_cpu(bid_price, ask_price, bid_size, ask_size, prev_bid_price
         band_factors[0, j] = 1 - band_bps[j] / 1e4
         band_factors[1, j] = 1 + band_bps[j] / 1e4
     band_order = np.argsort(band_bps)  # narrowest band first
+    qb_div, qa_div = size_divisors
+    qb_mul, qa_mul = size_multipliers
     n = 0
     while n < n_rows:
         r = bucket[n]
@@ -186,9 +268,10 @@ def imbalance_block_cpu(bid_price, ask_price, bid_size, ask_size, prev_bid_price
         if n == 0:
             if has_prev:
                 for k in range(levels):
-                    acc[k] += _order_flow(bid_price[0, k], ask_price[0, k], bid_size[0, k], ask_size[0, k],
-                                          prev_bid_price[k], prev_ask_price[k], prev_bid_size[k],
-                                          prev_ask_size[k])
+                    acc[k] += _order_flow(
+                        bid_price[0, k], _ask_key(ask_price[0, k]), _value(bid_size[0, k], qb_div, qb_mul),
+                        _value(ask_size[0, k], qa_div, qa_mul), prev_bid_price[k], _ask_key(prev_ask_price[k]),
+                        _value(prev_bid_size[k], qb_div, qb_mul), _value(prev_ask_size[k], qa_div, qa_mul))
             first = 1
         row = first
         while row < end:
@@ -199,8 +282,10 @@ def imbalance_block_cpu(bid_price, ask_price, bid_size, ask_size, prev_bid_price
                 # keep LLVM from vectorising the loop
                 j = np.uint64(base + i)
                 p = np.uint64(base + i - levels)
-                terms[i] = _order_flow(flat_bid_price[j], flat_ask_price[j], flat_bid_size[j], flat_ask_size[j],
-                                       flat_bid_price[p], flat_ask_price[p], flat_bid_size[p], flat_ask_size[p])
+                terms[i] = _order_flow(
+                    flat_bid_price[j], _ask_key(flat_ask_price[j]), _value(flat_bid_size[j], qb_div, qb_mul),
+                    _value(flat_ask_size[j], qa_div, qa_mul), flat_bid_price[p], _ask_key(flat_ask_price[p]),
+                    _value(flat_bid_size[p], qb_div, qb_mul), _value(flat_ask_size[p], qa_div, qa_mul))
             for q in range(stop - row):
                 for k in range(levels):
                     acc[k] += terms[q * levels + k]
@@ -209,7 +294,7 @@ def imbalance_block_cpu(bid_price, ask_price, bid_size, ask_size, prev_bid_price
             out[r, k] = acc[k]
         out[r, count_col] = float(end - n)
         _state_row(bid_price, ask_price, bid_size, ask_size, end - 1, band_factors, band_order, cum_bid, cum_ask,
-                   out, r)
+                   out, r, scales)
         # buckets without a snapshot before the next one: OFI 0, no update, this state,
         # written now while this row is in cache (no zeroing pass, no carrying pass)
         next_bucket = bucket[end] if end < n_rows else n_out

@@ -434,20 +434,46 @@ def recover_day(path: PathLike, group: str) -> None:
 NUMBER_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"), Crc32cCodec())
 # book prices and sizes as exact int32 ticks (gpu_risk.coding): byte shuffle then LZ4
 TICK_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec())
+# A store may instead keep its numbers uncompressed (each chunk still with its CRC-32C):
+# 2.9x the disk of the ticks above, but a batch that reads them from the page cache or a
+# fast local disk maps them straight into memory instead of decompressing them
+# (docs/performance.md, "Store format"). Recorded on the store's root; it applies to
+# the days written from then on (each array's codecs are in its own metadata, so a store
+# may hold both).
+COMPRESSION_ATTR = "gpu_risk_compression"
+COMPRESSIONS = ("lz4", "none")
+UNCOMPRESSED = (Crc32cCodec(),)
 
 
-def _encoding(ds: xr.Dataset, chunk_dims: Mapping[Any, int]) -> dict:
+def store_compression(path: PathLike) -> str:
+    """How the store at ``path`` compresses the days written to it: "lz4" (the default)
+    or "none"."""
+    found = group_attrs(path, "").get(COMPRESSION_ATTR, "lz4") if Path(str(path)).exists() else "lz4"
+    return found if found in COMPRESSIONS else "lz4"
+
+
+def set_store_compression(path: PathLike, compression: str) -> None:
+    """Record ``compression`` ("lz4" or "none") on an existing store: the days written to
+    it from now on are compressed so (days already written stay as they are, and read)."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}")
+    update_group_attrs(path, "", {COMPRESSION_ATTR: compression})
+
+
+def _encoding(ds: xr.Dataset, chunk_dims: Mapping[Any, int], compression: str = "lz4") -> dict:
+    numbers, ticks = (UNCOMPRESSED, UNCOMPRESSED) if compression == "none" else (NUMBER_COMPRESSORS,
+                                                                                   TICK_COMPRESSORS)
     enc: dict[str, dict] = {}
     for name, var in ds.variables.items():
         e: dict[str, Any] = {}
         if var.dtype.kind in "fiub" and var.ndim:
-            e["compressors"] = NUMBER_COMPRESSORS
+            e["compressors"] = numbers
         if TICKS_ATTR in var.attrs and var.dtype == np.int32:
             # the Zarr fill_value too: a missing chunk reads as empty levels, never as 0
-            e.update(compressors=TICK_COMPRESSORS, _FillValue=TICK_FILL, fill_value=TICK_FILL)
+            e.update(compressors=ticks, _FillValue=TICK_FILL, fill_value=TICK_FILL)
         if np.issubdtype(var.dtype, np.datetime64):
             e.update(TIME_ENCODING)
-            e["compressors"] = NUMBER_COMPRESSORS
+            e["compressors"] = numbers
         if var.dims and name not in ds.dims:
             e["chunks"] = tuple(min(chunk_dims.get(d, var.sizes[d]), var.sizes[d]) or 1
                                 for d in var.dims)
@@ -491,7 +517,7 @@ def write_day_dataset(
     """
     chunk_dims = chunk_dims or {}
     ds = _prepare(ds)
-    enc = _encoding(ds, chunk_dims)
+    enc = _encoding(ds, chunk_dims, store_compression(path))
     if any(v.chunks is not None for v in ds.variables.values()):
         # one Dask chunk per Zarr chunk: no two tasks ever write the same Zarr chunk
         ds = ds.chunk({d: chunk_dims.get(d, -1) for d in ds.dims})
@@ -514,7 +540,7 @@ def write_day_in_memory(ds: xr.Dataset, path: PathLike, group: str, chunk_dims: 
     if not Path(str(path)).is_dir():
         return False
     prepared = _prepare(ds)
-    planned = direct.plan_day(prepared, _encoding(prepared, chunk_dims or {}))
+    planned = direct.plan_day(prepared, _encoding(prepared, chunk_dims or {}, store_compression(path)))
     if planned is None:
         return False
     direct.write_planned(Path(str(path)), group, {**ds.attrs, COMPLETE: False}, planned)
@@ -558,7 +584,7 @@ class RegionWriter:
         chunk_dims[dim] = chunk
         template = _prepare(template)
         template.attrs[COMPLETE] = False
-        enc = _encoding(template, chunk_dims)
+        enc = _encoding(template, chunk_dims, store_compression(path))
         template.to_zarr(self.path, group=group, mode="w", compute=False, encoding=enc,
                          **_zarr_kwargs())
         self.size = template.sizes[dim]

@@ -26,6 +26,7 @@ import xarray as xr
 
 from ..coding import TICKS_ATTR
 from ..timing import in_context, timed_task
+from .ticked import crc32c
 
 _BLOSC_SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 # what zarr gives a variable-length string array (xarray sets no compressor for strings)
@@ -96,11 +97,11 @@ def _encoder(codecs: list[dict]):
         """The file's pieces (its body, then its checksum): written one after the other
         rather than joined, which would copy the body once more."""
         data = np.ascontiguousarray(values.astype(values.dtype.newbyteorder("<"), copy=False))
-        if blosc_config is not None:
-            body = blosc.compress(data, blosc_config["cname"].encode(), int(blosc_config["clevel"]),
-                                  _BLOSC_SHUFFLE[blosc_config["shuffle"]], int(blosc_config["blocksize"]))
-        else:
-            body = data.tobytes()
+        if blosc_config is None:  # the values' own bytes: no copy of them
+            raw = data.reshape(-1).view(np.uint8)
+            return [raw, crc32c(raw).to_bytes(4, "little")] if checksum else [raw]
+        body = blosc.compress(data, blosc_config["cname"].encode(), int(blosc_config["clevel"]),
+                              _BLOSC_SHUFFLE[blosc_config["shuffle"]], int(blosc_config["blocksize"]))
         return [body, google_crc32c.value(body).to_bytes(4, "little")] if checksum else [body]
 
     return encode

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import mmap
 import os
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,9 @@ from ..kernels.ticks import from_ticks_cpu
 # book days' ticked arrays read by this module (False: through zarr; the tests compare both)
 DIRECT_READS = True
 
-# The codecs every ticked book array is written with (stores.days.TICK_COMPRESSORS)
-_DIRECT_CODECS = ["bytes", "blosc", "crc32c"]
+# The codec chains of ticked book arrays (stores.days.TICK_COMPRESSORS: Blosc, the
+# default; or none, for stores kept where reading is cheaper than decompressing)
+_DIRECT_CODECS = (["bytes", "blosc", "crc32c"], ["bytes", "crc32c"])
 # CRC-32C over a message followed by its own little-endian CRC-32C is always this value:
 # a chunk is checked in one pass over the file's bytes, without copying its body out
 _CRC32C_RESIDUE = 0x48674BC7
@@ -74,6 +76,7 @@ class TickedChunks:
     levels: int
     divisor: float
     multiplier: float
+    compressed: bool = True  # Blosc; else the chunk files hold the ticks themselves
 
     @property
     def n_chunks(self) -> int:
@@ -92,18 +95,31 @@ class TickedChunks:
         out = np.empty((n, levels)) if out is None else out[:n]
         if not out.flags.c_contiguous or out.shape[1] != levels:
             raise ValueError("out must be C-contiguous rows of the levels read")
-        where = f"{self.where}/c/{i}/0"
-        flat = read_chunk_file(os.path.join(self.folder, "c", str(i), "0"), where, self.store,
-                               None if ticks is None else ticks.view(np.uint8))
-        if flat is None:
+        grid = self.ticks(i, ticks)
+        if grid is None:
             out[:] = np.nan
             return out
+        from_ticks_cpu(grid[:, :levels], self.divisor, self.multiplier, out)
+        return out
+
+    def ticks(self, i: int, scratch: np.ndarray | None = None) -> np.ndarray | None:
+        """Chunk ``i``'s int32 ticks, (rows, levels), its CRC-32C checked; None where the
+        file is missing (every value the fill value). A compressed chunk is decompressed into
+        ``scratch`` (int32, one whole chunk) when given; an uncompressed one is mapped from
+        the file (read-only, no copy)."""
+        n = min(self.chunk_rows, self.rows - i * self.chunk_rows)
+        where = f"{self.where}/c/{i}/0"
+        file = os.path.join(self.folder, "c", str(i), "0")
+        if self.compressed:
+            flat = read_chunk_file(file, where, self.store, None if scratch is None else scratch.view(np.uint8))
+        else:
+            flat = _mapped_chunk(file, where, self.store)
+        if flat is None:
+            return None
         if flat.size != self.chunk_rows * self.levels * 4:
             raise InputError(f"chunk {where} holds {flat.size // 4} values, not {self.chunk_rows * self.levels}",
                              store=self.store)
-        grid = flat.view("<i4").reshape(self.chunk_rows, self.levels)
-        from_ticks_cpu(grid[:n, :levels], self.divisor, self.multiplier, out)
-        return out
+        return flat.view("<i4").reshape(self.chunk_rows, self.levels)[:n]
 
 
 def _plain_layout(meta: dict, dims: list[str]) -> bool:
@@ -125,7 +141,8 @@ def ticked_chunks(path: Any, group: str, name: str, attrs: dict) -> TickedChunks
     folder = Path(os.path.abspath(str(path))) / group / name  # absolute: tasks may run elsewhere
     try:
         meta = json.loads((folder / "zarr.json").read_text())
-        layout_ok = ([c.get("name") for c in meta["codecs"]] == _DIRECT_CODECS
+        codecs = [c.get("name") for c in meta["codecs"]]
+        layout_ok = (codecs in _DIRECT_CODECS
                      and _plain_layout(meta, ["time", "level"])
                      and meta["data_type"] == "int32" and meta["fill_value"] == TICK_FILL)
         rows, levels = meta["shape"]
@@ -135,7 +152,7 @@ def ticked_chunks(path: Any, group: str, name: str, attrs: dict) -> TickedChunks
     if spec is None or not layout_ok or chunk_levels != levels or rows == 0:
         return None
     return TickedChunks(str(folder), str(path), f"{group}/{name}", int(rows), int(chunk_rows), int(levels),
-                        spec[0], spec[1])
+                        spec[0], spec[1], "blosc" in codecs)
 
 
 CHUNKS_ENCODING = "gpu_risk_ticked_chunks"  # a variable's encoding entry: its TickedChunks
@@ -280,3 +297,67 @@ def _read_plain(file: str, where: str, store: str) -> np.ndarray | None:
     """An uncompressed chunk file's bytes (without its CRC-32C, which is checked)."""
     data = _checked_file(file, where, store)
     return None if data is None else np.frombuffer(data, dtype=np.uint8)[:-4]
+
+
+def _mapped_chunk(file: str, where: str, store: str) -> np.ndarray | None:
+    """An uncompressed chunk file mapped into memory (its body, without the CRC-32C, which
+    is checked): reading it costs one pass over the page cache, where reading it into a
+    buffer costs a copy besides. gpu_risk never rewrites a chunk file in place (a day is
+    written aside and renamed into place), so the mapping stays whole while it is read."""
+    try:
+        fd = os.open(file, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        if size < 4:
+            raise InputError(f"chunk {where} fails its checksum (damaged in place?); `gpu-risk verify` lists every "
+                             "damaged chunk", store=store)
+        mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED | _MAP_POPULATE)
+    finally:
+        os.close(fd)
+    data = np.frombuffer(mapped, dtype=np.uint8)  # keeps the mapping until it is dropped
+    if crc32c(data) != _CRC32C_RESIDUE:
+        raise InputError(f"chunk {where} fails its checksum (damaged in place?); `gpu-risk verify` lists every "
+                         "damaged chunk", store=store)
+    return data[:-4]
+
+
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux: the pages mapped at once, not one fault at a time
+
+
+def _crc32c_function():
+    """google-crc32c's C function over a raw buffer (its Python call takes only ``bytes``,
+    which would cost a copy of every chunk), or None where its library is not found."""
+    import ctypes  # noqa: PLC0415
+
+    import google_crc32c  # noqa: PLC0415
+
+    here = Path(google_crc32c.__file__).resolve().parent
+    for lib in sorted([*here.parent.glob("google_crc32c.libs/libcrc32c*"), *here.glob(".dylibs/libcrc32c*"),
+                       *here.glob("libcrc32c*")]):
+        try:
+            found = ctypes.CDLL(str(lib))
+            function = found.crc32c_value
+        except (OSError, AttributeError):
+            continue
+        function.restype = ctypes.c_uint32
+        function.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        return function
+    return None
+
+
+_crc32c_c: Any = None
+
+
+def crc32c(data: np.ndarray) -> int:
+    """The CRC-32C of a contiguous uint8 array, without copying it (where google-crc32c's
+    library is found; else through ``bytes``)."""
+    global _crc32c_c
+    if _crc32c_c is None:
+        _crc32c_c = _crc32c_function() or False
+    if _crc32c_c is False:
+        import google_crc32c  # noqa: PLC0415
+
+        return int(google_crc32c.value(data.tobytes()))
+    return int(_crc32c_c(data.ctypes.data, data.nbytes))
