@@ -50,14 +50,15 @@ class _Buffers(threading.local):
     key: tuple | None = None
 
     def get(self, chunk_rows: int, stored_levels: int, levels: int, fused: bool
-            ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+            ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
         key = (chunk_rows, stored_levels, levels, fused)
         if self.key != key:
             self.key = None  # the old buffers go before the new ones are made
             self.ticks = [np.empty(chunk_rows * stored_levels, dtype=np.int32) for _ in range(4 if fused else 1)]
             self.values = [] if fused else [np.empty((chunk_rows, levels)) for _ in range(4)]
+            self.buckets = np.empty(chunk_rows, dtype=np.int64)
             self.key = key
-        return self.ticks, self.values
+        return self.ticks, self.values, self.buckets
 
 
 def _missing_chunk(rows: int, levels: int) -> np.ndarray:
@@ -90,12 +91,36 @@ class _Segment:
     chunk (or the lead-in). ``head_end``: the first row after the segment's first bucket;
     ``tail_start``: the first row of its last bucket; a segment of one bucket is whole."""
 
-    def __init__(self, a: int, b: int, bucket: np.ndarray):
+    def __init__(self, a: int, b: int, buckets: _Buckets):
         self.a, self.b = a, b
-        first, last = bucket[a], bucket[b - 1]
+        first, last = buckets.at(a), buckets.at(b - 1)
         self.whole = first == last
-        self.head_end = a + int(np.searchsorted(bucket[a:b], first, side="right"))
-        self.tail_start = a + int(np.searchsorted(bucket[a:b], last, side="left"))
+        self.head_end = a + buckets.rows_before(a, b, first + 1)
+        self.tail_start = a + buckets.rows_before(a, b, last)
+
+
+class _Buckets:
+    """The bucket of each row of one instrument (``max((t - origin) // bucket, 0)``, as
+    ``bucket_of_cpu`` computes them), worked out where needed: a chunk's in its own task,
+    on all cores, rather than the whole day's up front on one."""
+
+    def __init__(self, t: np.ndarray, origin_ns: int, bucket_ns: int):
+        self.t, self.origin_ns, self.bucket_ns = t, origin_ns, bucket_ns
+
+    def at(self, i: int) -> int:
+        return max(int(self.t[i] - self.origin_ns) // self.bucket_ns, 0)
+
+    def rows_before(self, a: int, b: int, k: int) -> int:
+        """How many of rows [a, b) (sorted) lie in buckets before bucket ``k``."""
+        if k <= 0:
+            return 0
+        return int(np.searchsorted(self.t[a:b], self.origin_ns + k * self.bucket_ns, side="left"))
+
+    def counted_from(self, a: int, b: int, base: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The buckets of rows [a, b) less ``base`` (each row's in bucket ``base`` or later,
+        or a lead-in row with ``base`` 0), into ``out`` when given."""
+        out = np.empty(b - a, dtype=np.int64) if out is None else out[:b - a]
+        return bucket_of_cpu(self.t[a:b], self.origin_ns + base * self.bucket_ns, self.bucket_ns, out)
 
 
 def grid_from_chunks(t: np.ndarray, lead: Sequence[np.ndarray] | None, sources: Sequence[TickedChunks],
@@ -109,13 +134,13 @@ def grid_from_chunks(t: np.ndarray, lead: Sequence[np.ndarray] | None, sources: 
     ``pool`` are done (the buckets that span chunks), so that several instruments' chunks
     share the pool."""
     n_lead = 0 if lead is None else 1
-    bucket = bucket_of_cpu(t, origin_ns, bucket_ns, np.empty(t.size, dtype=np.int64))
+    buckets = _Buckets(t, origin_ns, bucket_ns)
     sizes = sources[0].chunk_sizes()
     if any(s.chunk_sizes() != sizes for s in sources) or n_lead + sum(sizes) != t.size:
         raise ValueError("the book arrays' chunks do not match its time axis")
     edges = np.cumsum([0, n_lead, *sizes])
-    segments = [_Segment(int(a), int(b), bucket) for a, b in zip(edges[:-1], edges[1:]) if b > a]
-    first_bucket = int(bucket[0])
+    segments = [_Segment(int(a), int(b), buckets) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    first_bucket = buckets.at(0)
     if first_bucket > 0:  # before the instrument's first snapshot
         dest[:first_bucket] = _empty_buckets(first_bucket, levels, dest.shape[1], dest, lazy=False)
     stored_levels = sources[0].levels
@@ -131,7 +156,7 @@ def grid_from_chunks(t: np.ndarray, lead: Sequence[np.ndarray] | None, sources: 
         """Read chunk ``c``, sum its inner buckets into ``dest``; return copies of the rows
         the spanning buckets need (float64): (head, tail, row before the tail), or the whole
         chunk."""
-        scratch, values = _buffers.get(sources[0].chunk_rows, stored_levels, levels, fused)
+        scratch, values, bucket_rows = _buffers.get(sources[0].chunk_rows, stored_levels, levels, fused)
         with timed_task("read"):
             if fused:  # int32 ticks, decoded by the kernel as it reads them
                 arrays = [src.ticks(c, buf) for src, buf in zip(sources, scratch)]
@@ -143,15 +168,14 @@ def grid_from_chunks(t: np.ndarray, lead: Sequence[np.ndarray] | None, sources: 
                 return [decoded(a, j) if fused else a.copy() for j, a in enumerate(arrays)], None, None
             lo, hi = seg.head_end - seg.a, seg.tail_start - seg.a
             if lo < hi:
-                b0, b1 = int(bucket[seg.head_end]), int(bucket[seg.tail_start])
+                b0, b1 = buckets.at(seg.head_end), buckets.at(seg.tail_start)
                 inner = [a[lo:hi] for a in arrays]
                 before = [a[lo - 1] for a in arrays]
+                bucket = buckets.counted_from(seg.head_end, seg.tail_start, b0, bucket_rows)
                 if fused:
-                    _ticks_kernel(*inner, *before, True, bucket[seg.head_end:seg.tail_start] - b0, bands, scales,
-                                  *size_scales, dest[b0:b1])
+                    _ticks_kernel(*inner, *before, True, bucket, bands, scales, *size_scales, dest[b0:b1])
                 else:
-                    _kernel_call(np, inner, before, bucket[seg.head_end:seg.tail_start] - b0, bands, levels,
-                                 dest[b0:b1])
+                    _kernel_call(np, inner, before, bucket, bands, levels, dest[b0:b1])
             if fused:
                 return ([decoded(a[:lo], j) for j, a in enumerate(arrays)],
                         [decoded(a[hi:], j) for j, a in enumerate(arrays)],
@@ -170,15 +194,16 @@ def grid_from_chunks(t: np.ndarray, lead: Sequence[np.ndarray] | None, sources: 
             first_row, prev = 0, None
 
             def close(stop_row: int, stop_bucket: int) -> None:
-                b0 = int(bucket[first_row])
+                b0 = buckets.at(first_row)
                 arrays = [np.concatenate([piece[j] for piece in group]) for j in range(4)]
-                _kernel_call(np, arrays, prev, bucket[first_row:stop_row] - b0, bands, levels, dest[b0:stop_bucket])
+                _kernel_call(np, arrays, prev, buckets.counted_from(first_row, stop_row, b0), bands, levels,
+                             dest[b0:stop_bucket])
 
             for seg, (head, tail, before_tail) in zip(segments, parts):
                 group.append(head)
                 if seg.whole:  # one bucket: the group runs on through it
                     continue
-                close(seg.head_end, int(bucket[seg.head_end]))
+                close(seg.head_end, buckets.at(seg.head_end))
                 group, first_row, prev = [tail], seg.tail_start, before_tail
             close(t.size, n_buckets)
             if lead is not None:  # the lead-in row is carried, not an update of this grid

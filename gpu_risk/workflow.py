@@ -60,6 +60,9 @@ class WorkflowConfig(BaseModel):
     settings: dict[str, Any] = Field(
         {}, description="each family's settings, by family; in a workflow file, a section named after the family")
     output: Path
+    compression: Literal["lz4", "none"] | None = Field(
+        None, description="the results' chunks: lz4 or none (default: a new results store takes the book "
+                          "store's; an existing one keeps its own)")
     report: Path | None = None
     backend: Literal["auto", "cpu", "gpu"] = "auto"
     scheduler: str = "auto"
@@ -344,9 +347,22 @@ def run_workflow(cfg: WorkflowConfig, *, on_event: Callable[[str, dict], None] |
         asked = (f"the dates {', '.join(str(d) for d in cfg.dates)}" if cfg.dates is not None
                  else f"[{cfg.start or 'first'}, {cfg.end or 'last'}]")
         raise ValueError(f"no as-of date to run in {source} within {asked}: {what}")
+    new = not Path(cfg.output).exists()  # (the writer's lock creates it)
     # one writer per results store: a second run on the same output is refused at once
     with store.exclusive_writer(cfg.output):
+        _results_compression(cfg, new)
         return _run_locked(cfg, dates, book_days, backend, why, emit, performance_report)
+
+
+def _results_compression(cfg: WorkflowConfig, new: bool) -> None:
+    """Record how the results store compresses the days written to it: as configured, or
+    for a ``new`` store as its book store does (a book kept uncompressed to be read fast is
+    read by batches whose results are best written fast too)."""
+    compression = cfg.compression
+    if compression is None and new and cfg.stores.book is not None:
+        compression = store.store_compression(cfg.stores.book)
+    if compression is not None and compression != store.store_compression(cfg.output):
+        store.set_store_compression(cfg.output, compression)
 
 
 def _tasks_event(emit, date: str, done: int, total: int) -> None:
@@ -402,6 +418,9 @@ def _run_locked(cfg: WorkflowConfig, dates, book_days, backend, why, emit, perfo
             "breached": operator["breached"], "study": study}
 
 
+OPEN_AHEAD = True  # the local schedulers open the next day while this one is computed (_run_days)
+
+
 def _in_memory(results: dict) -> bool:
     return all(isinstance(v.data, np.ndarray) for ds in results.values() for v in ds.variables.values())
 
@@ -414,6 +433,18 @@ def _run_days(cfg: WorkflowConfig, todo: list[str], stale: dict, book_days, back
     so days still complete in order, and a write that fails stops the run at that wait."""
     writer = ThreadPoolExecutor(1, thread_name_prefix="gpu_risk-results")
     pending: tuple | None = None  # (future of the write, date, started, clock)
+    # on the local schedulers the next day's inputs are opened on a thread of their own while
+    # this day is computed (opening is the driver's single-threaded work; the day's chunk
+    # tasks wait on memory and release the GIL)
+    opener = ThreadPoolExecutor(1, thread_name_prefix="gpu_risk-open")
+    opened: dict[str, tuple] = {}  # date -> (future of its inputs, its clock, when it was started)
+
+    def day_config(date: str) -> WorkflowConfig:
+        return cfg.model_copy(update={"families": [f for f in cfg.families if f in stale[date]]})
+
+    def open_ahead(date: str, clock: Stages) -> dict:
+        with clock.background("open_validate"):
+            return open_day(day_config(date), date, backend, book_days)
 
     def finish(date: str, started: float, clock: Stages) -> None:
         """Record a day whose results are complete."""
@@ -428,17 +459,26 @@ def _run_days(cfg: WorkflowConfig, todo: list[str], stale: dict, book_days, back
             store.write_results_day(cfg.output, date, results, result_chunks(families), fingerprints=stale[date])
 
     try:
-        for date in todo:
-            t0 = time.perf_counter()
-            clock = Stages(threads)
-            day_cfg = cfg.model_copy(update={"families": [f for f in cfg.families if f in stale[date]]})
+        for i, date in enumerate(todo):
+            ahead = opened.pop(date, None)
+            # a day's time runs from the start of its opening (ahead: while the day before ran)
+            t0 = time.perf_counter() if ahead is None else ahead[2]
+            clock = Stages(threads) if ahead is None else ahead[1]
+            day_cfg = day_config(date)
             # progress within the day (the local schedulers; a cluster has its dashboard)
             tasks: contextlib.AbstractContextManager = contextlib.nullcontext()
             if clock.local:
                 tasks = TaskProgress(functools.partial(_tasks_event, emit, date))
             with tasks:
-                with clock.stage("open_validate"):
-                    inputs = open_day(day_cfg, date, backend, book_days)
+                if ahead is not None:  # opened while the day before was computed
+                    inputs = ahead[0].result()
+                else:
+                    with clock.stage("open_validate"):
+                        inputs = open_day(day_cfg, date, backend, book_days)
+                if OPEN_AHEAD and clock.local and i + 1 < len(todo):
+                    following = Stages(threads)
+                    opened[todo[i + 1]] = (opener.submit(in_context(open_ahead), todo[i + 1], following),
+                                           following, time.perf_counter())
                 with clock.stage("graph"):
                     results = compute_day(day_cfg, date, backend, inputs)
                 if pending is not None:
@@ -460,6 +500,7 @@ def _run_days(cfg: WorkflowConfig, todo: list[str], stale: dict, book_days, back
             with contextlib.suppress(Exception):
                 pending[0].result()
         writer.shutdown(wait=True)
+        opener.shutdown(wait=True)  # a day opened ahead and not used (an error stopped the run)
 
 
 def _write_study(cfg: WorkflowConfig, dates: list[str], emit) -> dict:
