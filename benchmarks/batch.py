@@ -100,31 +100,36 @@ def print_stages(summary: dict, wall: float) -> None:
 
 
 def decode_floor(book: Path, k_seconds: float, snapshots: int) -> None:
-    """The floor under any reader of this store: every chunk file of the book's four
-    arrays read, its CRC-32C checked and Blosc-decompressed directly (numcodecs, no zarr),
-    on all cores; against zarr-python reading the same arrays, and the kernel alone."""
-    import google_crc32c
+    """The floor under any reader of this store: every chunk of the book's four arrays
+    read and checked (its CRC-32C), and Blosc-decompressed where it is compressed, into
+    int32 ticks, nothing else, by gpu_risk's chunk reader on all cores (each thread with
+    its kept buffer); against zarr-python reading the same arrays, and the kernel alone."""
+    import threading
+
     import zarr
-    from numcodecs import blosc
 
-    blosc.set_nthreads(1)
-    paths = [group / var for inst in sorted(p for p in book.iterdir() if p.is_dir())
-             for group in sorted(p for p in inst.iterdir() if p.is_dir()) for var in BOOK]
+    from gpu_risk.stores.ticked import ticked_chunks
 
-    def raw(path: Path) -> int:
-        n = 0
-        for chunk in (path / "c").rglob("*"):
-            if chunk.is_file():
-                data = chunk.read_bytes()
-                if google_crc32c.value(data[:-4]) != int.from_bytes(data[-4:], "little"):
-                    raise SystemExit(f"checksum mismatch in {chunk}")
-                n += len(blosc.decompress(data[:-4]))
-        return n
+    groups = [(inst.name, group.name) for inst in sorted(p for p in book.iterdir() if p.is_dir())
+              for group in sorted(p for p in inst.iterdir() if p.is_dir())]
+    sources = []
+    for inst, day in groups:
+        for var in BOOK:
+            attrs = json.loads((book / inst / day / var / "zarr.json").read_text()).get("attributes", {})
+            sources.append(ticked_chunks(book, f"{inst}/{day}", var, attrs))
+    kept = threading.local()
 
+    def read_all(source) -> int:
+        scratch = getattr(kept, "scratch", None)
+        if scratch is None or scratch.size != source.chunk_rows * source.levels:
+            scratch = kept.scratch = np.empty(source.chunk_rows * source.levels, dtype=np.int32)
+        return sum(source.ticks(i, scratch).size for i in range(source.n_chunks))
+
+    paths = [book / inst / day / var for inst, day in groups for var in BOOK]
     with ThreadPoolExecutor(THREADS) as pool:
-        raw_s = best_of(lambda: list(pool.map(raw, paths)), repeat=3)
+        raw_s = best_of(lambda: list(pool.map(read_all, sources)), repeat=3)
         zarr_s = best_of(lambda: list(pool.map(lambda p: zarr.open_array(str(p), mode="r")[...], paths)), repeat=3)
-    for label, seconds in (("chunk files read, checksummed and Blosc-decoded directly", raw_s),
+    for label, seconds in (("every chunk read and checked (and decompressed) by gpu_risk's reader", raw_s),
                            ("zarr-python reading the same arrays", zarr_s)):
         print(f"    floor: {label} ({THREADS} threads): {seconds:.3f} s, {snapshots / seconds / 1e6:.1f} M "
               f"snapshots/s = {seconds / k_seconds:.1f}x the kernel alone")
@@ -137,7 +142,12 @@ def zarr_to_zarr(args, tmp: Path, bw1: float, bw2: float) -> None:
     book = data_dir / "book.zarr"
     if not book.exists():
         synth(SynthConfig(out=str(data_dir), days=args.days, instruments=args.instruments,
-                          accounts=100, levels=args.levels, snapshots_per_day=args.snapshots))
+                          accounts=100, levels=args.levels, snapshots_per_day=args.snapshots,
+                          compression=args.compression))
+    from gpu_risk import store
+
+    print(f"book store: {store.store_compression(book)} compression (results stores take the book's), "
+          f"{sum(f.stat().st_size for f in book.rglob('*') if f.is_file()) / 1e6:.0f} MB on disk")
     bucket_ns = pd.Timedelta(args.bucket).value
     k_seconds, snapshots, nbytes = kernel_alone(str(book), bucket_ns)
     print(f"kernel alone ({THREADS} threads, {snapshots:,} snapshots in memory, {args.bucket} buckets): "
@@ -324,6 +334,8 @@ def main() -> None:
     p.add_argument("--history-year", action="store_true", help="only the year of small days (part of --history)")
     p.add_argument("--repeat", type=int, default=3, help="history: best of this many runs")
     p.add_argument("--keep", help="directory for the synthetic store (reused when present)")
+    p.add_argument("--compression", default="lz4", choices=["lz4", "none"],
+                   help="the synthetic book store's chunks (and so the results')")
     p.add_argument("--skip", nargs="*", default=[], choices=["zarr", "api"],
                    help="leave out the Zarr-to-Zarr or the in-memory API part")
     p.add_argument("--backend", default="cpu", help="cpu | gpu | auto (the batch runs; the kernel-alone "

@@ -234,20 +234,6 @@ def _grid_rows(ds: xr.Dataset, origin_ns: int) -> tuple[xr.Dataset, np.ndarray, 
     return ds, t, lead_in
 
 
-def _with_lead(lead_ns: int, t: np.ndarray) -> np.ndarray:
-    out = np.empty(t.size + 1, dtype=np.int64)
-    out[0] = lead_ns
-    out[1:] = t
-    return out
-
-
-def _lead_in_rows(t: np.ndarray, origin_ns: int) -> np.ndarray:
-    """``t`` (sorted ns) without the rows before the last one before ``origin_ns`` (as
-    :func:`_grid_rows` keeps them)."""
-    keep = int(np.searchsorted(t, origin_ns, side="left")) - 1
-    return t[keep:] if keep > 0 else t
-
-
 def _fill(dest, values):
     if dest is None:
         return values
@@ -294,12 +280,14 @@ def _empty_buckets(n: int, levels: int, n_cols: int, meta, lazy: bool = True):
     return arr.map_blocks(_to_cupy, dtype=np.float64, meta=meta) if is_cupy(meta) else arr
 
 
-def _stale_buckets(t: np.ndarray, origin_ns: int, bucket_ns: int, n_buckets: int, max_carry_ns: int) -> np.ndarray:
+def _stale_buckets(t: np.ndarray, origin_ns: int, bucket_ns: int, n_buckets: int, max_carry_ns: int,
+                   lead_ns: int | None = None) -> np.ndarray:
     """Empty buckets whose end is more than ``max_carry_ns`` after the last snapshot before
     them (SPEC section 1: a gap in the data is never shown as a current book). ``t``: the
     instrument's snapshot times used by the grid (a lead-in snapshot before the origin
-    included: it is carried, not counted)."""
-    return stale_buckets_cpu(t, origin_ns, bucket_ns, max_carry_ns, np.empty(n_buckets, dtype=np.bool_))
+    included, or its time given apart as ``lead_ns``: it is carried, not counted)."""
+    carried = np.iinfo(np.int64).min if lead_ns is None else lead_ns
+    return stale_buckets_cpu(t, origin_ns, bucket_ns, max_carry_ns, carried, np.empty(n_buckets, dtype=np.bool_))
 
 
 def _without(data, stale: np.ndarray, name: str):
@@ -383,11 +371,14 @@ def _imbalance_grid(book, bucket, levels, bands_bps, instruments, start, end, va
     if bands.ndim != 1 or (bands < 0).any() or not np.isfinite(bands).all():
         raise ValueError("bands_bps must be non-negative finite numbers")
     times = {name: _time_ns(ds) for name, ds in datasets.items()}
-    if stored is not None:  # each instrument's lead-in row first
-        times = {name: t if stored[name][1] is None else _with_lead(stored[name][1][0], t)
-                 for name, t in times.items()}
+    # stored days: each instrument's lead-in row's time, kept beside its day's times
+    leads = {name: None if stored[name][1] is None else int(stored[name][1][0]) for name in times} if (
+        stored is not None) else {}
     firsts, lasts = [], []
-    for t in times.values():
+    for name, t in times.items():
+        if leads.get(name) is not None:
+            firsts.append(leads[name])
+            lasts.append(leads[name])
         if t.size:  # sorted (validated)
             firsts.append(t[0])
             lasts.append(t[-1])
@@ -415,10 +406,14 @@ def _imbalance_grid(book, bucket, levels, bands_bps, instruments, start, end, va
     # the stale buckets (a pass over every instrument's times) on a thread of their own,
     # beside the grids (the kernel releases the GIL)
     stale_pool = ThreadPoolExecutor(1, thread_name_prefix="gpu_risk-stale")
-    rows = (lambda name: _lead_in_rows(times[name], origin_ns)) if stored is not None else (
-        lambda name: _grid_rows(datasets[name], origin_ns)[1])
-    stale_flags = None if max_carry_ns is None else stale_pool.submit(lambda: np.stack([
-        _stale_buckets(rows(name), origin_ns, bucket_ns, n_buckets, max_carry_ns) for name in datasets]))
+    def stale_of(name: str) -> np.ndarray:
+        if stored is not None:  # the day's rows, with the lead-in row's time carried into them
+            return _stale_buckets(times[name], origin_ns, bucket_ns, n_buckets, max_carry_ns, leads[name])
+        return _stale_buckets(_grid_rows(datasets[name], origin_ns)[1], origin_ns, bucket_ns, n_buckets,
+                              max_carry_ns)
+
+    stale_flags = None if max_carry_ns is None else stale_pool.submit(
+        lambda: np.stack([stale_of(name) for name in datasets]))
     stale_pool.shutdown(wait=False)
     if stored is not None:
         from .imbalance_stored import chunk_pool, grid_from_chunks  # noqa: PLC0415  (they build on this module)
@@ -429,10 +424,12 @@ def _imbalance_grid(book, bucket, levels, bands_bps, instruments, start, end, va
         for i, name in enumerate(datasets):
             sources, lead = stored[name]
             t = times[name]
+            if t.size and t[0] < origin_ns:
+                raise ValueError("a stored day's rows must all lie within its grid (its lead-in row beside it)")
             if lead is not None:
-                if not t.size or t[0] >= origin_ns or (t.size > 1 and t[1] < origin_ns):
-                    raise ValueError("a stored day's lead-in row must be its only row before the grid")
-                lead = [np.ascontiguousarray(a[:, :levels], dtype=np.float64) for a in lead[1]]
+                if lead[0] >= origin_ns:
+                    raise ValueError("a stored day's lead-in row must lie before its grid")
+                lead = (lead[0], [np.ascontiguousarray(a[:, :levels], dtype=np.float64) for a in lead[1]])
             finishes.append(grid_from_chunks(t, lead, sources, levels, origin_ns, bucket_ns, n_buckets,
                                              bands, packed[i], pool))
         for finish in finishes:

@@ -102,41 +102,52 @@ class _Segment:
 class _Buckets:
     """The bucket of each row of one instrument (``max((t - origin) // bucket, 0)``, as
     ``bucket_of_cpu`` computes them), worked out where needed: a chunk's in its own task,
-    on all cores, rather than the whole day's up front on one."""
+    on all cores, rather than the whole day's up front on one. Rows are numbered with the
+    lead-in row (time ``lead_ns``, when given) first, then the day's rows (``t``): the
+    lead-in row is kept apart (putting it in front of ``t`` copies the day's times)."""
 
-    def __init__(self, t: np.ndarray, origin_ns: int, bucket_ns: int):
+    def __init__(self, t: np.ndarray, lead_ns: int | None, origin_ns: int, bucket_ns: int):
         self.t, self.origin_ns, self.bucket_ns = t, origin_ns, bucket_ns
+        self.lead_ns, self.n_lead = lead_ns, 0 if lead_ns is None else 1
+
+    def times(self, a: int, b: int) -> np.ndarray:
+        """The times of rows [a, b): a view of the day's, unless the lead-in row is among them."""
+        if a >= self.n_lead:
+            return self.t[a - self.n_lead:b - self.n_lead]
+        return np.concatenate([np.array([self.lead_ns], dtype=np.int64), self.t[:max(b - 1, 0)]])[:b - a]
 
     def at(self, i: int) -> int:
-        return max(int(self.t[i] - self.origin_ns) // self.bucket_ns, 0)
+        time = self.lead_ns if i < self.n_lead else int(self.t[i - self.n_lead])
+        return max(int(time - self.origin_ns) // self.bucket_ns, 0)
 
     def rows_before(self, a: int, b: int, k: int) -> int:
         """How many of rows [a, b) (sorted) lie in buckets before bucket ``k``."""
         if k <= 0:
             return 0
-        return int(np.searchsorted(self.t[a:b], self.origin_ns + k * self.bucket_ns, side="left"))
+        return int(np.searchsorted(self.times(a, b), self.origin_ns + k * self.bucket_ns, side="left"))
 
     def counted_from(self, a: int, b: int, base: int, out: np.ndarray | None = None) -> np.ndarray:
         """The buckets of rows [a, b) less ``base`` (each row's in bucket ``base`` or later,
         or a lead-in row with ``base`` 0), into ``out`` when given."""
         out = np.empty(b - a, dtype=np.int64) if out is None else out[:b - a]
-        return bucket_of_cpu(self.t[a:b], self.origin_ns + base * self.bucket_ns, self.bucket_ns, out)
+        return bucket_of_cpu(self.times(a, b), self.origin_ns + base * self.bucket_ns, self.bucket_ns, out)
 
 
-def grid_from_chunks(t: np.ndarray, lead: Sequence[np.ndarray] | None, sources: Sequence[TickedChunks],
-                     levels: int, origin_ns: int, bucket_ns: int, n_buckets: int, bands: np.ndarray,
-                     dest: np.ndarray, pool: ThreadPoolExecutor):
+def grid_from_chunks(t: np.ndarray, lead: tuple[int, Sequence[np.ndarray]] | None,
+                     sources: Sequence[TickedChunks], levels: int, origin_ns: int, bucket_ns: int, n_buckets: int,
+                     bands: np.ndarray, dest: np.ndarray, pool: ThreadPoolExecutor):
     """Fill ``dest`` ((n_buckets, columns)) with one instrument's grid. ``t``: the int64 ns
-    times of its rows, the lead-in row first when ``lead`` (its four arrays of one row, a
-    snapshot before the origin: carried and the first row's predecessor, not counted) is
-    given ((1, levels) each); ``sources``: the four book arrays' chunks (bid_price, ask_price, bid_size,
-    ask_size). Returns a function that finishes the grid once the chunk tasks submitted to
-    ``pool`` are done (the buckets that span chunks), so that several instruments' chunks
-    share the pool."""
+    times of the day's rows (all at or after the origin); ``lead``: the lead-in row, a
+    snapshot before the origin (carried and the first row's predecessor, not counted), as
+    its time and its four arrays ((1, levels) each), or None; ``sources``: the four book
+    arrays' chunks (bid_price, ask_price, bid_size, ask_size). Returns a function that
+    finishes the grid once the chunk tasks submitted to ``pool`` are done (the buckets
+    that span chunks), so that several instruments' chunks share the pool."""
     n_lead = 0 if lead is None else 1
-    buckets = _Buckets(t, origin_ns, bucket_ns)
+    buckets = _Buckets(t, None if lead is None else lead[0], origin_ns, bucket_ns)
+    n_rows = n_lead + t.size
     sizes = sources[0].chunk_sizes()
-    if any(s.chunk_sizes() != sizes for s in sources) or n_lead + sum(sizes) != t.size:
+    if any(s.chunk_sizes() != sizes for s in sources) or sum(sizes) != t.size:
         raise ValueError("the book arrays' chunks do not match its time axis")
     edges = np.cumsum([0, n_lead, *sizes])
     segments = [_Segment(int(a), int(b), buckets) for a, b in zip(edges[:-1], edges[1:]) if b > a]
@@ -189,7 +200,7 @@ def grid_from_chunks(t: np.ndarray, lead: Sequence[np.ndarray] | None, sources: 
     def finish() -> None:
         done = [f.result() for f in futures]
         with timed_task("other"):
-            parts = ([(list(lead), None, None)] if lead is not None else []) + done
+            parts = ([(list(lead[1]), None, None)] if lead is not None else []) + done
             group: list[list[np.ndarray]] = []
             first_row, prev = 0, None
 
@@ -205,7 +216,7 @@ def grid_from_chunks(t: np.ndarray, lead: Sequence[np.ndarray] | None, sources: 
                     continue
                 close(seg.head_end, buckets.at(seg.head_end))
                 group, first_row, prev = [tail], seg.tail_start, before_tail
-            close(t.size, n_buckets)
+            close(n_rows, n_buckets)
             if lead is not None:  # the lead-in row is carried, not an update of this grid
                 dest[0, -1] -= 1
 

@@ -64,16 +64,18 @@ def bucket_of_cpu(time_ns, origin_ns, bucket_ns, out):
 
 
 @cpu_kernel
-def stale_buckets_cpu(time_ns, origin_ns, bucket_ns, max_carry_ns, out):
+def stale_buckets_cpu(time_ns, origin_ns, bucket_ns, max_carry_ns, carried_ns, out):
     """``out[r]`` (bool, one per bucket): bucket r holds no snapshot at or after the origin
     and ends more than ``max_carry_ns`` after the last snapshot before its end (SPEC
     section 1: a gap is never shown as a current book). ``time_ns``: sorted snapshot times
     (a lead-in snapshot before the origin counts as carried, in bucket 0, not as held);
-    times past the last bucket count in it. One pass over times and buckets."""
+    times past the last bucket count in it. ``carried_ns``: the time of a snapshot before
+    all of them carried in (a lead-in row kept apart), or the int64 minimum for none. One
+    pass over times and buckets."""
     n_buckets = out.size
     n = time_ns.size
     j = 0
-    carried = np.iinfo(np.int64).min
+    carried = carried_ns
     for r in range(n_buckets):
         held = False
         end = origin_ns + (r + 1) * bucket_ns

@@ -116,8 +116,14 @@ def test_stale_buckets_match_the_numpy_rule(data, origin, bucket, n_buckets, max
 
     t = np.sort(np.array(data.draw(st.lists(st.integers(origin - 30, origin + n_buckets * bucket + 5),
                                             max_size=40)), dtype=np.int64))
-    found = stale_buckets_cpu(t, origin, bucket, max_carry, np.empty(n_buckets, dtype=np.bool_))
+    found = stale_buckets_cpu(t, origin, bucket, max_carry, np.iinfo(np.int64).min, np.empty(n_buckets, dtype=np.bool_))
     np.testing.assert_array_equal(found, stale_reference(t, origin, bucket, n_buckets, max_carry))
+    # a lead-in row before the origin kept apart (its time carried in) is the same as in front
+    lead = data.draw(st.integers(origin - 40, origin - 1))
+    later = t[t >= origin]
+    apart = stale_buckets_cpu(later, origin, bucket, max_carry, lead, np.empty(n_buckets, dtype=np.bool_))
+    np.testing.assert_array_equal(apart, stale_reference(np.concatenate([[lead], later]), origin, bucket,
+                                                         n_buckets, max_carry))
 
 
 def test_a_failed_background_write_stops_the_run_and_leaves_no_complete_day(tmp_path):

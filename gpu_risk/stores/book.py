@@ -230,8 +230,11 @@ def open_book_instrument(path: PathLike, instrument: str, start: Any = None, end
         if not ok:  # changed since written: a chunk missing or truncated is named, not read
             check_manifest(path, f"{instrument}/{d}", p.encoding)
     offset = 0
-    for d, p in zip(days, parts):
-        check_within_day(p["time"].values, d, store=str(path), instrument=instrument, offset=offset)
+    for d, p, ok in zip(days, parts, sealed):
+        # a day whose recorded validation holds is in time order with no NaT
+        in_order = ok and is_clean_summary(p.attrs.get(QC_ATTR), p.sizes["time"])
+        check_within_day(p["time"].values, d, store=str(path), instrument=instrument, offset=offset,
+                         in_order=in_order)
         offset += p.sizes["time"]
     # days validated when written (their recorded summary says clean) are not read again:
     # only the order of time across their boundaries is checked here

@@ -57,6 +57,7 @@ from .days import (
     TIME_ENCODING,
     PathLike,
     _latest_change_ns,
+    _local_group_document,
     _select_days,
     check_manifest,
     check_within_day,
@@ -91,6 +92,9 @@ def _meta(node: zarr.Group | zarr.Array) -> dict[str, Any]:
 
 
 def is_instrument_arrays(path: PathLike, instrument: str) -> bool:
+    meta = _local_group_document(path, instrument)  # a local group's document read alone
+    if meta is not None:
+        return meta.get("attributes", {}).get(LAYOUT_ATTR) == INSTRUMENT_ARRAYS
     try:
         node = zarr.open_group(str(path), path=instrument, mode="r", zarr_format=3)
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, ValueError):

@@ -20,6 +20,7 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from ..coding import TICK_FILL, TICKS_ATTR, spec_of
@@ -201,20 +202,24 @@ def _read_vector(path: Any, group: str, name: str, dtypes: tuple[str, ...]) -> t
     if not ok:
         return None
     item = np.dtype(dtype).newbyteorder("<")
-    out = np.empty(rows, dtype=np.dtype(dtype))
+    out = np.empty(rows, dtype=item)
     for i, start in enumerate(range(0, rows, chunk_rows)):
         n = min(chunk_rows, rows - start)
         where = f"{group}/{name}/c/{i}"
         file = str(folder / "c" / str(i))
-        flat = read_chunk_file(file, where, str(path)) if names[1] == "blosc" else _read_plain(file, where, str(path))
+        # a whole chunk is read (or decompressed) straight into its place in the result
+        into = out[start:start + n].view(np.uint8) if n == chunk_rows else None
+        flat = (read_chunk_file(file, where, str(path), into) if names[1] == "blosc"
+                else _read_plain(file, where, str(path), into))
         if flat is None:  # a missing chunk reads as the fill value, as through zarr
             out[start:start + n] = meta["fill_value"]
             continue
         if flat.size != chunk_rows * item.itemsize:
             raise InputError(f"chunk {where} holds {flat.size // item.itemsize} values, not {chunk_rows}",
                              store=str(path))
-        out[start:start + n] = flat.view(item)[:n]
-    return out, dict(meta.get("attributes", {}))
+        if into is None:
+            out[start:start + n] = flat.view(item)[:n]
+    return out.astype(np.dtype(dtype), copy=False), dict(meta.get("attributes", {}))
 
 
 def read_time(path: Any, group: str) -> tuple[np.ndarray, dict] | None:
@@ -263,10 +268,14 @@ def open_book_day(path: Any, group: str) -> xr.Dataset | None:
         if var is None or var.shape != (time[0].size, level[0].size):
             return None
         variables[name] = var
-    coords = {"time": xr.Variable("time", time[0], time[1], encoding={
-                  "units": _NS_UNITS, "calendar": "proleptic_gregorian", "dtype": np.dtype("int64")}),
-              "level": xr.Variable("level", level[0], level[1])}
+    time_var = xr.Variable("time", time[0], time[1], encoding={
+        "units": _NS_UNITS, "calendar": "proleptic_gregorian", "dtype": np.dtype("int64")})
+    # the time index over the values just read (pandas would copy them: 8 MB a day of 1 M snapshots)
+    time_index = xr.indexes.PandasIndex(pd.DatetimeIndex(time[0], copy=False), "time")
+    coords = xr.Coordinates({"time": time_var, "level": xr.Variable("level", level[0], level[1])},
+                            indexes={"time": time_index})
     ds = xr.Dataset(variables, coords=coords, attrs=dict(attrs))
+    ds = ds.set_xindex("level") if "level" not in ds.xindexes else ds
     ds.encoding["source"] = str(path)  # as xarray records the store it opened
     return ds
 
@@ -293,8 +302,23 @@ def _checked_file(file: str, where: str, store: str) -> bytes | None:
     return data
 
 
-def _read_plain(file: str, where: str, store: str) -> np.ndarray | None:
-    """An uncompressed chunk file's bytes (without its CRC-32C, which is checked)."""
+def _read_plain(file: str, where: str, store: str, dest: np.ndarray | None = None) -> np.ndarray | None:
+    """An uncompressed chunk file's bytes (without its CRC-32C, which is checked), read
+    into ``dest`` (a flat uint8 buffer of the chunk's size) when given."""
+    if dest is not None:
+        try:
+            handle = open(file, "rb", buffering=0)
+        except FileNotFoundError:
+            return None
+        with handle:
+            got = handle.readinto(memoryview(dest))
+            stored = handle.read(5)
+        if got != dest.nbytes or len(stored) != 4:
+            raise InputError(f"chunk {where} does not hold one whole chunk", store=store)
+        if crc32c(dest) != int.from_bytes(stored, "little"):
+            raise InputError(f"chunk {where} fails its checksum (damaged in place?); `gpu-risk verify` lists every "
+                             "damaged chunk", store=store)
+        return dest
     data = _checked_file(file, where, store)
     return None if data is None else np.frombuffer(data, dtype=np.uint8)[:-4]
 
