@@ -372,16 +372,19 @@ def _imbalance_grid(book, bucket, levels, bands_bps, instruments, start, end, va
         raise ValueError("bands_bps must be non-negative finite numbers")
     times = {name: _time_ns(ds) for name, ds in datasets.items()}
     # stored days: each instrument's lead-in row's time, kept beside its day's times
-    leads = {name: None if stored[name][1] is None else int(stored[name][1][0]) for name in times} if (
+    leads: dict[str, int | None] = {
+        name: None if stored[name][1] is None else int(stored[name][1][0]) for name in times} if (
         stored is not None) else {}
-    firsts, lasts = [], []
+    firsts: list[int] = []
+    lasts: list[int] = []
     for name, t in times.items():
-        if leads.get(name) is not None:
-            firsts.append(leads[name])
-            lasts.append(leads[name])
+        lead_ns = leads.get(name)
+        if lead_ns is not None:
+            firsts.append(lead_ns)
+            lasts.append(lead_ns)
         if t.size:  # sorted (validated)
-            firsts.append(t[0])
-            lasts.append(t[-1])
+            firsts.append(int(t[0]))
+            lasts.append(int(t[-1]))
     if not firsts:
         raise ValueError("the book has no snapshot")
     if start is not None:
@@ -406,7 +409,9 @@ def _imbalance_grid(book, bucket, levels, bands_bps, instruments, start, end, va
     # the stale buckets (a pass over every instrument's times) on a thread of their own,
     # beside the grids (the kernel releases the GIL)
     stale_pool = ThreadPoolExecutor(1, thread_name_prefix="gpu_risk-stale")
+
     def stale_of(name: str) -> np.ndarray:
+        assert max_carry_ns is not None  # called only then
         if stored is not None:  # the day's rows, with the lead-in row's time carried into them
             return _stale_buckets(times[name], origin_ns, bucket_ns, n_buckets, max_carry_ns, leads[name])
         return _stale_buckets(_grid_rows(datasets[name], origin_ns)[1], origin_ns, bucket_ns, n_buckets,

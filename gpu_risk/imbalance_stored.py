@@ -117,7 +117,7 @@ class _Buckets:
         return np.concatenate([np.array([self.lead_ns], dtype=np.int64), self.t[:max(b - 1, 0)]])[:b - a]
 
     def at(self, i: int) -> int:
-        time = self.lead_ns if i < self.n_lead else int(self.t[i - self.n_lead])
+        time = self.lead_ns if i < self.n_lead and self.lead_ns is not None else int(self.t[i - self.n_lead])
         return max(int(time - self.origin_ns) // self.bucket_ns, 0)
 
     def rows_before(self, a: int, b: int, k: int) -> int:
@@ -169,9 +169,10 @@ def grid_from_chunks(t: np.ndarray, lead: tuple[int, Sequence[np.ndarray]] | Non
         chunk."""
         scratch, values, bucket_rows = _buffers.get(sources[0].chunk_rows, stored_levels, levels, fused)
         with timed_task("read"):
+            arrays: list[np.ndarray]
             if fused:  # int32 ticks, decoded by the kernel as it reads them
-                arrays = [src.ticks(c, buf) for src, buf in zip(sources, scratch)]
-                arrays = [_missing_chunk(seg.b - seg.a, levels) if a is None else a for a in arrays]
+                found = [src.ticks(c, buf) for src, buf in zip(sources, scratch)]
+                arrays = [_missing_chunk(seg.b - seg.a, levels) if a is None else a for a in found]
             else:
                 arrays = [src.read(c, out=v, ticks=scratch[0], levels=levels) for src, v in zip(sources, values)]
         with timed_task("other"):  # the clock takes the kernel's own time out of "other"

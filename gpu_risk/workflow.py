@@ -358,7 +358,7 @@ def _results_compression(cfg: WorkflowConfig, new: bool) -> None:
     """Record how the results store compresses the days written to it: as configured, or
     for a ``new`` store as its book store does (a book kept uncompressed to be read fast is
     read by batches whose results are best written fast too)."""
-    compression = cfg.compression
+    compression: str | None = cfg.compression
     if compression is None and new and cfg.stores.book is not None:
         compression = store.store_compression(cfg.stores.book)
     if compression is not None and compression != store.store_compression(cfg.output):

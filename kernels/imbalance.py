@@ -30,7 +30,6 @@ bucket's snapshots in the same order, and one thread per bucket for the state va
 from __future__ import annotations
 
 import numpy as np
-
 from numba.core import types
 from numba.extending import overload
 
@@ -127,11 +126,12 @@ def _ask_key(x):
 @overload(_ask_key)
 def _ask_key_impl(x):
     if isinstance(x, types.Integer):
-        return lambda x: _ASK_EMPTY if x == TICK_FILL else x
+        return lambda x: _ASK_EMPTY if x == TICK_FILL else np.int64(x)
     return lambda x: x
 
 
-_ASK_EMPTY = np.int32(2**31 - 1)
+# above every int32 tick (an ask of 2**31 - 1 ticks is a price, not an empty level)
+_ASK_EMPTY = np.int64(2**31)
 
 
 @cpu_inline

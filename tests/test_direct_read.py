@@ -15,6 +15,21 @@ from gpu_risk.stores import ticked
 VARS = ("bid_price", "bid_size", "ask_price", "ask_size")
 
 
+@pytest.fixture(scope="module", params=["lz4", "none"])
+def book(request, tiny_dataset, tmp_path_factory):
+    """The tiny dataset's book as synthesised (compressed), and the same book with its
+    chunks kept uncompressed."""
+    if request.param == "lz4":
+        return tiny_dataset["book"]
+    from gpu_risk.synth import SynthConfig, synth
+
+    out = tmp_path_factory.mktemp("uncompressed")
+    made = synth(SynthConfig(out=str(out), days=2, instruments=2, accounts=10, levels=5, snapshots_per_day=6000,
+                             book_chunk_rows=2048, compression="none"))
+    assert store.store_compression(made["book"]) == "none"
+    return made["book"]
+
+
 def read_all(book, group, direct, monkeypatch):
     monkeypatch.setattr(ticked, "DIRECT_READS", direct)
     ds = store.open_day_dataset(book, group)
@@ -23,8 +38,7 @@ def read_all(book, group, direct, monkeypatch):
     return {v: ds[v].values for v in VARS}, {v: dict(ds[v].attrs) for v in VARS}, is_direct
 
 
-def test_direct_reads_equal_zarr_on_every_array(tiny_dataset, monkeypatch):
-    book = tiny_dataset["book"]
+def test_direct_reads_equal_zarr_on_every_array(book, monkeypatch):
     for inst in store.book_instruments(book):
         for day in store.complete_days(book, inst):
             ours, our_attrs, used = read_all(book, f"{inst}/{day}", True, monkeypatch)
@@ -36,9 +50,9 @@ def test_direct_reads_equal_zarr_on_every_array(tiny_dataset, monkeypatch):
             assert any(np.isnan(ours[v]).any() for v in VARS)  # empty levels read as NaN
 
 
-def test_a_missing_chunk_is_empty_levels_and_a_damaged_one_is_named(tiny_dataset, tmp_path, monkeypatch):
-    book = tmp_path / "book.zarr"
-    shutil.copytree(tiny_dataset["book"], book)
+def test_a_missing_chunk_is_empty_levels_and_a_damaged_one_is_named(book, tmp_path, monkeypatch):
+    source, book = book, tmp_path / "book.zarr"
+    shutil.copytree(source, book)
     inst = store.book_instruments(book)[0]
     day = store.complete_days(book, inst)[0]
     group = f"{inst}/{day}"
@@ -73,10 +87,9 @@ def test_a_relative_store_path_still_reads_after_a_change_of_directory(tiny_data
     np.testing.assert_array_equal(ds["bid_price"].values, expected["bid_price"].values)
 
 
-def test_a_day_opened_from_its_metadata_equals_xarrays_opening(tiny_dataset, monkeypatch):
+def test_a_day_opened_from_its_metadata_equals_xarrays_opening(book, monkeypatch):
     """Book days are opened from their metadata files (``ticked.open_book_day``): the same
     dataset, attributes, coordinates and dataset encoding as through ``xr.open_zarr``."""
-    book = tiny_dataset["book"]
     for inst in store.book_instruments(book):
         for day in store.complete_days(book, inst):
             group = f"{inst}/{day}"

@@ -55,16 +55,17 @@ def written_files(root: Path) -> dict[str, object]:
 
 @given(seed=st.integers(0, 10_000), n_inst=st.integers(1, 3), n_time=st.integers(1, 300),
        levels=st.integers(1, 4), time_chunk=st.integers(1, 128), empty_float=st.booleans(),
-       empty_int=st.booleans())
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+       empty_int=st.booleans(), compression=st.sampled_from(["lz4", "none"]))
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_the_same_files_bytes_and_dataset_as_xarray(tmp_path, seed, n_inst, n_time, levels, time_chunk,
-                                                    empty_float, empty_int):
+                                                    empty_float, empty_int, compression):
     ds = dataset(np.random.default_rng(seed), n_inst, n_time, levels, empty_float, empty_int)
     chunks = {"instrument": 1, "time": time_chunk}
     ours, theirs = tmp_path / "ours.zarr", tmp_path / "theirs.zarr"
     for path in (ours, theirs):
         shutil.rmtree(path, ignore_errors=True)
         store.init_store(path, "results")
+        store.set_store_compression(path, compression)
     assert days.write_day_in_memory(ds, ours, "day/g", chunks)
     days.write_day_dataset(ds, theirs, "day/g", chunks)
     assert written_files(ours / "day" / "g") == written_files(theirs / "day" / "g")
@@ -73,6 +74,8 @@ def test_the_same_files_bytes_and_dataset_as_xarray(tmp_path, seed, n_inst, n_ti
     xr.testing.assert_identical(a.drop_encoding(), b.drop_encoding())
     xr.testing.assert_identical(a.drop_encoding().drop_attrs(deep=False), ds.drop_attrs(deep=False))
     assert days.is_complete(ours, "day/g") and days.is_sealed(ours, "day/g", a.encoding)
+    codecs = [c["name"] for c in json.loads((ours / "day" / "g" / "ofi" / "zarr.json").read_text())["codecs"]]
+    assert codecs == (["bytes", "crc32c"] if compression == "none" else ["bytes", "blosc", "crc32c"])
 
 
 def test_what_it_does_not_handle_is_left_to_xarray(tmp_path):

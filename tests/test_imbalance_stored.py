@@ -3,6 +3,7 @@ the local schedulers' path): the grid the Dask graph computes, to the bit, for a
 bucket and number of levels; the loop reference over the whole history; damaged chunks
 named in one line."""
 
+import json
 import shutil
 from unittest import mock
 
@@ -39,14 +40,26 @@ def run(book_path, out, bucket, levels=None, direct=True, scheduler="threads"):
     return {d: results[d]["imbalance"].to_dataset().load() for d in sorted(results.children)}, counted.call_count
 
 
-@given(seed=st.integers(0, 10_000), n=st.integers(60, 160), chunk_rows=st.integers(1, 50),
-       bucket=st.sampled_from(["1s", "7s", "1min", "1h"]), levels=st.sampled_from([None, 2]))
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_stored_path_equals_the_graph_for_any_chunking(tmp_path, seed, n, chunk_rows, bucket, levels):
-    book = tmp_path / f"book-{seed}-{chunk_rows}.zarr"
-    shutil.rmtree(book, ignore_errors=True)
-    for name, ds in books(seed, n).items():
+def write_books(book, data: dict, chunk_rows: int, compression: str = "lz4") -> None:
+    store.ensure_store(book, "book")
+    store.set_store_compression(book, compression)
+    for name, ds in data.items():
         store.write_book(ds, book, name, chunk_rows=chunk_rows)
+
+
+@given(seed=st.integers(0, 10_000), n=st.integers(60, 160), chunk_rows=st.integers(1, 50),
+       bucket=st.sampled_from(["1s", "7s", "1min", "1h"]), levels=st.sampled_from([None, 2]),
+       compression=st.sampled_from(["lz4", "none"]))
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_stored_path_equals_the_graph_for_any_chunking(tmp_path, seed, n, chunk_rows, bucket, levels, compression):
+    """Compressed or not, read by the chunk reader into the ticks kernel (all levels) or
+    decoded first (fewer levels): the graph's grid, to the bit."""
+    book = tmp_path / f"book-{seed}-{chunk_rows}-{compression}.zarr"
+    shutil.rmtree(book, ignore_errors=True)
+    write_books(book, books(seed, n), chunk_rows, compression)
+    meta = json.loads((book / "A" / "2026-01-05" / "bid_size" / "zarr.json").read_text())
+    codecs = [c["name"] for c in meta["codecs"]]
+    assert codecs == (["bytes", "crc32c"] if compression == "none" else ["bytes", "blosc", "crc32c"])
     stored, used = run(book, tmp_path / "stored.zarr", bucket, levels)
     graph, not_used = run(book, tmp_path / "graph.zarr", bucket, levels, direct=False)
     assert used == 4 and not_used == 0  # 2 instruments x 2 days, each from its chunk files
@@ -70,18 +83,24 @@ def test_day_grids_from_chunk_files_equal_the_loop_reference(tmp_path, bucket):
         np.testing.assert_array_equal(grid[name].values, ref[name], err_msg=name)
 
 
-def test_a_damaged_chunk_is_named_in_one_line(tmp_path):
+@pytest.mark.parametrize("compression", ["lz4", "none"])
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "missing"])
+def test_a_damaged_chunk_is_named_in_one_line(tmp_path, compression, damage):
     book = tmp_path / "book.zarr"
-    for name, ds in books(9, 120).items():
-        store.write_book(ds, book, name, chunk_rows=16)
+    write_books(book, books(9, 120), 16, compression)
     chunk = book / "A" / "2026-01-06" / "bid_size" / "c" / "1" / "0"
     data = bytearray(chunk.read_bytes())
-    data[len(data) // 2] ^= 0x10
-    chunk.write_bytes(bytes(data))
+    if damage == "flipped":
+        data[len(data) // 2] ^= 0x10
+        chunk.write_bytes(bytes(data))
+    elif damage == "truncated":
+        chunk.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        chunk.unlink()
     with pytest.raises(InputError) as found:
         run(book, tmp_path / "out.zarr", "1s")
-    message = str(found.value)
-    assert "A/2026-01-06/bid_size/c/1/0" in message and "\n" not in message
+    message = str(found.value)  # the day and the chunk (from the reader, or from the day's manifest)
+    assert "A/2026-01-06" in message and "bid_size/c/1/0" in message and "\n" not in message
 
 
 def test_a_day_grid_too_large_for_memory_is_left_to_the_graph(tmp_path):
@@ -148,3 +167,32 @@ def test_a_failed_background_write_stops_the_run_and_leaves_no_complete_day(tmp_
     summary = run_workflow(cfg)
     assert summary["computed"] == ["2026-01-05", "2026-01-06"] and store.results_days(out) == summary["computed"]
     assert summary["days_wall"] > 0
+
+
+def test_the_results_store_takes_the_book_stores_compression(tmp_path):
+    """A new results store compresses as its book store does unless told; an existing one
+    keeps its own; the grid is the same either way."""
+    book = tmp_path / "book.zarr"
+    write_books(book, books(4, 80), 16, "none")
+
+    def codecs(out):
+        doc = json.loads((out / "2026-01-06" / "imbalance" / "ofi" / "zarr.json").read_text())
+        return [c["name"] for c in doc["codecs"]]
+
+    def batch(out, compression=None):
+        cfg = WorkflowConfig(name="t", stores={"book": str(book)}, families=["imbalance"], imbalance={"bucket": "1s"},
+                             output=str(out), scheduler="threads", compression=compression, redo="all")
+        run_workflow(cfg)
+        results = store.open_results(out)
+        return results["2026-01-06"]["imbalance"].to_dataset().load()
+
+    fast = batch(tmp_path / "a.zarr")
+    assert codecs(tmp_path / "a.zarr") == ["bytes", "crc32c"] and store.store_compression(tmp_path / "a.zarr") == "none"
+    small = batch(tmp_path / "b.zarr", "lz4")
+    assert codecs(tmp_path / "b.zarr") == ["bytes", "blosc", "crc32c"]
+    again = batch(tmp_path / "b.zarr")  # an existing store keeps its own
+    assert codecs(tmp_path / "b.zarr") == ["bytes", "blosc", "crc32c"]
+    xr.testing.assert_identical(fast, small)
+    xr.testing.assert_identical(fast, again)
+    with pytest.raises(ValueError, match="compression"):
+        store.set_store_compression(book, "zstd")

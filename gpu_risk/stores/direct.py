@@ -93,9 +93,9 @@ def _encoder(codecs: list[dict]):
     blosc_config = next((c["configuration"] for c in codecs if c["name"] == "blosc"), None)
     checksum = codecs[-1]["name"] == "crc32c"
 
-    def encode(values: np.ndarray) -> list[bytes]:
-        """The file's pieces (its body, then its checksum): written one after the other
-        rather than joined, which would copy the body once more."""
+    def encode(values: np.ndarray) -> list[Any]:
+        """The file's pieces (its body, then its checksum; buffers): written one after the
+        other rather than joined, which would copy the body once more."""
         data = np.ascontiguousarray(values.astype(values.dtype.newbyteorder("<"), copy=False))
         if blosc_config is None:  # the values' own bytes: no copy of them
             raw = data.reshape(-1).view(np.uint8)

@@ -311,7 +311,7 @@ def _read_plain(file: str, where: str, store: str, dest: np.ndarray | None = Non
         except FileNotFoundError:
             return None
         with handle:
-            got = handle.readinto(memoryview(dest))
+            got = handle.readinto(dest.data)  # the array's own buffer
             stored = handle.read(5)
         if got != dest.nbytes or len(stored) != 4:
             raise InputError(f"chunk {where} does not hold one whole chunk", store=store)
