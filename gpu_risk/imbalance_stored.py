@@ -3,9 +3,11 @@
 The lazy path (``imbalance_grid`` on a Dask-backed book) builds a graph of read, cut and
 kernel tasks and runs it on a scheduler; on one machine its graph, its scheduling and
 the fresh memory every task's output needs cost about twenty kernels. Here each stored
-chunk is one task on a thread pool: its four arrays are read, checked and decoded into
-buffers the thread reuses (``stores.ticked``), and the kernel runs on them at once, for
-every bucket that lies wholly inside the chunk. Each chunk's first and last buckets may
+chunk is one task on a thread pool: its four arrays are read and checked, decompressed
+into buffers the thread reuses or, uncompressed, mapped from their files (``stores.ticked``),
+and the kernel runs on their int32 ticks at once, decoding them as it reads them
+(``imbalance_ticks_block_cpu``; a grid of fewer levels than stored decodes them first),
+for every bucket that lies wholly inside the chunk. Each chunk's first and last buckets may
 continue in a neighbouring chunk: their rows are copied out (a few rows per chunk) and
 summed afterwards, each such bucket by one kernel call over all its rows in time order.
 As every bucket is summed by one call, in time order, with its true predecessor row, the
@@ -76,7 +78,7 @@ _pool_lock = threading.Lock()
 
 def chunk_pool(threads: int) -> ThreadPoolExecutor:
     """The threads that read chunks and run the kernel, kept from day to day (with their
-    buffers: about 100 MB per thread for chunks of 262,144 rows x 10 levels)."""
+    buffers: about 40 MB per thread for chunks of 262,144 rows x 10 levels)."""
     global _pool
     with _pool_lock:
         if _pool is None or _pool[1] != threads:
