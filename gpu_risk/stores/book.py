@@ -55,6 +55,7 @@ from .days import (
     complete_days,
     day_key,
     ensure_store,
+    group_attrs,
     init_store,
     is_sealed,
     open_day_dataset,
@@ -259,12 +260,12 @@ def last_valid_snapshot(path: PathLike, instrument: str, day: str) -> xr.Dataset
     if is_instrument_arrays(path, instrument):
         return book_arrays.last_valid_snapshot(path, instrument, day)
     group = f"{instrument}/{day}"
-    node = zarr.open_group(str(path), path=group, mode="r", zarr_format=3)
-    summary = node.attrs.get(QC_ATTR)
-    rows = _time_rows(path, group, node)
-    sealed = is_sealed(path, group, dict(node.attrs))
+    attrs = group_attrs(path, group)
+    summary = attrs.get(QC_ATTR)
+    rows = _time_rows(path, group)
+    sealed = is_sealed(path, group, attrs)
     if not sealed:
-        check_manifest(path, group, dict(node.attrs))
+        check_manifest(path, group, attrs)
     if not (is_current_summary(summary, rows) and sealed):
         kept = without_flagged_rows(validate_book_dataset(open_day_dataset(path, group), on_bad_rows="flag"))
         return kept.isel(time=[-1]) if kept.sizes["time"] else None
@@ -275,7 +276,7 @@ def last_valid_snapshot(path: PathLike, instrument: str, day: str) -> xr.Dataset
     recorded = _from_record(summary.get("last_valid"), row)
     if recorded is not None:
         return recorded
-    arrays = dict(node.arrays())
+    arrays = dict(zarr.open_group(str(path), path=group, mode="r", zarr_format=3).arrays())
     # one row read straight from Zarr (opening the day with xarray would load its time axis)
     one = xr.Dataset({"time": ("time", arrays["time"][row:row + 1])})
     time = xr.decode_cf(one.assign_coords(time=one["time"].assign_attrs(dict(arrays["time"].attrs))))["time"].values
@@ -287,13 +288,13 @@ def last_valid_snapshot(path: PathLike, instrument: str, day: str) -> xr.Dataset
     return xr.Dataset(variables, coords={"time": time, "level": arrays["level"][:]})
 
 
-def _time_rows(path: PathLike, group: str, node: zarr.Group) -> int:
+def _time_rows(path: PathLike, group: str) -> int:
     """The rows of a book day (its time array's length), from its metadata file where the
     store is a local directory (opening the array through zarr costs a millisecond or two)."""
     try:
         return int(json.loads((Path(str(path)) / group / "time" / "zarr.json").read_text())["shape"][0])
     except (OSError, ValueError, KeyError, TypeError, IndexError):
-        array = node["time"]
+        array = zarr.open_group(str(path), path=group, mode="r", zarr_format=3)["time"]
         assert isinstance(array, zarr.Array)
         return int(array.shape[0])
 

@@ -15,6 +15,7 @@ from .days import (
     COMPLETE,
     MANIFEST,
     PathLike,
+    _local_group_document,
     _open_root,
     check_manifest,
     child_groups,
@@ -26,6 +27,7 @@ from .days import (
     manifest_problems,
     mark_complete,
     open_day_dataset,
+    update_group_attrs,
     write_day_dataset,
     write_day_in_memory,
 )
@@ -56,15 +58,34 @@ def write_results_day(path: PathLike, date: Any, families: dict[str, xr.Dataset]
     key = day_key(date)
     keep = fingerprints is not None and is_complete(path, key)
     previous = results_fingerprints(path, key) if keep else {}
-    day = zarr.open_group(str(path), path=key, mode="a" if keep else "w", zarr_format=3)
-    day.attrs.update({COMPLETE: False, "date": key})
+    if keep:
+        update_group_attrs(path, key, {COMPLETE: False, "date": key})
+    elif not _new_local_group(path, key, {COMPLETE: False, "date": key}):
+        zarr.open_group(str(path), path=key, mode="w", zarr_format=3).attrs.update({COMPLETE: False, "date": key})
     for family, ds in families.items():
         # computed already (the local schedulers' imbalance): chunks encoded here, on threads
         if not write_day_in_memory(ds, path, f"{key}/{family}", (chunks or {}).get(family)):
             write_day_dataset(ds, path, f"{key}/{family}", (chunks or {}).get(family))
     if fingerprints is not None:
-        day.attrs[FINGERPRINTS] = {**previous, **fingerprints}
+        update_group_attrs(path, key, {FINGERPRINTS: {**previous, **fingerprints}})
     mark_complete(path, key)
+
+
+def _new_local_group(path: PathLike, group: str, attrs: dict) -> bool:
+    """Replace ``group`` of a local store by an empty group with ``attrs`` (what zarr's
+    opening with mode "w" leaves, without its event loop); False where the store is not a
+    local directory."""
+    import json  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+
+    if _local_group_document(path, "") is None:
+        return False
+    folder = Path(str(path)) / group
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    (folder / "zarr.json").write_text(json.dumps(
+        {"attributes": attrs, "zarr_format": 3, "consolidated_metadata": None, "node_type": "group"}, indent=2))
+    return True
 
 
 def results_fingerprints(path: PathLike, date: Any) -> dict[str, str]:
@@ -86,7 +107,7 @@ RUN_STAGES = "gpu_risk_stages"
 def record_run_stages(path: PathLike, date: Any, stages: dict) -> None:
     """Record where a complete day's run spent its time on the day's group (the report
     shows it); written after the day is complete, as it includes the writing."""
-    zarr.open_group(str(path), path=day_key(date), mode="r+", zarr_format=3).attrs[RUN_STAGES] = stages
+    update_group_attrs(path, day_key(date), {RUN_STAGES: stages})
 
 
 def run_stages(path: PathLike) -> dict[str, dict]:
