@@ -196,3 +196,24 @@ def test_the_results_store_takes_the_book_stores_compression(tmp_path):
     xr.testing.assert_identical(fast, again)
     with pytest.raises(ValueError, match="compression"):
         store.set_store_compression(book, "zstd")
+
+
+@pytest.mark.parametrize("compression", ["lz4", "none"])
+def test_a_damaged_later_day_stops_the_run_there_after_the_days_before(tmp_path, compression):
+    """The next day is opened while a day is computed: a damaged day still stops the run at
+    itself, in one line, with every day before it complete and none after it written."""
+    book = tmp_path / "book.zarr"
+    data = {"A": awkward_book(11, n=240, start="2026-01-05T12:00:00", span_s=150_000.0)}  # three days
+    write_books(book, data, 16, compression)
+    assert store.complete_days(book, "A") == ["2026-01-05", "2026-01-06", "2026-01-07"]
+    chunk = book / "A" / "2026-01-06" / "ask_size" / "c" / "0" / "0"
+    damaged = bytearray(chunk.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x01
+    chunk.write_bytes(bytes(damaged))
+    out = tmp_path / "out.zarr"
+    cfg = WorkflowConfig(name="t", stores={"book": str(book)}, families=["imbalance"], imbalance={"bucket": "1s"},
+                         output=str(out), scheduler="threads")
+    with pytest.raises(InputError) as found:
+        run_workflow(cfg)
+    assert "2026-01-06" in str(found.value) and "\n" not in str(found.value)
+    assert store.results_days(out) == ["2026-01-05"]
