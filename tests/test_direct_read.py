@@ -113,3 +113,23 @@ def test_a_day_with_other_arrays_is_opened_by_xarray(tiny_dataset, tmp_path):
     group = f"{inst}/{store.complete_days(book, inst)[0]}"
     shutil.copytree(book / group / "level", book / group / "extra")
     assert ticked.open_book_day(book, group) is None
+
+
+def test_the_checksum_without_google_crc32cs_library_gives_the_same(book, monkeypatch):
+    """Where google-crc32c's C library is not found the checksum goes through its Python
+    call (a copy of each chunk): the same values, and a damaged chunk is still named."""
+    inst = store.book_instruments(book)[0]
+    group = f"{inst}/{store.complete_days(book, inst)[0]}"
+    fast, _, _ = read_all(book, group, True, monkeypatch)
+    monkeypatch.setattr(ticked, "_crc32c_c", False)
+    slow, _, used = read_all(book, group, True, monkeypatch)
+    assert used
+    for v in VARS:
+        np.testing.assert_array_equal(slow[v], fast[v])
+    import google_crc32c
+
+    data = np.frombuffer(b"gpu_risk", dtype=np.uint8)
+    assert ticked.crc32c(data) == google_crc32c.value(b"gpu_risk")  # through Python
+    monkeypatch.setattr(ticked, "_crc32c_c", None)
+    assert ticked.crc32c(data) == google_crc32c.value(b"gpu_risk")  # through the library, found again
+    assert ticked._crc32c_c is not False  # found on this machine
