@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 
 from gpu_risk import store
 from gpu_risk.errors import InputError
@@ -63,6 +64,34 @@ def test_cli_import(tmp_path):
                           "--date", "2012-06-21", "--instrument", "AAPL", "--out", str(tmp_path / "b.zarr"),
                           "--json"], capture_output=True, text=True, check=True)
     assert '"snapshots": 999' in out.stdout
+
+
+def test_cli_import_into_an_uncompressed_store(tmp_path):
+    """``--compression none`` records the choice on the store: the day's chunks hold the
+    ticks themselves (with their CRC-32C), a later import keeps it, and the book reads the
+    same as from the compressed store."""
+    import json
+    import subprocess
+    import sys
+
+    ob, msg = files("yilezheng_998rows_level10")
+
+    def cli(out, *extra):
+        return subprocess.run([sys.executable, "-m", "gpu_risk.cli", "import", "lobster", str(ob), str(msg),
+                               "--date", "2012-06-21", "--instrument", "AAPL", "--out", str(out), *extra],
+                              capture_output=True, text=True)
+
+    assert cli(tmp_path / "raw.zarr", "--compression", "none").returncode == 0
+    assert cli(tmp_path / "lz4.zarr").returncode == 0
+    meta = json.loads((tmp_path / "raw.zarr" / "AAPL" / "2012-06-21" / "bid_price" / "zarr.json").read_text())
+    assert [c["name"] for c in meta["codecs"]] == ["bytes", "crc32c"]
+    assert store.store_compression(tmp_path / "raw.zarr") == "none"
+    assert store.store_compression(tmp_path / "lz4.zarr") == "lz4"
+    raw = store.open_book(tmp_path / "raw.zarr")["AAPL"].to_dataset().load()
+    lz4 = store.open_book(tmp_path / "lz4.zarr")["AAPL"].to_dataset().load()
+    xr.testing.assert_identical(raw.drop_attrs(), lz4.drop_attrs())
+    refused = cli(tmp_path / "x.zarr", "--compression", "zstd")
+    assert refused.returncode != 0 and len(refused.stderr.strip().splitlines()) == 1 and "compression" in refused.stderr
 
 
 def test_book_and_executions_are_consistent_with_the_messages(tmp_path):
