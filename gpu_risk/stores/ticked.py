@@ -30,7 +30,7 @@ from ..kernels.ticks import from_ticks_cpu
 # book days' ticked arrays read by this module (False: through zarr; the tests compare both)
 DIRECT_READS = True
 
-# The codec chains of ticked book arrays (stores.days.TICK_COMPRESSORS: Blosc, the
+# The codec chains this module decodes, as gpu_risk writes them (stores.days: Blosc, the
 # default; or none, for stores kept where reading is cheaper than decompressing)
 _DIRECT_CODECS = (["bytes", "blosc", "crc32c"], ["bytes", "crc32c"])
 # CRC-32C over a message followed by its own little-endian CRC-32C is always this value:
@@ -194,7 +194,7 @@ def _read_vector(path: Any, group: str, name: str, dtypes: tuple[str, ...]) -> t
         (rows,), (chunk_rows,) = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
         names = [c.get("name") for c in meta["codecs"]]
         dtype = meta["data_type"]
-        ok = (names in (["bytes", "blosc", "crc32c"], ["bytes", "crc32c"]) and dtype in dtypes
+        ok = (names in _DIRECT_CODECS and dtype in dtypes
               and _plain_layout(meta, [name])
               and isinstance(meta["fill_value"], int) and isinstance(meta.get("attributes", {}), dict))
     except (OSError, ValueError, KeyError, TypeError):
@@ -288,6 +288,11 @@ def _level(path: Any, group: str) -> tuple[np.ndarray, dict] | None:
     return found
 
 
+def _checksum_error(where: str, store: str) -> InputError:
+    return InputError(f"chunk {where} fails its checksum (damaged in place?); `gpu-risk verify` lists every "
+                      "damaged chunk", store=store)
+
+
 def _checked_file(file: str, where: str, store: str) -> bytes | None:
     """A chunk file's bytes (its CRC-32C at the end checked), or None where it is missing."""
     import google_crc32c  # noqa: PLC0415
@@ -297,8 +302,7 @@ def _checked_file(file: str, where: str, store: str) -> bytes | None:
     except FileNotFoundError:
         return None
     if len(data) < 4 or google_crc32c.value(data) != _CRC32C_RESIDUE:
-        raise InputError(f"chunk {where} fails its checksum (damaged in place?); `gpu-risk verify` lists every "
-                         "damaged chunk", store=store)
+        raise _checksum_error(where, store)
     return data
 
 
@@ -316,8 +320,7 @@ def _read_plain(file: str, where: str, store: str, dest: np.ndarray | None = Non
         if got != dest.nbytes or len(stored) != 4:
             raise InputError(f"chunk {where} does not hold one whole chunk", store=store)
         if crc32c(dest) != int.from_bytes(stored, "little"):
-            raise InputError(f"chunk {where} fails its checksum (damaged in place?); `gpu-risk verify` lists every "
-                             "damaged chunk", store=store)
+            raise _checksum_error(where, store)
         return dest
     data = _checked_file(file, where, store)
     return None if data is None else np.frombuffer(data, dtype=np.uint8)[:-4]
@@ -335,15 +338,13 @@ def _mapped_chunk(file: str, where: str, store: str) -> np.ndarray | None:
     try:
         size = os.fstat(fd).st_size
         if size < 4:
-            raise InputError(f"chunk {where} fails its checksum (damaged in place?); `gpu-risk verify` lists every "
-                             "damaged chunk", store=store)
+            raise _checksum_error(where, store)
         mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED | _MAP_POPULATE)
     finally:
         os.close(fd)
     data = np.frombuffer(mapped, dtype=np.uint8)  # keeps the mapping until it is dropped
     if crc32c(data) != _CRC32C_RESIDUE:
-        raise InputError(f"chunk {where} fails its checksum (damaged in place?); `gpu-risk verify` lists every "
-                         "damaged chunk", store=store)
+        raise _checksum_error(where, store)
     return data[:-4]
 
 
