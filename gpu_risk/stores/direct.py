@@ -166,11 +166,10 @@ def plan_day(ds: xr.Dataset, encoding: Mapping[str, dict]) -> list[tuple] | None
     return out
 
 
-def write_planned(root: Path, group: str, group_attrs: dict, planned: list[tuple]) -> None:
-    """Write the group ``group`` of the store at ``root`` (replacing what is there; the
-    groups above it made as zarr makes them where missing): its ``zarr.json``, each array's
-    ``zarr.json``, then every chunk, on threads. Edge chunks are padded with the fill
-    value and chunks that hold only the fill value are not written, as zarr does."""
+def new_group(root: Path, group: str, attrs: dict) -> Path:
+    """Make ``group`` of the local store at ``root`` an empty group with ``attrs``, replacing
+    what is there (what zarr's opening with mode "w" leaves; the groups above it made as
+    zarr makes them where missing); its directory."""
     import shutil  # noqa: PLC0415
 
     folder = root / group
@@ -183,8 +182,17 @@ def write_planned(root: Path, group: str, group_attrs: dict, planned: list[tuple
             (parent / "zarr.json").write_text(json.dumps(
                 {"attributes": {}, "zarr_format": 3, "node_type": "group"}, indent=2))
     (folder / "zarr.json").write_text(json.dumps(
-        {"attributes": _json(group_attrs), "zarr_format": 3, "consolidated_metadata": None, "node_type": "group"},
+        {"attributes": _json(attrs), "zarr_format": 3, "consolidated_metadata": None, "node_type": "group"},
         indent=2))
+    return folder
+
+
+def write_planned(root: Path, group: str, group_attrs: dict, planned: list[tuple]) -> None:
+    """Write the group ``group`` of the store at ``root`` (replacing what is there; the
+    groups above it made as zarr makes them where missing): its ``zarr.json``, each array's
+    ``zarr.json``, then every chunk, on threads. Edge chunks are padded with the fill
+    value and chunks that hold only the fill value are not written, as zarr does."""
+    folder = new_group(root, group, group_attrs)
     jobs = []
     for name, values, document in planned:
         (folder / name).mkdir()

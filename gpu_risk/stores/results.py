@@ -11,6 +11,7 @@ import xarray as xr
 import zarr
 
 from ..errors import InputError
+from . import direct
 from .days import (
     COMPLETE,
     MANIFEST,
@@ -22,6 +23,7 @@ from .days import (
     complete_days,
     day_key,
     ensure_store,
+    group_attrs,
     is_complete,
     is_sealed,
     manifest_problems,
@@ -60,7 +62,9 @@ def write_results_day(path: PathLike, date: Any, families: dict[str, xr.Dataset]
     previous = results_fingerprints(path, key) if keep else {}
     if keep:
         update_group_attrs(path, key, {COMPLETE: False, "date": key})
-    elif not _new_local_group(path, key, {COMPLETE: False, "date": key}):
+    elif _local_group_document(path, "") is not None:  # a local store: without zarr's event loop
+        direct.new_group(Path(str(path)), key, {COMPLETE: False, "date": key})
+    else:
         zarr.open_group(str(path), path=key, mode="w", zarr_format=3).attrs.update({COMPLETE: False, "date": key})
     for family, ds in families.items():
         # computed already (the local schedulers' imbalance): chunks encoded here, on threads
@@ -71,30 +75,13 @@ def write_results_day(path: PathLike, date: Any, families: dict[str, xr.Dataset]
     mark_complete(path, key)
 
 
-def _new_local_group(path: PathLike, group: str, attrs: dict) -> bool:
-    """Replace ``group`` of a local store by an empty group with ``attrs`` (what zarr's
-    opening with mode "w" leaves, without its event loop); False where the store is not a
-    local directory."""
-    import json  # noqa: PLC0415
-    import shutil  # noqa: PLC0415
-
-    if _local_group_document(path, "") is None:
-        return False
-    folder = Path(str(path)) / group
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    (folder / "zarr.json").write_text(json.dumps(
-        {"attributes": attrs, "zarr_format": 3, "consolidated_metadata": None, "node_type": "group"}, indent=2))
-    return True
-
-
 def results_fingerprints(path: PathLike, date: Any) -> dict[str, str]:
     """The fingerprint of each family a complete results day holds ({} if none recorded, or
     if a chunk of the day is missing, truncated or foreign: a damaged day is recomputed)."""
     key = day_key(date)
     if not is_complete(path, key):
         return {}
-    attrs = dict(zarr.open_group(str(path), path=key, mode="r", zarr_format=3).attrs)
+    attrs = group_attrs(path, key)
     if not is_sealed(path, key, attrs) and manifest_problems(path, key, attrs.get(MANIFEST)):
         return {}
     found = attrs.get(FINGERPRINTS)
@@ -114,7 +101,7 @@ def run_stages(path: PathLike) -> dict[str, dict]:
     """The recorded time breakdown of each complete day that has one."""
     out = {}
     for key in results_days(path):
-        stages = zarr.open_group(str(path), path=key, mode="r", zarr_format=3).attrs.get(RUN_STAGES)
+        stages = group_attrs(path, key).get(RUN_STAGES)
         if isinstance(stages, dict):
             out[key] = stages
     return out
@@ -123,7 +110,7 @@ def run_stages(path: PathLike) -> dict[str, dict]:
 def check_results_day(path: PathLike, key: str) -> None:
     """Raise an :class:`InputError` naming the first chunk missing or unreadable in a results
     day changed since it was written (a deleted family group counts: its chunks are gone)."""
-    attrs = dict(zarr.open_group(str(path), path=key, mode="r", zarr_format=3).attrs)
+    attrs = group_attrs(path, key)
     if is_sealed(path, key, attrs):
         return
     try:
