@@ -149,9 +149,9 @@ def day_imbalance_grid(ctx: DayContext) -> xr.Dataset:
     assert isinstance(c, ImbalanceConfig)
     local = resolve_scheduler(ctx.config.scheduler, ctx.config.memory_limit, ctx.config.dashboard) in (
         "sync", "threads")
-    days_, prevs, stored = {}, {}, {}
+    day_books, prevs, stored = {}, {}, {}
     for inst in ctx.inputs["instruments"]:
-        ds = days_[inst] = without_flagged_rows(book[inst].to_dataset())
+        ds = day_books[inst] = without_flagged_rows(book[inst].to_dataset())
         days = book_days[inst] if book_days is not None else store.instrument_days(book_store, inst)
         earlier = [d for d in days if d < date]
         prev = prevs[inst] = store.last_valid_snapshot(book_store, inst, earlier[-1]) if earlier else None
@@ -162,11 +162,11 @@ def day_imbalance_grid(ctx: DayContext) -> xr.Dataset:
                 [prev[n].values for n in BOOK_ARRAYS])
     # the stored path holds the day's grid in memory: a grid larger than that is left to the
     # graph, which writes it chunk by chunk
-    grid_bytes = len(days_) * 8 * (86_400 * 10**9 // pd.Timedelta(c.bucket).value + 1) * (
-        2 * max(ds.sizes["level"] for ds in days_.values()) + len(c.bands_bps) + 4)
-    whole = bool(stored) and len(stored) == len(days_) and grid_bytes <= STORED_GRID_BYTES
+    grid_bytes = len(day_books) * 8 * (86_400 * 10**9 // pd.Timedelta(c.bucket).value + 1) * (
+        2 * max(ds.sizes["level"] for ds in day_books.values()) + len(c.bands_bps) + 4)
+    whole = bool(stored) and len(stored) == len(day_books) and grid_bytes <= STORED_GRID_BYTES
     nodes = {}
-    for inst, ds in days_.items():
+    for inst, ds in day_books.items():
         prev = prevs[inst]
         if prev is not None and not whole:  # the graph's lead-in row: concatenated to the day
             prev = to_backend(prev, ctx.backend)

@@ -162,8 +162,12 @@ def grid_from_chunks(t: np.ndarray, lead: tuple[int, Sequence[np.ndarray]] | Non
     size_scales = ticks_scale_args(scales)
     fused = levels == stored_levels  # the kernel reads the ticks themselves
 
-    def decoded(ticks: np.ndarray, j: int) -> np.ndarray:
-        return from_ticks_cpu(ticks, sources[j].divisor, sources[j].multiplier, np.empty(ticks.shape))
+    def kept(rows: np.ndarray, j: int) -> np.ndarray:
+        """A copy of some rows of array ``j`` read from a chunk, as float64 (decoded where
+        they are ticks): the buffers they lie in are reused by the next chunk."""
+        if not fused:
+            return rows.copy()
+        return from_ticks_cpu(rows, sources[j].divisor, sources[j].multiplier, np.empty(rows.shape))
 
     def chunk_task(c: int, seg: _Segment):
         """Read chunk ``c``, sum its inner buckets into ``dest``; return copies of the rows
@@ -179,7 +183,7 @@ def grid_from_chunks(t: np.ndarray, lead: tuple[int, Sequence[np.ndarray]] | Non
                 arrays = [src.read(c, out=v, ticks=scratch[0], levels=levels) for src, v in zip(sources, values)]
         with timed_task("other"):  # the clock takes the kernel's own time out of "other"
             if seg.whole:
-                return [decoded(a, j) if fused else a.copy() for j, a in enumerate(arrays)], None, None
+                return [kept(a, j) for j, a in enumerate(arrays)], None, None
             lo, hi = seg.head_end - seg.a, seg.tail_start - seg.a
             if lo < hi:
                 b0, b1 = buckets.at(seg.head_end), buckets.at(seg.tail_start)
@@ -190,12 +194,9 @@ def grid_from_chunks(t: np.ndarray, lead: tuple[int, Sequence[np.ndarray]] | Non
                     _ticks_kernel(*inner, *before, True, bucket, bands, scales, *size_scales, dest[b0:b1])
                 else:
                     _kernel_call(np, inner, before, bucket, bands, levels, dest[b0:b1])
-            if fused:
-                return ([decoded(a[:lo], j) for j, a in enumerate(arrays)],
-                        [decoded(a[hi:], j) for j, a in enumerate(arrays)],
-                        [decoded(a[hi - 1], j) for j, a in enumerate(arrays)])
-            return ([a[:lo].copy() for a in arrays], [a[hi:].copy() for a in arrays],
-                    [a[hi - 1].copy() for a in arrays])
+            return ([kept(a[:lo], j) for j, a in enumerate(arrays)],
+                    [kept(a[hi:], j) for j, a in enumerate(arrays)],
+                    [kept(a[hi - 1], j) for j, a in enumerate(arrays)])
 
     task = in_context(chunk_task)  # its time counts in the caller's stage
     futures = [pool.submit(task, i, seg) for i, seg in enumerate(segments[n_lead:])]
