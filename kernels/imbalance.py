@@ -34,7 +34,7 @@ from numba.core import types
 from numba.extending import overload
 
 from ._compile import cpu_inline, cpu_kernel, cuda_module, cupy_module
-from .ticks import TICK_FILL
+from .ticks import TICK_FILL, tick_value
 
 
 def n_columns(levels: int, bands: int) -> int:
@@ -88,32 +88,6 @@ def stale_buckets_cpu(time_ns, origin_ns, bucket_ns, max_carry_ns, carried_ns, o
     return out
 
 
-def _value(x, divisor, multiplier):
-    """A book value as float64: ``x`` itself where the block is float64; where it is int32
-    ticks (kernels/ticks.py), ``x / divisor`` (or ``x * multiplier`` when ``divisor`` is
-    0), ``TICK_FILL`` as NaN: the same double the store's decoding gives."""
-    return x
-
-
-@overload(_value)
-def _value_impl(x, divisor, multiplier):
-    # the scale's kind is part of the type where it is known (the other one None): the
-    # size decodes in the order-flow loop then hold no branch, which kept LLVM from
-    # vectorising it (a division done on every lane)
-    if not isinstance(x, types.Integer):
-        return lambda x, divisor, multiplier: x
-    if isinstance(divisor, types.NoneType):
-        return lambda x, divisor, multiplier: np.nan if x == TICK_FILL else x * multiplier
-    if isinstance(multiplier, types.NoneType):
-        return lambda x, divisor, multiplier: np.nan if x == TICK_FILL else x / divisor
-
-    def decode(x, divisor, multiplier):
-        if x == TICK_FILL:
-            return np.nan
-        return x / divisor if divisor > 0 else x * multiplier
-    return decode
-
-
 def _ask_key(x):
     """An ask price as compared by the order-flow terms: the price itself, or for int32
     ticks the ticks with an empty level (``TICK_FILL``) above every price, as NaN asks
@@ -141,22 +115,22 @@ def _state_row(bid_price, ask_price, bid_size, ask_size, n, band_factors, band_o
     ``band_factors`` (2, B) holds 1 - b/10^4 and 1 + b/10^4, computed once per block (the
     same operations as inline, so the same bits, without 2 B divisions per bucket).
     ``cum_bid``, ``cum_ask`` (L,) are scratch space for the cumulative depths; ``scales``
-    (4, 2) the arrays' tick scales where they are ticks (:func:`_value`)."""
+    (4, 2) the arrays' tick scales where they are ticks (:func:`tick_value`)."""
     levels = bid_price.shape[1]
     bands = band_factors.shape[1]
     c_b = 0.0
     c_a = 0.0
     for k in range(levels):
-        c_b += _value(bid_size[n, k], scales[2, 0], scales[2, 1])
-        c_a += _value(ask_size[n, k], scales[3, 0], scales[3, 1])
+        c_b += tick_value(bid_size[n, k], scales[2, 0], scales[2, 1])
+        c_a += tick_value(ask_size[n, k], scales[3, 0], scales[3, 1])
         cum_bid[k] = c_b
         cum_ask[k] = c_a
     for k in range(levels):  # independent divisions: vectorised
         out[row, levels + k] = (cum_bid[k] - cum_ask[k]) / (cum_bid[k] + cum_ask[k])
-    pb1 = _value(bid_price[n, 0], scales[0, 0], scales[0, 1])
-    pa1 = _value(ask_price[n, 0], scales[1, 0], scales[1, 1])
-    qb1 = _value(bid_size[n, 0], scales[2, 0], scales[2, 1])
-    qa1 = _value(ask_size[n, 0], scales[3, 0], scales[3, 1])
+    pb1 = tick_value(bid_price[n, 0], scales[0, 0], scales[0, 1])
+    pa1 = tick_value(ask_price[n, 0], scales[1, 0], scales[1, 1])
+    qb1 = tick_value(bid_size[n, 0], scales[2, 0], scales[2, 1])
+    qa1 = tick_value(ask_size[n, 0], scales[3, 0], scales[3, 1])
     mid = (pb1 + pa1) / 2
     out[row, 2 * levels] = mid
     out[row, 2 * levels + 1] = pa1 - pb1
@@ -173,9 +147,9 @@ def _state_row(bid_price, ask_price, bid_size, ask_size, n, band_factors, band_o
         j = band_order[jj]
         low = mid * band_factors[0, j]
         high = mid * band_factors[1, j]
-        while k_b < levels and _value(bid_price[n, k_b], scales[0, 0], scales[0, 1]) >= low:
+        while k_b < levels and tick_value(bid_price[n, k_b], scales[0, 0], scales[0, 1]) >= low:
             k_b += 1
-        while k_a < levels and _value(ask_price[n, k_a], scales[1, 0], scales[1, 1]) <= high:
+        while k_a < levels and tick_value(ask_price[n, k_a], scales[1, 0], scales[1, 1]) <= high:
             k_a += 1
         b = cum_bid[k_b - 1] if k_b > 0 else 0.0
         a = cum_ask[k_a - 1] if k_a > 0 else 0.0
@@ -235,7 +209,7 @@ def ticks_scale_args(scales: np.ndarray) -> tuple[tuple, tuple]:
 @cpu_kernel
 def _block(bid_price, ask_price, bid_size, ask_size, prev_bid_price, prev_ask_price, prev_bid_size,
            prev_ask_size, has_prev, bucket, band_bps, scales, size_divisors, size_multipliers, out):
-    """The block kernel, for float64 values or int32 ticks (:func:`_value`, :func:`_ask_key`)."""
+    """The block kernel, for float64 values or int32 ticks (:func:`tick_value`, :func:`_ask_key`)."""
     n_rows, levels = bid_price.shape
     n_out, n_cols = out.shape
     count_col = n_cols - 1
@@ -271,9 +245,9 @@ def _block(bid_price, ask_price, bid_size, ask_size, prev_bid_price, prev_ask_pr
             if has_prev:
                 for k in range(levels):
                     acc[k] += _order_flow(
-                        bid_price[0, k], _ask_key(ask_price[0, k]), _value(bid_size[0, k], qb_div, qb_mul),
-                        _value(ask_size[0, k], qa_div, qa_mul), prev_bid_price[k], _ask_key(prev_ask_price[k]),
-                        _value(prev_bid_size[k], qb_div, qb_mul), _value(prev_ask_size[k], qa_div, qa_mul))
+                        bid_price[0, k], _ask_key(ask_price[0, k]), tick_value(bid_size[0, k], qb_div, qb_mul),
+                        tick_value(ask_size[0, k], qa_div, qa_mul), prev_bid_price[k], _ask_key(prev_ask_price[k]),
+                        tick_value(prev_bid_size[k], qb_div, qb_mul), tick_value(prev_ask_size[k], qa_div, qa_mul))
             first = 1
         row = first
         while row < end:
@@ -285,9 +259,9 @@ def _block(bid_price, ask_price, bid_size, ask_size, prev_bid_price, prev_ask_pr
                 j = np.uint64(base + i)
                 p = np.uint64(base + i - levels)
                 terms[i] = _order_flow(
-                    flat_bid_price[j], _ask_key(flat_ask_price[j]), _value(flat_bid_size[j], qb_div, qb_mul),
-                    _value(flat_ask_size[j], qa_div, qa_mul), flat_bid_price[p], _ask_key(flat_ask_price[p]),
-                    _value(flat_bid_size[p], qb_div, qb_mul), _value(flat_ask_size[p], qa_div, qa_mul))
+                    flat_bid_price[j], _ask_key(flat_ask_price[j]), tick_value(flat_bid_size[j], qb_div, qb_mul),
+                    tick_value(flat_ask_size[j], qa_div, qa_mul), flat_bid_price[p], _ask_key(flat_ask_price[p]),
+                    tick_value(flat_bid_size[p], qb_div, qb_mul), tick_value(flat_ask_size[p], qa_div, qa_mul))
             for q in range(stop - row):
                 for k in range(levels):
                     acc[k] += terms[q * levels + k]

@@ -12,6 +12,8 @@ and the caller keeps float64.
 from __future__ import annotations
 
 import numpy as np
+from numba.core import types
+from numba.extending import overload
 
 from ._compile import cpu_kernel
 
@@ -41,6 +43,35 @@ def to_ticks_cpu(values, divisor, multiplier, out):
     return -1
 
 
+def tick_value(q, divisor, multiplier):
+    """One value as float64 (numba; the decoding of every ticked array): int32 ticks ``q``
+    as ``q / divisor``, or ``q * multiplier`` when ``divisor`` is 0, ``TICK_FILL`` as NaN;
+    a float ``q`` as it is. Pass None for the scale not used where the kind is known: the
+    kind is then part of the compiled type and a loop over values holds no branch on it
+    (with the kind tested at run time LLVM vectorised it with a division on every lane)."""
+    if not isinstance(q, (int, np.integer)):
+        return q
+    if q == TICK_FILL:
+        return np.nan
+    return q / divisor if divisor is not None and divisor > 0 else q * multiplier
+
+
+@overload(tick_value)
+def _tick_value_impl(q, divisor, multiplier):
+    if not isinstance(q, types.Integer):
+        return lambda q, divisor, multiplier: q
+    if isinstance(divisor, types.NoneType):
+        return lambda q, divisor, multiplier: np.nan if q == TICK_FILL else q * multiplier
+    if isinstance(multiplier, types.NoneType):
+        return lambda q, divisor, multiplier: np.nan if q == TICK_FILL else q / divisor
+
+    def decode(q, divisor, multiplier):
+        if q == TICK_FILL:
+            return np.nan
+        return q / divisor if divisor > 0 else q * multiplier
+    return decode
+
+
 @cpu_kernel
 def from_ticks_cpu(ticks, divisor, multiplier, out):
     """Decode int32 ``ticks`` into float64 ``out``: ``q / divisor``, or ``q * multiplier``
@@ -49,8 +80,8 @@ def from_ticks_cpu(ticks, divisor, multiplier, out):
     x = out.ravel()
     if divisor > 0:
         for i in range(q.size):
-            x[i] = np.nan if q[i] == TICK_FILL else q[i] / divisor
+            x[i] = tick_value(q[i], divisor, None)
     else:
         for i in range(q.size):
-            x[i] = np.nan if q[i] == TICK_FILL else q[i] * multiplier
+            x[i] = tick_value(q[i], None, multiplier)
     return out
