@@ -73,10 +73,9 @@ def ensure_store(path: PathLike, kind: str) -> None:
     metadata already names ``kind`` is checked from that file alone (zarr's opening costs
     a few milliseconds, once per day written)."""
     root = Path(str(path))
-    meta = _local_group_document(path, "")
-    if meta is not None and meta.get("attributes", {}).get(STORE_KIND) == kind:
+    if _is_local_store(path, kind):
         return
-    if meta is None and not root.exists() and root.parent.is_dir():  # a new local store: its root as zarr writes it
+    if not root.exists() and root.parent.is_dir():  # a new local store: its root as zarr writes it
         root.mkdir()
         (root / "zarr.json").write_text(json.dumps(
             {"attributes": {STORE_KIND: kind, "schema_version": SCHEMA_VERSION}, "zarr_format": 3,
@@ -104,8 +103,7 @@ def init_store(path: PathLike, kind: str) -> zarr.Group:
 def _open_root(path: PathLike, kind: str) -> None:
     """Check that ``path`` is a ``kind`` store (a local store's root document read alone:
     zarr's opening costs a millisecond or more, once per instrument and day opened)."""
-    meta = _local_group_document(path, "")
-    if meta is not None and meta.get("attributes", {}).get(STORE_KIND) == kind:
+    if _is_local_store(path, kind):
         return
     path = str(path)
     if not Path(path).exists():
@@ -117,6 +115,12 @@ def _open_root(path: PathLike, kind: str) -> None:
     found = root.attrs.get(STORE_KIND)
     if found != kind:
         raise SchemaError(f"{path!r} is a {found or 'foreign'} store, not a {kind} store", store=path)
+
+
+def _is_local_store(path: PathLike, kind: str) -> bool:
+    """Whether ``path`` is a local store whose root document names it a ``kind`` store."""
+    meta = _local_group_document(path, "")
+    return meta is not None and meta.get("attributes", {}).get(STORE_KIND) == kind
 
 
 def _local_group_document(path: PathLike, group: str) -> dict | None:
