@@ -101,15 +101,21 @@ def task_kind(key) -> str:
 
 
 class _TaskClock(Callback):
-    """Sums the time of tasks by kind on the synchronous and threaded schedulers."""
+    """Sums the time of tasks by kind on the synchronous and threaded schedulers, for the
+    computations started in the stage that made it. Dask's local callbacks see every
+    computation of the process (the next day opened on a thread of its own computes beside
+    this day's stage): its task callbacks run in the computing caller's thread, whose
+    context names the stage it belongs to (``_task_sink``, as :func:`timed_task` uses it)."""
 
     def __init__(self):
         super().__init__()
         self.seconds: dict[str, float] = defaultdict(float)
         self._started: dict = {}
+        self._sink = _task_sink.get()
 
     def _pretask(self, key, dsk, state):
-        self._started[key] = time.perf_counter()
+        if _task_sink.get() is self._sink:
+            self._started[key] = time.perf_counter()
 
     def _posttask(self, key, result, dsk, state, worker_id):
         t0 = self._started.pop(key, None)
@@ -212,14 +218,19 @@ class Stages:
     @contextlib.contextmanager
     def background(self, name: str) -> Iterator[None]:
         """A stage run on another thread while the driver goes on (a day's results written
-        while the next day is read): its wall time and its own task time, not the kernels'
-        or Dask's (it runs neither)."""
+        while the next day is computed, the next day opened): its wall time and its own task
+        time, Dask's included on the local schedulers; not the kernels' (counted
+        process-wide, they would take the driver's)."""
         with self._own_tasks(name):
             t0 = time.perf_counter()
+            clock = _TaskClock() if self._client is None else None
             try:
-                yield
+                with clock if clock is not None else contextlib.nullcontext():
+                    yield
             finally:
                 self.wall[name] += time.perf_counter() - t0
+                for kind, seconds in (clock.seconds.items() if clock is not None else ()):
+                    self.tasks[(name, kind)] += seconds
 
     def summary(self) -> dict:
         """Where the day's time went.
